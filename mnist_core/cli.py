@@ -1,0 +1,68 @@
+"""Command-line flags generated from `RunParams`, so flags and parameters cannot drift apart."""
+
+import argparse
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_parser(model: type[BaseModel], description: str) -> argparse.ArgumentParser:
+    """One flag per field. Values stay strings: the model validates and converts them, as it does for Python."""
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    for name, info in model.model_fields.items():
+        annotation = _unwrap_optional(info.annotation)
+        origin = typing.get_origin(annotation)
+        default = info.get_default(call_default_factory=True)
+        help_text = f"{info.description} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is typing.Literal:
+            kwargs["choices"] = [str(choice) for choice in typing.get_args(annotation)]
+        elif origin is list and name == "mirror":
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "MIRROR"
+        elif origin is list:
+            kwargs["nargs"] = "+"
+            kwargs["metavar"] = "N"
+        else:
+            kwargs["metavar"] = name.upper()
+        parser.add_argument(flag_name(name), **kwargs)
+    return parser
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, naming the flag (or field) and the value given."""
+    lines = []
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"]]
+        field = flag_name(location[0]) if location else "parameters"
+        where = field + ("[" + "][".join(location[1:]) + "]" if len(location) > 1 else "")
+        given = f" (got {problem['input']!r})" if problem["type"] != "missing" and "input" in problem else ""
+        lines.append(f"invalid {where}: {problem['msg']}{given}")
+    return "\n".join(lines)
+
+
+def parse_params(model: type[BaseModel], argv: Sequence[str] | None, description: str) -> BaseModel:
+    """Parse and validate; a bad value exits with status 2 and a short message, not a traceback."""
+    parser = build_parser(model, description)
+    values = vars(parser.parse_args(argv))
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        parser.exit(2, f"{parser.prog}: error:\n{describe_validation_error(error)}\n")

@@ -1,0 +1,191 @@
+"""Fetching a dataset's four IDX files from mirrors into a verified cache."""
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_core.errors import DataError, DownloadError
+
+log = logging.getLogger(__name__)
+
+ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024  # the largest real file is ~10 MB compressed
+FETCH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    official_mirrors: tuple[str, ...]
+    # role -> (file name, SHA-256 of the decompressed IDX content)
+    files: dict[str, tuple[str, str]]
+
+    @property
+    def mirror_env_var(self) -> str:
+        return self.name.upper().replace("-", "_") + "_MIRROR"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        official_mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        files={
+            "train_images": (
+                "train-images-idx3-ubyte.gz",
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            ),
+            "train_labels": (
+                "train-labels-idx1-ubyte.gz",
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            ),
+            "test_images": (
+                "t10k-images-idx3-ubyte.gz",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            ),
+            "test_labels": (
+                "t10k-labels-idx1-ubyte.gz",
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            ),
+        },
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        official_mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        files={
+            "train_images": (
+                "train-images-idx3-ubyte.gz",
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            ),
+            "train_labels": (
+                "train-labels-idx1-ubyte.gz",
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            ),
+            "test_images": (
+                "t10k-images-idx3-ubyte.gz",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            ),
+            "test_labels": (
+                "t10k-labels-idx1-ubyte.gz",
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            ),
+        },
+    ),
+}
+
+
+def mirrors_for(spec: DatasetSpec, extra: Iterable[str] = ()) -> list[str]:
+    """Official mirrors first, then the caller's, then those in the environment variable (comma-separated)."""
+    from_env = [m.strip() for m in os.environ.get(spec.mirror_env_var, "").split(",") if m.strip()]
+    ordered: list[str] = []
+    for mirror in [*spec.official_mirrors, *extra, *from_env]:
+        if mirror not in ordered:
+            ordered.append(mirror)
+    return ordered
+
+
+def decompressed_sha256(path: Path) -> str:
+    """SHA-256 of a gzip file's content; DataError if it is not valid, complete gzip."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    except gzip.BadGzipFile as error:
+        raise DataError(f"{path.name}: not a gzip file ({error}); an error page instead of data?") from error
+    except (EOFError, zlib.error, OSError) as error:
+        raise DataError(f"{path.name}: corrupt or truncated gzip data ({error})") from error
+    return digest.hexdigest()
+
+
+def _source_url(mirror: str, file_name: str) -> str | Path:
+    """A URL for http(s)/file mirrors, a Path for plain folders."""
+    scheme = urllib.parse.urlparse(mirror).scheme
+    if scheme in ("http", "https", "file"):
+        return mirror.rstrip("/") + "/" + urllib.parse.quote(file_name)
+    if scheme and len(scheme) > 1:  # one letter is a Windows drive
+        raise DownloadError(f"unsupported mirror scheme {scheme!r} (use http, https, file or a folder path)")
+    return Path(mirror).expanduser() / file_name
+
+
+def _copy_limited(source, target) -> None:
+    copied = 0
+    while chunk := source.read(1 << 20):
+        copied += len(chunk)
+        if copied > MAX_DOWNLOAD_BYTES:
+            raise DownloadError(f"more than {MAX_DOWNLOAD_BYTES} bytes; refusing an oversized file")
+        target.write(chunk)
+
+
+def _fetch(source: str | Path, target) -> None:
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise DownloadError(f"no such file {source}")
+        with open(source, "rb") as stream:
+            _copy_limited(stream, target)
+        return
+    with urllib.request.urlopen(source, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (schemes checked)
+        _copy_limited(response, target)
+
+
+def fetch_verified(file_name: str, sha256: str, cache_dir: Path, mirrors: list[str]) -> tuple[Path, str]:
+    """The cached, verified copy of `file_name` and where it came from, fetching it if needed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    destination = (cache_dir / file_name).resolve()
+    if destination.parent != cache_dir.resolve():
+        raise DownloadError(f"file name {file_name!r} would write outside the cache folder {cache_dir}")
+    if destination.is_file():
+        try:
+            if decompressed_sha256(destination) == sha256:
+                return destination, "cache"
+        except DataError:
+            pass
+        log.warning("cached %s failed verification; fetching it again", destination)
+
+    failures: list[str] = []
+    for mirror in mirrors:
+        descriptor, temp_name = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".part", dir=cache_dir)
+        temp_path = Path(temp_name)
+        try:
+            source = _source_url(mirror, file_name)
+            with os.fdopen(descriptor, "wb") as target:
+                _fetch(source, target)
+                target.flush()
+                os.fsync(target.fileno())
+            actual = decompressed_sha256(temp_path)
+            if actual != sha256:
+                raise DataError(f"SHA-256 of the content is {actual}, expected {sha256}")
+            os.replace(temp_path, destination)
+            log.info("fetched %s from %s", file_name, mirror)
+            return destination, mirror
+        except Exception as error:  # noqa: BLE001 - every failure is reported with its mirror below
+            failures.append(f"  - {mirror}: {type(error).__name__}: {error}")
+        finally:
+            temp_path.unlink(missing_ok=True)
+    tried = "\n".join(failures) if failures else "  (no mirrors configured)"
+    raise DownloadError(f"could not fetch a verified {file_name}; mirrors tried:\n{tried}")
+
+
+def download_dataset(name: str, cache_root: Path, extra_mirrors: Iterable[str] = ()) -> dict[str, dict[str, str]]:
+    """Fetch (or find cached) the four files of dataset `name`; per role: path, sha256, source."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    mirrors = mirrors_for(spec, extra_mirrors)
+    cache_dir = Path(cache_root).expanduser().resolve() / "raw" / spec.name
+    result: dict[str, dict[str, str]] = {}
+    for role in ROLES:
+        file_name, sha256 = spec.files[role]
+        path, source = fetch_verified(file_name, sha256, cache_dir, mirrors)
+        result[role] = {"path": str(path), "sha256": sha256, "source": source}
+    return result

@@ -1,0 +1,71 @@
+"""The classifier: the seed tutorial's MLP (784-128-64-10 by default), with input normalization built in."""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mnist_core.errors import DataError
+
+INPUT_FEATURES = 28 * 28
+NUM_CLASSES = 10
+# Mean and std of MNIST training pixels in [0, 1]; the seed's Normalize(0.5, 0.5) is wrong for this data.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class MLP(nn.Module):
+    """Takes raw images (uint8 in 0-255 or float in 0-1; shape N x 784, N x 28 x 28 or N x 1 x 28 x 28)."""
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (128, 64),
+        dropout: float = 0.0,
+        mean: float = MNIST_MEAN,
+        std: float = MNIST_STD,
+    ) -> None:
+        super().__init__()
+        self.hidden_sizes = list(hidden_sizes)
+        self.dropout = float(dropout)
+        # Buffers, so the exported weights carry the normalization the model was trained with.
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        layers: list[nn.Module] = []
+        width = INPUT_FEATURES
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = hidden
+        layers.append(nn.Linear(width, NUM_CLASSES))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.flatten(1)
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) * (1.0 / 255.0)
+        return self.layers((x - self.mean) / self.std)
+
+
+def save_weights(model: MLP, path: Path) -> None:
+    """Weights as safetensors, with the architecture in the metadata so `load_weights` needs nothing else."""
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {"architecture": json.dumps({"hidden_sizes": model.hidden_sizes, "dropout": model.dropout})}
+    save_file(state, str(path), metadata=metadata)
+
+
+def load_weights(path: Path, device: torch.device | str = "cpu") -> MLP:
+    """A fresh MLP with the weights of a safetensors file written by `save_weights` (no unpickling)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            architecture = json.loads((handle.metadata() or {})["architecture"])
+        state = load_file(str(path), device=str(device))
+    except Exception as error:
+        raise DataError(f"{path}: not a model file written by this project ({error})") from error
+    model = MLP(architecture["hidden_sizes"], architecture["dropout"]).to(device)
+    model.load_state_dict(state)
+    return model

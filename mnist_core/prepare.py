@@ -1,0 +1,75 @@
+"""The transform stage: validated IDX files -> one cached file of uint8 tensors with a seeded validation split."""
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from mnist_core.errors import DataError
+from mnist_core.idx import read_split
+
+SPLITS = ("train", "val", "test")
+
+
+def prepared_path(cache_root: Path, dataset: str, sha256s: dict[str, str], val_size: int, seed: int) -> Path:
+    content_key = hashlib.sha256("".join(sorted(sha256s.values())).encode()).hexdigest()[:16]
+    name = f"{dataset}-{content_key}-val{val_size}-seed{seed}.safetensors"
+    return Path(cache_root).expanduser().resolve() / "prepared" / name
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file so that a crash never leaves a partial file under `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(descriptor)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, temp_name, metadata=metadata)
+        os.replace(temp_name, path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)
+
+
+def prepare_dataset(files: dict[str, dict[str, str]], cache_root: Path, dataset: str, val_size: int, seed: int) -> Path:
+    """Parse and validate the four IDX files, split off `val_size` training images, cache as uint8 tensors."""
+    sha256s = {role: entry["sha256"] for role, entry in files.items()}
+    target = prepared_path(cache_root, dataset, sha256s, val_size, seed)
+    if target.is_file():
+        try:
+            with safe_open(str(target), framework="pt") as handle:
+                if set(handle.keys()) == {f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")}:
+                    return target
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is rebuilt below
+            pass
+
+    train_images, train_labels = read_split(Path(files["train_images"]["path"]), Path(files["train_labels"]["path"]))
+    test_images, test_labels = read_split(Path(files["test_images"]["path"]), Path(files["test_labels"]["path"]))
+    if val_size >= len(train_images):
+        raise DataError(f"val_size={val_size} leaves no training images (the training set has {len(train_images)})")
+
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = order[:val_size], order[val_size:]
+    images, labels = torch.from_numpy(train_images.copy()), torch.from_numpy(train_labels.copy())
+    tensors = {
+        "train_images": images[train_index],
+        "train_labels": labels[train_index],
+        "val_images": images[val_index],
+        "val_labels": labels[val_index],
+        "test_images": torch.from_numpy(test_images.copy()),
+        "test_labels": torch.from_numpy(test_labels.copy()),
+    }
+    metadata = {"dataset": dataset, "val_size": str(val_size), "seed": str(seed)}
+    metadata.update({f"sha256_{role}": digest for role, digest in sha256s.items()})
+    atomic_save_tensors(tensors, target, metadata)
+    return target
+
+
+def load_prepared(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The six uint8 tensors of a prepared file, on `device`."""
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as error:
+        raise DataError(f"{path}: cannot read prepared data ({error}); delete it to rebuild") from error

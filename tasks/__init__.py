@@ -1,0 +1,9 @@
+"""Thin Prefect tasks around `mnist_core`, one per stage."""
+
+from tasks.download import download
+from tasks.evaluate import evaluate
+from tasks.export import export
+from tasks.train import train
+from tasks.transform import transform
+
+__all__ = ["download", "transform", "train", "evaluate", "export"]
