@@ -30,7 +30,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
 def describe_environment(device: torch.device) -> dict[str, str | int | None]:
     """What a result depends on besides the parameters: logged at start, stored with the model."""
     info: dict[str, str | int | None] = {
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,

@@ -1,0 +1,60 @@
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mnist_core.download import DATASETS, decompressed_sha256, download_dataset, mirrors_for
+
+
+def test_mirrors_official_first_then_user_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNIST_MIRROR", "/env/a, file:///env/b")
+    mirrors = mirrors_for(DATASETS["mnist"], ["/user"])
+    assert mirrors[: len(DATASETS["mnist"].official_mirrors)] == list(DATASETS["mnist"].official_mirrors)
+    assert mirrors[-3:] == ["/user", "/env/a", "file:///env/b"]
+
+
+def test_fashion_mnist_reads_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASHION_MNIST_MIRROR", "/usr/share/datasets/fashion-mnist")
+    assert mirrors_for(DATASETS["fashion-mnist"])[-1] == "/usr/share/datasets/fashion-mnist"
+
+
+def test_download_from_folder_and_file_url(synthetic_dataset, tmp_path: Path) -> None:
+    name, mirror, sha256s = synthetic_dataset
+    for source in (str(mirror), mirror.as_uri()):
+        cache = tmp_path / f"cache-{len(source)}"
+        files = download_dataset(name, cache, [source])
+        assert set(files) == set(sha256s)
+        for role, entry in files.items():
+            assert entry["source"] == source
+            assert decompressed_sha256(Path(entry["path"])) == sha256s[role]
+            assert Path(entry["path"]).parent == (cache / "raw" / name).resolve()
+        assert not list((cache / "raw" / name).glob("*.part"))
+
+
+def test_verified_cache_is_not_fetched_again(synthetic_dataset, tmp_path: Path) -> None:
+    name, mirror, _ = synthetic_dataset
+    first = download_dataset(name, tmp_path, [str(mirror)])
+    for item in mirror.iterdir():
+        item.unlink()  # the mirror is gone: only the cache can serve now
+    second = download_dataset(name, tmp_path, [str(mirror)])
+    assert {entry["source"] for entry in second.values()} == {"cache"}
+    assert [e["path"] for e in first.values()] == [e["path"] for e in second.values()]
+
+
+def test_recompressed_file_is_accepted_by_content_hash(synthetic_dataset, tmp_path: Path) -> None:
+    name, mirror, sha256s = synthetic_dataset
+    target = mirror / "train-labels-idx1-ubyte.gz"
+    content = gzip.decompress(target.read_bytes())
+    target.write_bytes(gzip.compress(content, compresslevel=1, mtime=12345))
+    files = download_dataset(name, tmp_path, [str(mirror)])
+    assert hashlib.sha256(gzip.decompress(Path(files["train_labels"]["path"]).read_bytes())).hexdigest() == (
+        sha256s["train_labels"]
+    )
+
+
+def test_real_mnist_mirror_verifies(mnist_mirror: Path, tmp_path: Path) -> None:
+    files = download_dataset("mnist", tmp_path, [str(mnist_mirror)])
+    for role, entry in files.items():
+        assert entry["source"] != "cache"
+        assert decompressed_sha256(Path(entry["path"])) == DATASETS["mnist"].files[role][1]

@@ -1,0 +1,80 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from mnist_core import export as export_module
+from mnist_core.config import RunParams
+from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.export import export_run
+from mnist_core.model import load_weights
+from mnist_core.train import train_model
+
+
+@pytest.fixture(scope="module")
+def exported_run(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory):
+    params = RunParams(epochs=1)
+    result = train_model(mnist_tensors, params, torch.device("cpu"))
+    evaluation = evaluate_model(result.model, mnist_tensors["test_images"], mnist_tensors["test_labels"],
+                                CLASS_NAMES["mnist"])  # fmt: skip
+    history = pd.DataFrame([vars(stats) for stats in result.history])
+    card = {
+        "params": params.model_dump(mode="json"),
+        "metrics": {
+            "test_accuracy": evaluation.accuracy,
+            "test_loss": evaluation.loss,
+            "best_epoch": 1,
+            "best_val_accuracy": result.history[0].val_accuracy,
+        },  # fmt: skip
+        "environment": {"torch": str(torch.__version__), "device": "cpu"},
+        "dataset": {"name": "mnist", "sha256": {"test_images": "abc"}},
+        "timings": {"train_seconds": result.train_seconds, "resumed_from_epoch": 0, "stages": {"train": 1.0}},
+    }
+    output_root = tmp_path_factory.mktemp("out")
+    run_dir = export_run(output_root, "run-1", result.model, history, evaluation.per_class, evaluation.confusion, card)
+    return run_dir, evaluation
+
+
+def test_run_folder_has_every_file(exported_run) -> None:
+    run_dir, _ = exported_run
+    names = {item.name for item in run_dir.iterdir()}
+    assert names == {
+        export_module.MODEL_FILE, export_module.TORCHSCRIPT_FILE, export_module.METRICS_FILE,
+        export_module.PER_CLASS_FILE, export_module.CONFUSION_FILE, export_module.REPORT_FILE, export_module.CARD_FILE,
+    }  # fmt: skip
+    assert not [item for item in run_dir.parent.iterdir() if item.name.endswith(".part")]
+    card = json.loads((run_dir / export_module.CARD_FILE).read_text())
+    assert 0.9 < card["metrics"]["test_accuracy"] <= 1.0  # a fraction, not a percentage
+    assert card["run_id"] == "run-1"
+    metrics = pd.read_csv(run_dir / export_module.METRICS_FILE)
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s"} <= set(metrics.columns)
+    confusion = pd.read_csv(run_dir / export_module.CONFUSION_FILE, index_col=0)
+    assert confusion.shape == (10, 10) and confusion.to_numpy().sum() == 10000
+    assert "Test accuracy" in (run_dir / export_module.REPORT_FILE).read_text()
+
+
+def test_reloaded_weights_give_the_same_test_accuracy(exported_run, mnist_tensors) -> None:
+    run_dir, evaluation = exported_run
+    model = load_weights(run_dir / export_module.MODEL_FILE)
+    again = evaluate_model(model, mnist_tensors["test_images"], mnist_tensors["test_labels"], CLASS_NAMES["mnist"])
+    assert again.accuracy == evaluation.accuracy
+    assert again.loss == pytest.approx(evaluation.loss, rel=1e-6)
+
+
+def test_torchscript_predicts_like_the_model(exported_run, mnist_tensors) -> None:
+    run_dir, _ = exported_run
+    scripted = torch.jit.load(str(run_dir / export_module.TORCHSCRIPT_FILE))
+    model = load_weights(run_dir / export_module.MODEL_FILE).eval()
+    images = mnist_tensors["test_images"][:256]
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images), model(images))
+
+
+def test_existing_run_folder_is_never_overwritten(exported_run) -> None:
+    run_dir, evaluation = exported_run
+    before = (run_dir / export_module.CARD_FILE).read_bytes()
+    with pytest.raises(FileExistsError):
+        export_run(run_dir.parent, run_dir.name, load_weights(run_dir / export_module.MODEL_FILE), pd.DataFrame(),
+                   evaluation.per_class, evaluation.confusion, {})  # fmt: skip
+    assert (run_dir / export_module.CARD_FILE).read_bytes() == before

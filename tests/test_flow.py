@@ -1,0 +1,100 @@
+"""The real `mnist` flow, end to end on the MNIST mirror, with its artifacts read back from the Prefect API."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnist_core.config import RunParams
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def read_artifacts(flow_run_id) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.key: artifact for artifact in artifacts if artifact.key}
+
+
+@pytest.fixture(scope="module")
+def flow_run(prefect_server, mnist_data_dir: Path, mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory):
+    from flows.mnist import mnist
+
+    output_dir = tmp_path_factory.mktemp("runs")
+    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=output_dir, mirror=[str(mnist_mirror)])
+    state = mnist(params, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state.state_details.flow_run_id, output_dir
+
+
+def test_flow_writes_a_complete_run_folder(flow_run) -> None:
+    result, _, output_dir = flow_run
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == output_dir.resolve()
+    card = json.loads((run_dir / "model_card.json").read_text())
+    assert card["metrics"]["test_accuracy"] > 0.95  # one epoch; chance is 0.10
+    assert card["metrics"]["test_accuracy"] == result["test_accuracy"]
+    assert set(card["dataset"]["sha256"]) == {"train_images", "train_labels", "test_images", "test_labels"}
+    assert card["environment"]["device"] == "cpu" and card["environment"]["torch"]
+    assert set(card["timings"]["stages"]) == {"download", "transform", "train", "evaluate"}
+    # The checkpoint is dropped once the run folder exists.
+    assert not any((output_dir / ".checkpoints").glob("*/checkpoint.pt"))
+
+
+def test_artifacts_are_published_with_stable_keys(flow_run) -> None:
+    result, flow_run_id, _ = flow_run
+    artifacts = read_artifacts(flow_run_id)
+    expected = {"mnist-report", "mnist-epoch-metrics", "mnist-per-class", "mnist-confusion-matrix",
+                "mnist-training-progress", "mnist-model", "mnist-run-folder"}  # fmt: skip
+    assert expected <= set(artifacts)
+
+    report = artifacts["mnist-report"]
+    assert f"{result['test_accuracy']:.2%}" in report.data and result["run_dir"] in report.data
+
+    epochs = json.loads(artifacts["mnist-epoch-metrics"].data)
+    assert len(epochs) == 1 and epochs[0]["epoch"] == 1 and 0.9 < epochs[0]["val_accuracy"] <= 1
+
+    per_class = json.loads(artifacts["mnist-per-class"].data)
+    assert [row["class"] for row in per_class] == [str(digit) for digit in range(10)]
+    assert sum(row["support"] for row in per_class) == 10000
+
+    confusion = json.loads(artifacts["mnist-confusion-matrix"].data)
+    assert len(confusion) == 10 and sum(sum(v for k, v in row.items() if k != "true") for row in confusion) == 10000
+
+    assert artifacts["mnist-training-progress"].data == 100.0
+    assert Path(result["model"]).as_uri() in artifacts["mnist-model"].data
+
+
+def test_invalid_parameters_fail_before_any_work(prefect_server, tmp_path: Path) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.mnist import mnist
+
+    with pytest.raises(ParameterTypeError, match="epochs"):
+        mnist({"epochs": 0, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "out")})
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> None:
+    """`python flows/mnist.py` as a user runs it: Prefect's temporary server, flags, the closing summary."""
+    env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "1", "--batch-size", "128",
+               "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report_line = next(line for line in result.stdout.splitlines() if line.startswith("Report: "))
+    report = Path(report_line.removeprefix("Report: "))
+    assert report.is_file() and report.parent.parent == (tmp_path / "runs").resolve()
+    accuracy = json.loads((report.parent / "model_card.json").read_text())["metrics"]["test_accuracy"]
+    assert accuracy > 0.95
