@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint stack-up stack-down stack-status test-e2e
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,3 +22,16 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The local Prefect stack (server, pool, deployments, worker) on 127.0.0.1; see README.
+stack-up: setup
+	$(PYTHON) deployments/stack.py up
+
+stack-down:
+	$(PYTHON) deployments/stack.py down
+
+stack-status:
+	$(PYTHON) deployments/stack.py status
+
+test-e2e: setup
+	$(PYTHON) -m pytest -m e2e $(PYTEST_ARGS)

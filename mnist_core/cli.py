@@ -23,7 +23,8 @@ def flag_name(field: str) -> str:
 
 def build_parser(model: type[BaseModel], description: str) -> argparse.ArgumentParser:
     """One flag per field. Values stay strings: the model validates and converts them, as it does for Python."""
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
+    # No abbreviations: a misspelt flag such as --epoch must be refused, not silently read as --epochs.
+    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
     for name, info in model.model_fields.items():
         annotation = _unwrap_optional(info.annotation)
         origin = typing.get_origin(annotation)

@@ -26,17 +26,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0,
         "batch_size": 64,
     },
-    # The fastest recipe found to reach >= 98.0 % test accuracy with the seed MLP (selected on validation).
+    # The fastest recipe found to reach >= 98.0 % test accuracy with the seed MLP: the fewest epochs whose mean
+    # validation accuracy over seeds 0-2 is >= 98.0 % (benchmarks/sweep_fast98.py; test looked at only after).
     "fast98": {
         "optimizer": "sgd",
-        "lr": 0.2,
+        "lr": 0.3,
         "momentum": 0.9,
         "nesterov": True,
         "weight_decay": 5e-4,
         "schedule": "onecycle",
         "label_smoothing": 0.1,
         "batch_size": 256,
-        "epochs": 8,
+        "epochs": 4,
     },
 }
 
@@ -58,9 +59,9 @@ class RunParams(BaseModel):
         "the MNIST_MIRROR environment variable adds more.",
     )
     preset: PresetName | None = Field(None, description="Named recipe; explicitly set fields still win.")
-    epochs: int = Field(8, ge=1, le=1000, description="Training epochs.")
+    epochs: int = Field(4, ge=1, le=1000, description="Training epochs.")
     batch_size: int = Field(256, ge=1, le=60000, description="Training batch size.")
-    lr: float = Field(0.2, gt=0, le=10, description="Peak learning rate.")
+    lr: float = Field(0.3, gt=0, le=10, description="Peak learning rate.")
     optimizer: OptimizerName = Field("sgd", description="Optimizer.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (SGD) or beta1 (Adam, AdamW).")
     nesterov: bool = Field(True, description="Nesterov momentum (SGD only).")
@@ -87,13 +88,16 @@ class RunParams(BaseModel):
     )
     force_promote: bool = Field(False, description="Promote this run to champion whatever its accuracy.")
 
-    @field_validator("data_dir", "output_dir")
+    # Before conversion: Path("") becomes ".", which would silently mean the current folder.
+    @field_validator("data_dir", "output_dir", mode="before")
     @classmethod
-    def _plain_path(cls, value: Path) -> Path:
+    def _plain_path(cls, value: Any) -> Any:
+        if not isinstance(value, str | Path):
+            return value
         text = str(value)
         if not text.strip() or "\x00" in text:
             raise ValueError("must be a non-empty path without NUL characters")
-        return value.expanduser()
+        return Path(text).expanduser()
 
     @field_validator("mirror")
     @classmethod

@@ -94,17 +94,28 @@ def mirrors_for(spec: DatasetSpec, extra: Iterable[str] = ()) -> list[str]:
     return ordered
 
 
-def decompressed_sha256(path: Path) -> str:
-    """SHA-256 of a gzip file's content; DataError if it is not valid, complete gzip."""
+def redact_url(mirror: str) -> str:
+    """`mirror` without any user:password part, for logs, messages and model cards."""
+    parts = urllib.parse.urlsplit(mirror)
+    if parts.password is None and parts.username is None:
+        return mirror
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def decompressed_sha256(path: Path, name: str | None = None) -> str:
+    """SHA-256 of a gzip file's content; DataError (naming `name`, default the file's) if it is not complete gzip."""
+    name = name or path.name
     digest = hashlib.sha256()
     try:
         with gzip.open(path, "rb") as stream:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(chunk)
     except gzip.BadGzipFile as error:
-        raise DataError(f"{path.name}: not a gzip file ({error}); an error page instead of data?") from error
+        raise DataError(f"{name}: not a gzip file ({error}); an error page instead of data?") from error
     except (EOFError, zlib.error, OSError) as error:
-        raise DataError(f"{path.name}: corrupt or truncated gzip data ({error})") from error
+        raise DataError(f"{name}: corrupt or truncated gzip data ({error})") from error
     return digest.hexdigest()
 
 
@@ -162,14 +173,16 @@ def fetch_verified(file_name: str, sha256: str, cache_dir: Path, mirrors: list[s
                 _fetch(source, target)
                 target.flush()
                 os.fsync(target.fileno())
-            actual = decompressed_sha256(temp_path)
+            actual = decompressed_sha256(temp_path, file_name)  # the real name, not the temporary one
             if actual != sha256:
                 raise DataError(f"SHA-256 of the content is {actual}, expected {sha256}")
             os.replace(temp_path, destination)
-            log.info("fetched %s from %s", file_name, mirror)
-            return destination, mirror
+            log.info("fetched %s from %s", file_name, redact_url(mirror))
+            return destination, redact_url(mirror)
         except Exception as error:  # noqa: BLE001 - every failure is reported with its mirror below
-            failures.append(f"  - {mirror}: {type(error).__name__}: {error}")
+            # urllib can echo the URL (credentials included) in its message, hence the replace.
+            reason = str(error).replace(mirror, redact_url(mirror))
+            failures.append(f"  - {redact_url(mirror)}: {type(error).__name__}: {reason}")
         finally:
             temp_path.unlink(missing_ok=True)
     tried = "\n".join(failures) if failures else "  (no mirrors configured)"

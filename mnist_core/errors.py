@@ -19,3 +19,7 @@ class TrainingError(PipelineError):
 
 class DeviceError(PipelineError):
     """The requested device is not available on this machine."""
+
+
+class StorageError(PipelineError):
+    """A file or folder cannot be written (not writable, not a folder, disk full); nothing half-written is kept."""

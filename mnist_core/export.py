@@ -14,6 +14,8 @@ import pandas as pd
 import torch
 
 from mnist_core.config import RunParams
+from mnist_core.download import redact_url
+from mnist_core.errors import StorageError
 from mnist_core.model import MLP, save_weights
 
 MODEL_FILE = "model.safetensors"
@@ -29,17 +31,11 @@ def new_run_id(training_digest: str) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{training_digest[:8]}-{secrets.token_hex(3)}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
+def public_params(params: RunParams) -> dict[str, Any]:
+    """The parameters as JSON values, safe to log or publish: mirror credentials are masked."""
+    values = params.model_dump(mode="json")
+    values["mirror"] = [redact_url(mirror) for mirror in params.mirror]
+    return values
 
 
 def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
@@ -102,11 +98,15 @@ def export_run(
 ) -> Path:
     """Write every file into a hidden temp folder, then rename it into place: no half-written run folder."""
     runs_dir = Path(output_root).expanduser().resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
     run_dir = runs_dir / run_id
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=".part", dir=runs_dir))
+    except OSError as error:
+        raise StorageError(f"{runs_dir}: cannot create a run folder there ({error.strerror or error})") from error
     if run_dir.exists():
-        raise FileExistsError(f"run folder {run_dir} already exists")
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=".part", dir=runs_dir))
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileExistsError(f"run folder {run_dir} already exists; refusing to overwrite it")
     try:
         cpu_model = MLP(model.hidden_sizes, model.dropout)
         cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -123,7 +123,11 @@ def export_run(
                                                    CONFUSION_FILE, REPORT_FILE, CARD_FILE]}  # fmt: skip
         (staging / REPORT_FILE).write_text(render_report(card, metrics, per_class, run_dir), encoding="utf-8")
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2), encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp makes it 0700; a run folder is meant to be read by the team
         os.rename(staging, run_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StorageError(f"{run_dir}: could not write the run folder ({error}); nothing was left behind") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -142,7 +146,7 @@ def build_model_card(
     best = history.loc[history["epoch"] == trained["best_epoch"]].iloc[0]
     return {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": params.model_dump(mode="json"),
+        "params": public_params(params),
         "training_digest": params.training_digest(),
         "dataset": {
             "name": params.dataset,
@@ -154,6 +158,7 @@ def build_model_card(
         "timings": {
             "train_seconds": trained["train_seconds"],
             "resumed_from_epoch": trained["resumed_from_epoch"],
+            "warmup_and_capture_seconds": trained.get("setup_seconds", 0.0),
             "stages": stage_seconds,
         },
         "metrics": {

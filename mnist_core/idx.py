@@ -1,6 +1,7 @@
 """Reading and validating IDX files (the MNIST container format), gzip-compressed or not."""
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -16,7 +17,10 @@ NUM_CLASSES = 10
 
 def read_bytes(path: Path) -> bytes:
     """The decompressed content of `path` (gzip detected by its magic bytes)."""
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
     if raw[:2] != b"\x1f\x8b":
         if str(path).endswith(".gz"):
             raise DataError(f"{path}: not a gzip file (starts with {raw[:16]!r}); an error page from a mirror?")
@@ -39,7 +43,8 @@ def parse_idx(content: bytes, name: str, expected_magic: int) -> np.ndarray:
     if len(content) < header_size:
         raise DataError(f"{name}: truncated IDX header ({len(content)} bytes, need {header_size})")
     shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected_bytes = header_size + int(np.prod(shape, dtype=np.int64))
+    # Python ints: np.prod in int64 silently wraps for absurd declared shapes and could pass the size check.
+    expected_bytes = header_size + math.prod(shape)
     if len(content) != expected_bytes:
         raise DataError(
             f"{name}: header declares shape {shape} ({expected_bytes} bytes) but the file has {len(content)} bytes"

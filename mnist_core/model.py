@@ -5,10 +5,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from mnist_core.errors import DataError
+from mnist_core.prepare import atomic_save_tensors
 
 INPUT_FEATURES = 28 * 28
 NUM_CLASSES = 10
@@ -53,7 +54,7 @@ def save_weights(model: MLP, path: Path) -> None:
     """Weights as safetensors, with the architecture in the metadata so `load_weights` needs nothing else."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"architecture": json.dumps({"hidden_sizes": model.hidden_sizes, "dropout": model.dropout})}
-    save_file(state, str(path), metadata=metadata)
+    atomic_save_tensors(state, Path(path), metadata, what="model weights")
 
 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> MLP:

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mnist_core.errors import DataError
+from mnist_core.errors import DataError, StorageError
 from mnist_core.idx import read_split
 
 SPLITS = ("train", "val", "test")
@@ -21,14 +21,22 @@ def prepared_path(cache_root: Path, dataset: str, sha256s: dict[str, str], val_s
     return Path(cache_root).expanduser().resolve() / "prepared" / name
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], what: str = "prepared data"
+) -> None:
     """Write a safetensors file so that a crash never leaves a partial file under `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise StorageError(f"{path.parent}: cannot write {what} there ({error.strerror or error})") from error
     os.close(descriptor)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, temp_name, metadata=metadata)
         os.replace(temp_name, path)
+    except Exception as error:
+        # safetensors reports a full disk as its own SafetensorError, which names neither file nor cause clearly.
+        raise StorageError(f"{path}: could not write {what} ({error}); the previous file was left as it was") from error
     finally:
         Path(temp_name).unlink(missing_ok=True)
 

@@ -1,26 +1,36 @@
 """The training loop: data resident on the device as uint8, shuffled with randperm, sliced into batches."""
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from mnist_core.config import RunParams
-from mnist_core.errors import TrainingError
+from mnist_core.errors import StorageError, TrainingError
 from mnist_core.model import MLP
+from mnist_core.steps import FixedShapeStep, batch_weights, capture_cuda_graph, compile_step, epoch_batches
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+# 2: the learning rate is a tensor in the optimizer state and momentum no longer cycles with onecycle.
+CHECKPOINT_FORMAT = 2
 EVAL_CHUNK = 10_000
+StepMode = Literal["auto", "eager", "cuda_graph", "compiled"]
+# Intra-op threads while training on a CPU. This MLP's matrices are so small (a batch of 256 is ~0.1 GFLOP per
+# step) that OpenMP's fork/join per operator costs more than a second thread gains; and on a shared machine a
+# descheduled worker thread stalls every operator: 1 thread measured 1.4x faster idle and 10x faster under load
+# than 2 on the project's 2-core machine.
+CPU_TRAIN_THREADS = 1
 
 
 @dataclass
@@ -57,19 +67,64 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return supported
 
 
-def build_optimizer(model: nn.Module, params: RunParams) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, params: RunParams, device: torch.device, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer; `capturable` makes its step safe to capture in a CUDA graph.
+
+    A captured step bakes in every Python float it reads, so the learning rate, which the schedule changes
+    each step, lives in a device tensor that the scheduler updates in place. SGD has no `capturable` flag:
+    its fused kernel takes a tensor learning rate and keeps no step counter, so it is graph-safe as it is
+    (the foreach path would call .item() on a tensor rate). CPU uses the same fused kernel, so the tests run
+    the same update rule.
+    """
     if params.optimizer == "sgd":
+        fused = device.type in ("cpu", "cuda")
         return torch.optim.SGD(
             model.parameters(),
-            lr=params.lr,
+            lr=torch.tensor(params.lr, device=device) if fused else params.lr,
             momentum=params.momentum,
             nesterov=params.nesterov and params.momentum > 0,
             weight_decay=params.weight_decay,
+            fused=fused,
         )
     optimizer_class = torch.optim.Adam if params.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(
-        model.parameters(), lr=params.lr, betas=(params.momentum, 0.999), weight_decay=params.weight_decay
+        model.parameters(),
+        lr=torch.tensor(params.lr, device=device) if capturable else params.lr,
+        betas=(params.momentum, 0.999),
+        weight_decay=params.weight_decay,
+        capturable=capturable,
     )
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create SGD's momentum buffers as zeros up front.
+
+    With dampening 0, momentum*0 + grad equals the first-step rule (buffer = grad), so nothing changes
+    numerically; but every step, the first one included, now runs the same kernel with the same state,
+    which a captured graph needs and which makes eager and graph steps identical.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0:
+            continue
+        for param in group["params"]:
+            optimizer.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+
+
+def pin_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Keep a tensor learning rate a device tensor (load_state_dict replaces it with the checkpoint's CPU copy)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor) and group["lr"].device != device:
+            group["lr"] = group["lr"].to(device)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate as a float; for a CUDA tensor this waits for the device, so call it only at the epoch
+    boundary, after the epoch's one sync."""
+    return float(optimizer.param_groups[0]["lr"])
 
 
 def build_scheduler(
@@ -77,7 +132,10 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     total_steps = params.epochs * steps_per_epoch
     if params.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total_steps)
+        # cycle_momentum=False: a captured step bakes momentum in as a constant, so it must not change per step.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=params.lr, total_steps=total_steps, cycle_momentum=False
+        )
     if params.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return None
@@ -117,18 +175,49 @@ def _set_rng_state(state: dict[str, torch.Tensor], shuffle: torch.Generator, dev
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def checkpoint_dir(params: RunParams) -> Path:
+    """Where a run's checkpoint and intermediate files live until export, so a rerun can resume."""
+    return Path(params.output_dir).expanduser().resolve() / ".checkpoints" / params.checkpoint_name()
+
+
+@contextlib.contextmanager
+def checkpoint_lock(params: RunParams) -> Iterator[Path]:
+    """Hold the run's checkpoint folder exclusively: two runs with the same parameters (or run name) in one output
+    root would otherwise resume from, and delete, each other's checkpoint. The kernel drops the lock if the
+    process dies, so a killed run never blocks its own restart."""
+    folder = checkpoint_dir(params)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = folder.parent / f"{folder.name}.lock"
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"another run is using the checkpoint {folder} (same parameters or run name, same output folder); "
+                "wait for it to finish, or pass another --run-name or --output-dir"
+            ) from None
+        try:
+            yield folder
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temp file, fsync, then os.replace: a crash leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    temp_name = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         with os.fdopen(descriptor, "wb") as stream:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
+    except OSError as error:
+        raise StorageError(f"{path}: could not write the checkpoint ({error}); the previous one is intact") from error
     finally:
-        Path(temp_name).unlink(missing_ok=True)
+        if temp_name:
+            Path(temp_name).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, params: RunParams) -> dict[str, Any]:
@@ -136,7 +225,11 @@ def load_checkpoint(path: Path, params: RunParams) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise TrainingError(f"{path}: unreadable checkpoint ({error}); delete it or pass --no-resume") from error
+        # torch's refusal message goes on to advise weights_only=False, which is exactly what must not happen here.
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "Weights only load failed" in detail:
+            detail = "it holds objects other than tensors and plain values, and nothing is ever unpickled"
+        raise TrainingError(f"{path}: unreadable checkpoint ({detail}); delete it or pass --no-resume") from error
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: checkpoint format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     if payload.get("training_digest") != params.training_digest():
@@ -154,26 +247,61 @@ def _to_device_state(state: dict[str, torch.Tensor], device: torch.device) -> di
     return {name: tensor.to(device) for name, tensor in state.items()}
 
 
+@contextlib.contextmanager
+def training_threads(device: torch.device) -> Iterator[None]:
+    """CPU_TRAIN_THREADS intra-op threads for the duration of CPU training, then the caller's setting again."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(CPU_TRAIN_THREADS, previous))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_model(
     data: dict[str, torch.Tensor],
     params: RunParams,
     device: torch.device,
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    step_mode: StepMode = "auto",
 ) -> TrainResult:
-    """Train the MLP on `data` (uint8 tensors already on `device`); keep the best-validation weights."""
+    """Train the MLP on `data` (uint8 tensors already on `device`); keep the best-validation weights.
+
+    `step_mode` "auto" captures the step as a CUDA graph on CUDA when `params.cuda_graph` is set and runs it
+    eagerly otherwise; "compiled" wraps it in torch.compile(mode="reduce-overhead") (for the benchmark).
+    """
+    with training_threads(device):
+        return _train_model(data, params, device, checkpoint_path, on_epoch, step_mode)
+
+
+def _train_model(
+    data: dict[str, torch.Tensor],
+    params: RunParams,
+    device: torch.device,
+    checkpoint_path: Path | None,
+    on_epoch: Callable[[EpochStats], None] | None,
+    step_mode: StepMode,
+) -> TrainResult:
     train_x, train_y = data["train_images"], data["train_labels"].long()
     val_x, val_y = data["val_images"], data["val_labels"]
     num_train = len(train_x)
     batch_size = min(params.batch_size, num_train)
     steps_per_epoch = math.ceil(num_train / batch_size)
     bf16 = use_bf16(params.precision, device)
+    if step_mode == "auto":
+        step_mode = "cuda_graph" if device.type == "cuda" and params.cuda_graph else "eager"
+    if step_mode == "cuda_graph" and device.type != "cuda":
+        raise TrainingError(f"step_mode='cuda_graph' needs a CUDA device; device is {device}")
 
     torch.manual_seed(params.seed)
     model = MLP(params.hidden_sizes, params.dropout).to(device)
-    optimizer = build_optimizer(model, params)
+    optimizer = build_optimizer(model, params, device, capturable=step_mode != "eager")
+    init_optimizer_state(optimizer)
     scheduler = build_scheduler(optimizer, params, steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     shuffle = torch.Generator(device=device).manual_seed(params.seed)
 
     history: list[EpochStats] = []
@@ -193,34 +321,36 @@ def train_model(
         start_epoch = payload["epoch"]
         _set_rng_state(payload["rng"], shuffle, device)
         log.info("resumed from %s after epoch %d", checkpoint_path, start_epoch)
-
-    def train_step(batch_x: torch.Tensor, batch_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch_x)
-            loss = criterion(logits.float(), batch_y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        return loss.detach(), (logits.argmax(1) == batch_y).sum()
+    pin_lr(optimizer, device)
 
     model.train()
+    step = FixedShapeStep(model, optimizer, train_x, train_y, batch_size, params.label_smoothing, bf16)
+    weights = batch_weights(num_train, batch_size, device)
+    run_step: Callable[[], None] = step.run
+    setup_started = time.perf_counter()
+    if start_epoch < params.epochs and step_mode == "cuda_graph":
+        run_step = capture_cuda_graph(step)
+    elif start_epoch < params.epochs and step_mode == "compiled":
+        run_step = compile_step(step)
+    # Warm-up and capture are set-up, not training: reported apart from train_seconds.
+    setup_seconds = time.perf_counter() - setup_started
+
     train_seconds = sum(stats.seconds for stats in history)
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        order = torch.randperm(num_train, device=device, generator=shuffle)
-        for step in range(steps_per_epoch):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            loss, batch_correct = train_step(train_x[index], train_y[index])
-            loss_sum += loss * len(index)
-            correct += batch_correct
+        step.reset_totals()
+        batches = epoch_batches(torch.randperm(num_train, device=device, generator=shuffle), batch_size)
+        for number in range(steps_per_epoch):
+            # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the
+            # tensor learning rate: kernel launches only, nothing waits for the device.
+            step.load(batches[number], weights[number])
+            run_step()
+            if scheduler is not None:
+                scheduler.step()
         val_loss_sum, val_correct, _ = evaluate_split(model, val_x, val_y, bf16)
         # The epoch boundary is the only host-device sync: one transfer of four scalars.
         train_loss, train_correct, val_loss, val_right = torch.stack(
-            [loss_sum, correct.float(), val_loss_sum, val_correct.float()]
+            [step.loss_sum, step.correct.float(), val_loss_sum, val_correct.float()]
         ).tolist()
         seconds = time.perf_counter() - started
         train_loss /= num_train
@@ -235,7 +365,7 @@ def train_model(
             train_accuracy=train_correct / num_train,
             val_loss=val_loss / len(val_x),
             val_accuracy=val_right / len(val_x),
-            lr=optimizer.param_groups[0]["lr"],
+            lr=current_lr(optimizer),
             seconds=seconds,
             samples_per_s=num_train / seconds,
         )
@@ -261,7 +391,7 @@ def train_model(
                     "best_key": list(best_key),
                     "history": [asdict(entry) for entry in history],
                     "rng": _rng_state(shuffle, device),
-                    "torch_version": torch.__version__,
+                    "torch_version": str(torch.__version__),
                 },
             )
         log.info(
@@ -281,4 +411,6 @@ def train_model(
         resumed_from_epoch=start_epoch,
         train_seconds=train_seconds,
         precision="bf16" if bf16 else "fp32",
+        step_kind=step_mode,
+        extra={"setup_seconds": setup_seconds},
     )

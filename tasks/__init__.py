@@ -3,7 +3,8 @@
 from tasks.download import download
 from tasks.evaluate import evaluate
 from tasks.export import export
+from tasks.promote import promote
 from tasks.train import train
 from tasks.transform import transform
 
-__all__ = ["download", "transform", "train", "evaluate", "export"]
+__all__ = ["download", "transform", "train", "evaluate", "export", "promote"]

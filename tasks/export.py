@@ -42,7 +42,8 @@ def publish_artifacts(dataset: str, run_dir: Path, history: pd.DataFrame, per_cl
         ("model-card", files_of.CARD_FILE, "Model card (JSON)"),
     ):
         create_link_artifact(key=f"{dataset}-{key}", link=(run_dir / name).as_uri(), link_text=text)
-    create_link_artifact(key=f"{dataset}-run-folder", link=run_dir.as_uri(), link_text=str(run_dir))
+    # Not the bare path as link text: "[/path]" reads as a Rich closing tag and breaks `prefect artifact ls -o json`.
+    create_link_artifact(key=f"{dataset}-run-folder", link=run_dir.as_uri(), link_text=f"Run folder {run_dir}")
 
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)

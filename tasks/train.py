@@ -4,34 +4,40 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import State, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
 from mnist_core.device import describe_environment, resolve_device
-from mnist_core.export import atomic_write_text
+from mnist_core.errors import PipelineError
+from mnist_core.export import public_params
+from mnist_core.files import atomic_write_text
 from mnist_core.model import save_weights
 from mnist_core.prepare import load_prepared
-from mnist_core.train import EpochStats, train_model
+from mnist_core.train import CPU_TRAIN_THREADS, EpochStats, checkpoint_dir, train_model
 
 
-def work_dir_for(params: RunParams) -> Path:
-    """Where a run's checkpoint and intermediate files live until export (so a rerun can resume)."""
-    return Path(params.output_dir).expanduser().resolve() / ".checkpoints" / params.checkpoint_name()
+def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:
+    """Retry crashes from the environment (I/O, a lost device); a PipelineError (divergence, a foreign
+    checkpoint, bad data) would only fail the same way again. A retry resumes from the last checkpoint."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and not isinstance(error, PipelineError)
 
 
-@task(name="train", cache_policy=NO_CACHE, persist_result=False)
+@task(name="train", retries=1, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE, persist_result=False)
 def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
     """Train on the prepared data; returns paths of the best weights and the per-epoch history."""
     started = time.perf_counter()
     logger = get_run_logger()
     device = resolve_device(params.device)
     environment = describe_environment(device)
-    logger.info("parameters: %s", params.model_dump_json())
+    if device.type == "cpu":
+        environment["cpu_threads"] = min(CPU_TRAIN_THREADS, int(environment["cpu_threads"] or 1))
+    logger.info("parameters: %s", json.dumps(public_params(params)))
     logger.info("environment: %s", environment)
     data = load_prepared(Path(prepared["path"]), device)
-    work_dir = work_dir_for(params)
+    work_dir = checkpoint_dir(params)
 
     progress_id = create_progress_artifact(
         progress=0.0, key=f"{params.dataset}-training-progress", description=f"Epochs done of {params.epochs}"
@@ -58,6 +64,7 @@ def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
         "train_seconds": result.train_seconds,
         "resumed_from_epoch": result.resumed_from_epoch,
+        "setup_seconds": result.extra.get("setup_seconds", 0.0),
         "precision": result.precision,
         "step_kind": result.step_kind,
         "environment": environment,

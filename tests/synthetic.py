@@ -55,3 +55,14 @@ def spec_for(name: str, sha256s: dict[str, str], official_mirrors: tuple[str, ..
         official_mirrors=official_mirrors,
         files={role: (FILE_NAMES[role], digest) for role, digest in sha256s.items()},
     )
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under `folder` (hidden temp files included)."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

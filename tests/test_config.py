@@ -28,7 +28,7 @@ def test_preset_fills_only_fields_not_given() -> None:
 def test_training_digest_ignores_where_files_go() -> None:
     base = RunParams()
     assert base.training_digest() == RunParams(output_dir="elsewhere", data_dir="x").training_digest()
-    assert base.training_digest() != RunParams(lr=0.3).training_digest()
+    assert base.training_digest() != RunParams(lr=base.lr / 2).training_digest()
 
 
 def test_checkpoint_name_uses_run_name_when_given() -> None:

@@ -48,8 +48,9 @@ def test_recompressed_file_is_accepted_by_content_hash(synthetic_dataset, tmp_pa
     content = gzip.decompress(target.read_bytes())
     target.write_bytes(gzip.compress(content, compresslevel=1, mtime=12345))
     files = download_dataset(name, tmp_path, [str(mirror)])
-    assert hashlib.sha256(gzip.decompress(Path(files["train_labels"]["path"]).read_bytes())).hexdigest() == (
-        sha256s["train_labels"]
+    assert (
+        hashlib.sha256(gzip.decompress(Path(files["train_labels"]["path"]).read_bytes())).hexdigest()
+        == (sha256s["train_labels"])
     )
 
 

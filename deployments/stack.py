@@ -1,0 +1,282 @@
+"""The local Prefect stack: server (SQLite, or PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL), the
+`mnist-pool` process work pool, the deployments of deployments/prefect.yaml, and one worker.
+
+    python deployments/stack.py up      # start what is not running yet, (re)deploy, wait until healthy
+    python deployments/stack.py status  # what runs, where
+    python deployments/stack.py down    # stop, by PID, what `up` started
+
+State (PIDs, logs, the `env` file to source, and PREFECT_HOME unless you set one) lives in `.stack/`.
+Importing this module starts nothing.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+DEFAULT_POOL = "mnist-pool"  # the work_pool named in deployments/prefect.yaml
+WORKER_NAME = "mnist-local-worker"
+HEALTH_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+
+
+def prefect_executable() -> str:
+    """The `prefect` beside this Python, so the worker runs flows with the project's environment."""
+    candidate = Path(sys.executable).parent / "prefect"
+    return str(candidate) if candidate.exists() else "prefect"
+
+
+class Stack:
+    def __init__(self, state_dir: Path, host: str, port: int, pool: str) -> None:
+        self.state_dir = state_dir.resolve()
+        self.host, self.port, self.pool = host, port, pool
+        self.state_file = self.state_dir / "stack.json"
+        self.log_dir = self.state_dir / "logs"
+        # A user's own PREFECT_HOME wins; otherwise the stack keeps its database inside the ignored state folder.
+        self.home = Path(os.environ.get("PREFECT_HOME") or self.state_dir / "prefect-home").expanduser().resolve()
+
+    @property
+    def client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.client_host}:{self.port}/api"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            # Offline machines: with analytics on, the server keeps trying to reach the internet.
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
+        # Fast pick-up of manual runs; polling a local server every 2 s costs nothing.
+        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
+        return env
+
+    # --- state -------------------------------------------------------------------------------------------------
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        temp = self.state_file.with_suffix(".json.part")
+        temp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+        os.replace(temp, self.state_file)
+
+    # --- processes ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def is_ours(pid: int | None, role: str) -> bool:
+        """Alive and still a `prefect <role>` process: a recycled PID must never be signalled."""
+        if not pid:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        words = [part.decode(errors="replace") for part in cmdline]
+        return any(word.endswith("prefect") for word in words) and role in words
+
+    def start(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{role}.log", "ab") as log:
+            # A new session: the process leads its own group, ignores the caller's terminal signals, and one
+            # SIGTERM to the group stops it and the flow-run processes it started.
+            process = subprocess.Popen(
+                [prefect_executable(), *args],
+                cwd=PROJECT_ROOT,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return process
+
+    def stop(self, pid: int | None, role: str) -> bool:
+        if not self.is_ours(pid, role):
+            return False
+        assert pid is not None
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and self.is_ours(pid, role):
+            time.sleep(0.1)
+        if self.is_ours(pid, role):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [prefect_executable(), *args], cwd=PROJECT_ROOT, env=self.env(), capture_output=True, text=True
+        )
+
+    def log_tail(self, role: str, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.log_dir / f"{role}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # --- health ------------------------------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.api_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+
+    def server_healthy(self) -> bool:
+        try:
+            return self.api("GET", "/health", timeout=2.0) is True
+        except (OSError, ValueError):
+            return False
+
+    def worker_online(self) -> bool:
+        try:
+            workers = self.api("POST", f"/work_pools/{self.pool}/workers/filter", {})
+        except (OSError, ValueError):
+            return False
+        return any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in workers)
+
+    def wait_for(self, what: str, check: Callable[[], bool], running: Callable[[], bool], role: str) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if not running():
+                raise SystemExit(f"stack: the {what} exited; last lines of its log:\n{self.log_tail(role)}")
+            time.sleep(0.25)
+        raise SystemExit(f"stack: the {what} was not healthy after {HEALTH_TIMEOUT_S:.0f} s:\n{self.log_tail(role)}")
+
+    # --- commands ----------------------------------------------------------------------------------------------
+
+    def up(self) -> int:
+        started = time.monotonic()
+        state = self.read_state()
+        if state and self.is_ours(state.get("server_pid"), "server") and state.get("port") != self.port:
+            raise SystemExit(f"stack: already up on port {state['port']}; run `down` first to move it")
+
+        server_pid = state.get("server_pid")
+        if self.is_ours(server_pid, "server"):
+            print(f"server: already running (PID {server_pid})")
+            server_running = partial(self.is_ours, server_pid, "server")
+        else:
+            if self.server_healthy():
+                raise SystemExit(f"stack: something else already serves {self.api_url}; pick another --port")
+            self.home.mkdir(parents=True, exist_ok=True)
+            # Until the child has exec'd, /proc shows this script's command line: watch the Popen, not /proc.
+            server = self.start("server", ["server", "start", "--host", self.host, "--port", str(self.port)])
+            server_pid, server_running = server.pid, partial(is_running, server)
+            print(f"server: starting (PID {server_pid}, database {describe_database(self.home)})")
+        state = {**state, "server_pid": server_pid, "port": self.port, "host": self.host, "api_url": self.api_url,
+                 "prefect_home": str(self.home), "pool": self.pool}  # fmt: skip
+        # Saved before waiting, so `down` can stop a server that never became healthy.
+        self.write_state(state)
+        self.wait_for("server", self.server_healthy, server_running, "server")
+        print(f"server: healthy after {time.monotonic() - started:.1f} s")
+
+        for args in (
+            ["work-pool", "create", self.pool, "--type", "process", "--overwrite"],
+            ["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)],
+        ):
+            result = self.cli(*args)
+            if result.returncode != 0:
+                raise SystemExit(f"stack: `prefect {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
+        print(f"pool {self.pool} and deployments from {PREFECT_FILE.relative_to(PROJECT_ROOT)}: applied")
+
+        worker_pid = state.get("worker_pid")
+        if self.is_ours(worker_pid, "worker"):
+            print(f"worker: already running (PID {worker_pid})")
+            worker_running = partial(self.is_ours, worker_pid, "worker")
+        else:
+            worker = self.start("worker", ["worker", "start", "--pool", self.pool, "--type", "process",
+                                           "--name", WORKER_NAME])  # fmt: skip
+            worker_pid, worker_running = worker.pid, partial(is_running, worker)
+            state["worker_pid"] = worker_pid
+            self.write_state(state)
+            print(f"worker: starting (PID {worker_pid})")
+        self.wait_for("worker", self.worker_online, worker_running, "worker")
+
+        if not os.environ.get("MNIST_MIRROR"):
+            print("note: MNIST_MIRROR is not set, so runs fetch MNIST from the official mirrors (needs internet)")
+        env_file = self.state_dir / "env"
+        env_file.write_text(f"export PREFECT_API_URL={self.api_url}\n", encoding="utf-8")
+        print(
+            f"\nStack up in {time.monotonic() - started:.1f} s.\n"
+            f"  UI:     http://{self.client_host}:{self.port}\n"
+            f"  API:    {self.api_url}   (source {env_file} to point the prefect CLI at it)\n"
+            f"  Run:    prefect deployment run mnist/train --watch\n"
+            f"  Logs:   {self.log_dir}\n"
+            f"  Stop:   make stack-down   (or: {sys.executable} deployments/stack.py down)"
+        )
+        return 0
+
+    def down(self) -> int:
+        state = self.read_state()
+        if not state:
+            print(f"stack: nothing to stop (no state in {self.state_dir})")
+            return 0
+        for role in ("worker", "server"):
+            pid = state.pop(f"{role}_pid", None)
+            print(f"{role}: {'stopped' if self.stop(pid, role) else 'not running'}" + (f" (PID {pid})" if pid else ""))
+        self.write_state(state)
+        return 0
+
+    def status(self) -> int:
+        state = self.read_state()
+        server_pid, worker_pid = state.get("server_pid"), state.get("worker_pid")
+        server_up = self.is_ours(server_pid, "server")
+        print(f"server: {'running' if server_up else 'stopped'} (PID {server_pid}) {state.get('api_url', '')}")
+        print(f"worker: {'running' if self.is_ours(worker_pid, 'worker') else 'stopped'} (PID {worker_pid})")
+        return 0 if server_up else 1
+
+
+def is_running(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is None
+
+
+def describe_database(home: Path) -> str:
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    if url:
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    return f"SQLite at {home / 'prefect.db'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(os.environ.get("MNIST_STACK_DIR", PROJECT_ROOT / ".stack"))
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("MNIST_STACK_HOST", "127.0.0.1"),
+        help="address the server listens on (default 127.0.0.1; 0.0.0.0 lets remote workers in)",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MNIST_STACK_PORT", "4200")))
+    args = parser.parse_args(argv)
+    stack = Stack(args.state_dir, args.host, args.port, DEFAULT_POOL)
+    return {"up": stack.up, "down": stack.down, "status": stack.status}[args.command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

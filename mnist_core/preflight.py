@@ -1,0 +1,38 @@
+"""Checks run before any work starts, so a bad folder or device fails in seconds, not after training."""
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mnist_core.config import RunParams
+from mnist_core.device import resolve_device
+from mnist_core.errors import StorageError
+
+
+def ensure_writable_dir(path: Path, field: str) -> Path:
+    """`path` resolved, created if missing, and proven writable by creating a file in it."""
+    resolved = Path(path).expanduser().resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise StorageError(f"{field}={str(path)!r}: {resolved} exists but is not a folder")
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or error
+        raise StorageError(f"{field}={str(path)!r}: cannot create folder {resolved} ({reason})") from error
+    # os.access lies for root and on some network file systems; only a real write proves the folder usable.
+    try:
+        with tempfile.TemporaryFile(prefix=".write-test-", dir=resolved):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise StorageError(f"{field}={str(path)!r}: folder {resolved} is not writable ({reason})") from error
+    return resolved
+
+
+def preflight(params: RunParams) -> torch.device:
+    """Fail fast on a missing device or an unusable data or output folder; returns the device."""
+    device = resolve_device(params.device)
+    ensure_writable_dir(params.data_dir, "data_dir")
+    ensure_writable_dir(params.output_dir, "output_dir")
+    return device

@@ -1,0 +1,150 @@
+"""The training step in a fixed-shape, graph-safe form, and its capture as a CUDA graph.
+
+One `FixedShapeStep` reads its batch through static buffers (an index vector and a per-sample weight vector),
+so every call has the same shapes, allocates the same tensors and never syncs with the host. The same object
+runs eagerly on the CPU (where the tests exercise it) and is captured once into a CUDA graph on a GPU.
+
+The ragged last batch (55 000 training images at batch 256 leave 216) is padded to the full batch size with
+indices from the start of the epoch's permutation and given weight 0: the loss is the weighted mean over the
+real samples, so its gradient, and the optimizer step, equal those of the 216-sample batch. No sample is
+dropped or seen twice, one graph serves every step, and the padding costs 40 wasted rows once per epoch.
+"""
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+
+def epoch_batches(order: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The epoch's permutation as a (steps, batch_size) index table, the tail padded from its start."""
+    steps = math.ceil(len(order) / batch_size)
+    padding = steps * batch_size - len(order)
+    # Any valid index works as padding (its weight is 0); the permutation's head keeps gathers in bounds.
+    padded = torch.cat([order, order[:padding]]) if padding else order
+    return padded.view(steps, batch_size)
+
+
+def batch_weights(num_samples: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(steps, batch_size) weights: 1 for real samples, 0 for the padding of the last batch."""
+    steps = math.ceil(num_samples / batch_size)
+    weights = torch.ones(steps * batch_size, device=device)
+    weights[num_samples:] = 0
+    return weights.view(steps, batch_size)
+
+
+class FixedShapeStep:
+    """forward + loss + backward + optimizer step on the batch named by `index`, weighted by `weight`.
+
+    Call `load(index_row, weight_row)` then `run()` (eager) or replay a graph captured from `run()`.
+    `loss_sum` (sum of per-sample losses) and `correct` accumulate on the device; the caller zeroes them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        label_smoothing: float = 0.0,
+        bf16: bool = False,
+    ) -> None:
+        device = images.device
+        self.model, self.optimizer = model, optimizer
+        self.images, self.labels = images, labels
+        self.label_smoothing, self.bf16 = label_smoothing, bf16
+        self.index = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.weight = torch.ones(batch_size, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def load(self, index: torch.Tensor, weight: torch.Tensor) -> None:
+        # copy_ into the static buffers, never rebinding them: a captured graph reads these exact addresses.
+        self.index.copy_(index)
+        self.weight.copy_(weight)
+
+    def reset_totals(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def run(self) -> None:
+        batch_x, batch_y = self.images[self.index], self.labels[self.index]
+        # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
+        with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            logits = self.model(batch_x)
+        per_sample = functional.cross_entropy(
+            logits.float(), batch_y, reduction="none", label_smoothing=self.label_smoothing
+        )
+        weighted = (per_sample * self.weight).sum()
+        loss = weighted / self.weight.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += weighted.detach()
+        self.correct += ((logits.argmax(1) == batch_y) & (self.weight > 0)).sum()
+
+
+def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Every tensor a training step mutates, keyed stably (parameter position, not dict order)."""
+    tensors = {f"model.{name}": tensor for name, tensor in model.state_dict(keep_vars=True).items()}
+    for group_number, group in enumerate(optimizer.param_groups):
+        for param_number, param in enumerate(group["params"]):
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{group_number}.{param_number}.{key}"] = value
+    return tensors
+
+
+@contextlib.contextmanager
+def state_restored(step: FixedShapeStep) -> Iterator[None]:
+    """Whatever steps run inside leave the weights, optimizer state and totals as they were, in place.
+
+    In place, because a captured graph refers to these very tensors. State created inside (e.g. Adam's moments
+    on a fresh run) is zeroed, which is what the optimizer would have initialised it to.
+    """
+    model, optimizer = step.model, step.optimizer
+    with torch.no_grad():
+        before = {key: tensor.detach().clone() for key, tensor in _state_tensors(model, optimizer).items()}
+    yield
+    with torch.no_grad():
+        for key, tensor in _state_tensors(model, optimizer).items():
+            if key in before:
+                tensor.copy_(before[key])
+            else:
+                tensor.zero_()
+    step.reset_totals()
+
+
+def capture_cuda_graph(step: FixedShapeStep, warmup_steps: int = 3) -> Callable[[], None]:
+    """Capture `step.run` as a CUDA graph and return its replay; training state is left as it was before.
+
+    Warm-up runs on a side stream first, as torch.cuda.graph requires, so that lazy optimizer state and
+    autograd's buffers exist before capture.
+    """
+    with state_restored(step):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup_steps):
+                step.run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step.run()
+    return graph.replay
+
+
+def compile_step(step: FixedShapeStep, warmup_steps: int = 3) -> Callable[[], None]:
+    """`step.run` under torch.compile(mode="reduce-overhead"), compiled and recorded before it is returned,
+    so that compilation is not counted as training time; training state is left as it was before."""
+    compiled = torch.compile(step.run, mode="reduce-overhead")
+    with state_restored(step):
+        for _ in range(warmup_steps):
+            compiled()
+        if step.index.device.type == "cuda":
+            torch.cuda.synchronize(step.index.device)
+    return compiled

@@ -1,0 +1,378 @@
+"""End to end: the real stack (server, pool, deployments from deployments/, worker) and `prefect deployment run`.
+
+Run alone with `pytest -m e2e`. Every process is started on 127.0.0.1 by these fixtures and stopped by PID,
+also when a test fails.
+"""
+
+import asyncio
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from deployments.stack import DEFAULT_POOL, Stack
+from mnist_core.registry import read_champion, read_registry
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STACK_SCRIPT = PROJECT_ROOT / "deployments" / "stack.py"
+PREFECT = str(Path(sys.executable).parent / "prefect")
+RUN_TIMEOUT_S = 240
+# A run worse than any 1-epoch run of the default recipe (about 68 % against about 96 %).
+WORSE = {"lr": 0.001, "hidden_sizes": [8]}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, which has no command line, counts as gone)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+@dataclass
+class StackHandle:
+    state_dir: Path
+    port: int
+    env: dict[str, str]
+    output_dir: Path
+    base_params: dict[str, Any]
+    up_seconds: float
+
+    @property
+    def api(self) -> Stack:
+        return Stack(self.state_dir, "127.0.0.1", self.port, DEFAULT_POOL)
+
+    def stack_command(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(STACK_SCRIPT), command, "--state-dir", str(self.state_dir), "--port", str(self.port)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def prefect(self, *args: str, timeout: float = RUN_TIMEOUT_S + 30) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "PREFECT_API_URL": self.api.api_url}
+        return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    def run_deployment(self, params: dict[str, Any]) -> tuple[str, float]:
+        """`prefect deployment run mnist/train --param ... --watch`; returns the flow run id and the latency."""
+        started = time.monotonic()
+        result = self.prefect(
+            "deployment", "run", "mnist/train", "--param", f"params={json.dumps(params)}",
+            "--watch", "--watch-timeout", str(RUN_TIMEOUT_S),
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"deployment run failed:\n{output}\n--- worker log ---\n{self.worker_log()}"
+        assert "Completed" in output
+        return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1), seconds  # type: ignore[union-attr]
+
+    def worker_log(self) -> str:
+        return self.api.log_tail("worker", 60)
+
+    def deployment(self) -> dict[str, Any]:
+        return self.api.api("GET", "/deployments/name/mnist/train")
+
+    def flow_run(self, flow_run_id: str) -> dict[str, Any]:
+        return self.api.api("GET", f"/flow_runs/{flow_run_id}")
+
+    def manual_runs(self) -> list[dict[str, Any]]:
+        """Runs of the deployment that were not created by its schedule."""
+        body = {"flow_runs": {"deployment_id": {"any_": [self.deployment()["id"]]}}}
+        return [run for run in self.api.api("POST", "/flow_runs/filter", body) if not run["auto_scheduled"]]
+
+    def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
+        found = self.api.api("POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+        return {artifact["key"]: artifact for artifact in found if artifact["key"]}
+
+
+def recorded_pids(state_dir: Path) -> dict[str, int]:
+    try:
+        state = json.loads((state_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {role: state[f"{role}_pid"] for role in ("worker", "server") if state.get(f"{role}_pid")}
+
+
+@pytest.fixture(scope="module")
+def stack_env(mnist_mirror: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        # A queued run retries for the slot every second instead of every 30 s.
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1",
+        MNIST_MIRROR=str(mnist_mirror),
+    )
+    return env
+
+
+@contextmanager
+def running_stack(
+    state_dir: Path, env: dict[str, str], output_dir: Path, base_params: dict[str, Any]
+) -> Iterator[StackHandle]:
+    env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home")}
+    handle = StackHandle(state_dir, free_port(), env, output_dir, base_params, 0.0)
+    try:
+        started = time.monotonic()
+        up = handle.stack_command("up")
+        handle.up_seconds = time.monotonic() - started
+        assert up.returncode == 0, f"stack up failed:\n{up.stdout}\n{up.stderr}"
+        database = "PostgreSQL" if "PREFECT_API_DATABASE_CONNECTION_URL" in env else "SQLite"
+        print(f"\nstack up ({database}): {handle.up_seconds:.1f} s")
+        yield handle
+    finally:
+        pids = recorded_pids(state_dir)
+        try:
+            handle.stack_command("down", timeout=120)
+        finally:
+            # Safety net if `down` failed or hung: whatever `up` recorded and still runs is killed, by PID.
+            for role, pid in pids.items():
+                if Stack.is_ours(pid, role):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, stack_env: dict[str, str], mnist_data_dir: Path, mnist_mirror: Path
+) -> Iterator[StackHandle]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    output_dir = tmp_path_factory.mktemp("runs")
+    base = {"epochs": 1, "data_dir": str(mnist_data_dir), "output_dir": str(output_dir),
+            "mirror": [str(mnist_mirror)], "device": "cpu"}  # fmt: skip
+    with running_stack(state_dir, stack_env, output_dir, base) as handle:
+        yield handle
+
+
+def test_deployment_declares_schedule_concurrency_and_pool(stack: StackHandle) -> None:
+    deployment = stack.deployment()
+    assert deployment["work_pool_name"] == DEFAULT_POOL
+    assert deployment["parameters"] == {}, "a bare `deployment run` must use the flow's own defaults"
+    [schedule] = deployment["schedules"]
+    assert schedule["active"] and schedule["schedule"]["cron"] == "0 3 * * 1"
+    assert schedule["schedule"]["timezone"] == "UTC"
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    pool = stack.api.api("GET", f"/work_pools/{DEFAULT_POOL}")
+    assert pool["type"] == "process"
+
+
+def test_stack_up_is_idempotent(stack: StackHandle) -> None:
+    before = json.loads((stack.state_dir / "stack.json").read_text())
+    again = stack.stack_command("up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "server: already running" in again.stdout and "worker: already running" in again.stdout
+    after = json.loads((stack.state_dir / "stack.json").read_text())
+    assert (after["server_pid"], after["worker_pid"]) == (before["server_pid"], before["worker_pid"])
+    assert stack.api.worker_online()
+
+
+@pytest.mark.parametrize(
+    ("override", "field"), [({"epochs": 0}, "params.epochs"), ({"epoch": 1}, "'epoch' was unexpected")]
+)
+def test_invalid_parameters_are_refused_before_a_run_exists(
+    stack: StackHandle, override: dict[str, Any], field: str
+) -> None:
+    runs_before = len(stack.manual_runs())
+    result = stack.prefect("deployment", "run", "mnist/train", "--param", f"params={json.dumps(override)}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert field in output and "Validation failed" in output
+    assert len(stack.manual_runs()) == runs_before
+
+
+def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
+    """Run 1 becomes champion. Then two retrains at once: one forced (submitted through the API) and one worse
+    (`deployment run --watch`): they run one after the other, the worse one keeps the champion, the forced one wins."""
+    first_id, first_seconds = stack.run_deployment(stack.base_params)
+    print(f"\nfirst run (deployment run --watch, 1 epoch): {first_seconds:.1f} s")
+    assert stack.flow_run(first_id)["state_type"] == "COMPLETED"
+    artifacts = stack.artifacts(first_id)
+    expected = {"mnist-report", "mnist-epoch-metrics", "mnist-per-class", "mnist-confusion-matrix", "mnist-model",
+                "mnist-model-card", "mnist-run-folder", "mnist-promotion"}  # fmt: skip
+    assert expected <= set(artifacts), sorted(artifacts)
+    assert "promoted (first champion)" in artifacts["mnist-promotion"]["data"]
+    table = artifacts["mnist-epoch-metrics"]["data"]
+    metrics = pd.DataFrame(json.loads(table) if isinstance(table, str) else table)
+    assert metrics["epoch"].tolist() == [1]
+    champion = read_champion(stack.output_dir, "mnist")
+    assert champion is not None and champion["decision"] == "first"
+    report = (Path(champion["run_dir"]) / "report.md").read_text()
+    assert "## Champion / challenger" in report and "promoted (first champion)" in report
+    listed = stack.prefect("artifact", "ls", "-o", "json", timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert expected <= {artifact["key"] for artifact in json.loads(listed.stdout)}
+
+    deployment_id = stack.deployment()["id"]
+    forced_params = {"parameters": {"params": {**stack.base_params, "force_promote": True}}}
+    forced_id = stack.api.api("POST", f"/deployments/{deployment_id}/create_flow_run", forced_params)["id"]
+    worse_id, worse_seconds = stack.run_deployment({**stack.base_params, **WORSE})
+    print(f"two concurrent runs, the worse one watched: {worse_seconds:.1f} s")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while stack.flow_run(forced_id)["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, stack.worker_log()
+        time.sleep(1)
+    assert stack.flow_run(forced_id)["state_type"] == "COMPLETED", stack.worker_log()
+
+    # Concurrency limit 1 with ENQUEUE: the later run waited for the slot and started after the other finished.
+    history = {
+        run_id: stack.api.api("GET", f"/flow_run_states/?flow_run_id={run_id}") for run_id in (forced_id, worse_id)
+    }
+
+    def when(states: list[dict[str, Any]], state_type: str) -> datetime:
+        return min(datetime.fromisoformat(state["timestamp"]) for state in states if state["type"] == state_type)
+
+    spans = sorted((when(states, "RUNNING"), when(states, "COMPLETED"), run_id) for run_id, states in history.items())
+    (_, first_end, _), (second_start, _, second) = spans
+    assert second_start >= first_end, f"the runs overlapped: {spans}"
+    assert any(state["name"] == "AwaitingConcurrencySlot" for state in history[second]), history[second]
+
+    # Whatever the order, the worse run kept the champion of its time and the forced run took over.
+    registry = read_registry(stack.output_dir).set_index("run_id")
+    assert registry["decision"].tolist()[0] == "first" and sorted(registry["decision"]) == ["first", "forced", "kept"]
+    kept = registry.loc[registry["decision"] == "kept"].iloc[0]
+    promotion = stack.artifacts(worse_id)["mnist-promotion"]["data"]
+    assert "not promoted (champion kept)" in promotion
+    # Both figures are in the report: the challenger's and the champion's, re-scored on the same test set.
+    assert f"{kept['test_accuracy']:.2%}" in promotion and f"{kept['champion_test_accuracy']:.2%}" in promotion
+    assert kept["test_accuracy"] < 0.9 < kept["champion_test_accuracy"]
+    forced_run = registry.index[registry["decision"] == "forced"][0]
+    final = read_champion(stack.output_dir, "mnist")
+    assert final is not None and final["run_id"] == forced_run and final["previous_run_id"] == champion["run_id"]
+    assert "promoted (forced)" in stack.artifacts(forced_id)["mnist-promotion"]["data"]
+    assert (registry["sha256_test_images"] == champion["sha256"]["test_images"]).all()
+
+
+def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
+    """Last test on this stack: `down` stops the worker and the server by PID; a second `down` is a no-op."""
+    state = json.loads((stack.state_dir / "stack.json").read_text())
+    pids = [state["worker_pid"], state["server_pid"]]
+    assert all(alive(pid) for pid in pids)
+    down = stack.stack_command("down", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "worker: stopped" in down.stdout and "server: stopped" in down.stdout
+    assert not any(alive(pid) for pid in pids)
+    assert not stack.api.server_healthy()
+    again = stack.stack_command("down", timeout=60)
+    assert again.returncode == 0 and "server: not running" in again.stdout
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+            return candidate
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; $MNIST_TEST_POSTGRES_URL uses an existing one."""
+    if os.environ.get("MNIST_TEST_POSTGRES_URL"):
+        yield os.environ["MNIST_TEST_POSTGRES_URL"]
+        return
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (run .ci/postgres.sh to install Debian's postgresql)")
+    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
+    user = None
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
+    data_dir = Path(tempfile.mkdtemp(prefix="mnist-test-pg-"))
+    if user:
+        os.chown(data_dir, user.pw_uid, user.pw_gid)
+    as_user: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+    port = free_port()
+    server = None
+    try:
+        subprocess.run([str(bindir / "initdb"), "-D", str(data_dir / "db"), "-U", "prefect", "--auth=trust",
+                        "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, **as_user)  # fmt: skip
+        with open(data_dir / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [str(bindir / "postgres"), "-D", str(data_dir / "db"), "-p", str(port), "-h", "127.0.0.1",
+                 "-k", str(data_dir), "-c", "fsync=off"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:  # fmt: skip
+            assert server.poll() is None and time.monotonic() < deadline, (data_dir / "server.log").read_text()
+            time.sleep(0.2)
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
+                       check=True, capture_output=True)  # fmt: skip
+        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)  # fast shutdown: disconnect clients, no waiting for them
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_deployment_runs_against_postgres(
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_env: dict[str, str],
+    postgres_url: str,
+    mnist_data_dir: Path,
+    mnist_mirror: Path,
+) -> None:
+    output_dir = tmp_path_factory.mktemp("pg-runs")
+    env = {**stack_env, "PREFECT_API_DATABASE_CONNECTION_URL": postgres_url}
+    base = {"epochs": 1, "data_dir": str(mnist_data_dir), "output_dir": str(output_dir),
+            "mirror": [str(mnist_mirror)], "device": "cpu"}  # fmt: skip
+    with running_stack(tmp_path_factory.mktemp("pg-stack"), env, output_dir, base) as handle:
+        flow_run_id, seconds = handle.run_deployment(base)
+        print(f"run on PostgreSQL: {seconds:.1f} s")
+        assert handle.flow_run(flow_run_id)["state_type"] == "COMPLETED"
+        assert "mnist-promotion" in handle.artifacts(flow_run_id)
+    # The server really kept its state in PostgreSQL: the run is a row there.
+    assert flow_run_state_in_postgres(postgres_url, flow_run_id) == "COMPLETED"
+    assert not (handle.state_dir / "prefect-home" / "prefect.db").exists()
+
+
+def flow_run_state_in_postgres(url: str, flow_run_id: str) -> str | None:
+    import asyncpg
+
+    async def query() -> str | None:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return await connection.fetchval("SELECT state_type FROM flow_run WHERE id = $1", uuid.UUID(flow_run_id))
+        finally:
+            await connection.close()
+
+    return asyncio.run(query())

@@ -1,0 +1,251 @@
+"""The promotion rule, the registry index and the champion pointer (no Prefect involved)."""
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mnist_core.errors import DataError
+from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.files import FILE_MODE
+from mnist_core.model import MLP, save_weights
+from mnist_core.registry import (
+    COLUMNS,
+    REGISTRY_FILE,
+    champion_accuracy_on,
+    champion_path,
+    decide,
+    promotion_markdown,
+    read_champion,
+    read_registry,
+    record_run,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
+
+
+def make_run(root: Path, run_id: str, accuracy: float) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "dataset": "mnist",
+        "params_digest": "f" * 64,
+        "sha256": SHA,
+        "best_val_accuracy": accuracy,
+        "best_val_loss": 0.3,
+        "test_accuracy": accuracy,
+        "test_loss": 0.25,
+        "run_dir": str(root / run_id),
+        "model": str(root / run_id / "model.safetensors"),
+    }
+
+
+def stored_accuracy(champion: dict[str, Any]) -> float:
+    """A scorer that trusts the pointer's figure: enough where the model itself is not under test."""
+    return champion["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "margin", "force", "promoted", "kind"),
+    [
+        (0.90, None, 0.0, False, True, "first"),
+        (0.10, None, 0.5, False, True, "first"),
+        (0.97, 0.96, 0.0, False, True, "better"),
+        (0.97, 0.96, 0.01, False, True, "better"),  # exactly the margin (float rounding absorbed)
+        (0.9699, 0.96, 0.01, False, False, "kept"),  # just short of the margin
+        (0.96, 0.96, 0.0, False, False, "kept"),  # a tie keeps the champion
+        (0.95, 0.96, 0.0, False, False, "kept"),
+        (0.50, 0.96, 0.0, True, True, "forced"),
+    ],
+)
+def test_promotion_rule(
+    challenger: float, champion: float | None, margin: float, force: bool, promoted: bool, kind: str
+) -> None:
+    decision = decide(challenger, champion, margin, force, champion_run_id=None if champion is None else "old")
+    assert (decision.promoted, decision.kind) == (promoted, kind)
+    assert f"{challenger:.2%}" in decision.reason
+    if champion is not None:
+        assert f"{champion:.2%}" in decision.reason and "old" in decision.reason
+
+
+@given(
+    challenger=st.integers(0, 10_000),
+    champion=st.integers(0, 10_000),
+    margin=st.integers(0, 100),
+    force=st.booleans(),
+)
+def test_promotion_rule_matches_counts(challenger: int, champion: int, margin: int, force: bool) -> None:
+    # Accuracies are correct/10000 fractions; in counts the rule is exact integer arithmetic.
+    decision = decide(challenger / 10_000, champion / 10_000, margin / 10_000, force, "old")
+    assert decision.promoted == (force or (challenger > champion and challenger - champion >= margin))
+
+
+def test_negative_margin_is_rejected() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        decide(0.9, 0.8, -0.1)
+
+
+def test_first_run_becomes_champion_and_is_recorded(tmp_path: Path) -> None:
+    decision = record_run(tmp_path, make_run(tmp_path, "r1", 0.91), 0.0, False, stored_accuracy)
+    assert decision.promoted and decision.kind == "first"
+    champion = read_champion(tmp_path, "mnist")
+    assert champion is not None and champion["run_id"] == "r1" and champion["test_accuracy"] == 0.91
+    registry = pd.read_csv(tmp_path / REGISTRY_FILE)
+    assert list(registry.columns) == COLUMNS
+    row = registry.iloc[0]
+    assert (row["run_id"], row["decision"], bool(row["promoted"])) == ("r1", "first", True)
+    assert row["sha256_test_images"] == SHA["test_images"] and row["params_digest"] == "f" * 64
+    assert row["test_accuracy"] == 0.91 and row["best_val_accuracy"] == 0.91
+    # Readable by the team (umask), not 0600 like a bare mkstemp file.
+    for path in (tmp_path / REGISTRY_FILE, champion_path(tmp_path, "mnist")):
+        assert path.stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_worse_run_keeps_champion_and_says_why(tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.91), 0.0, False, stored_accuracy)
+    pointer_before = champion_path(tmp_path, "mnist").read_bytes()
+    decision = record_run(tmp_path, make_run(tmp_path, "r2", 0.90), 0.0, False, stored_accuracy)
+    assert not decision.promoted and decision.kind == "kept"
+    assert "91.00%" in decision.reason and "90.00%" in decision.reason and "r1" in decision.reason
+    assert champion_path(tmp_path, "mnist").read_bytes() == pointer_before
+    registry = read_registry(tmp_path)
+    assert registry["run_id"].tolist() == ["r1", "r2"]
+    assert registry["decision"].tolist() == ["first", "kept"]
+    assert registry.iloc[1]["champion_run_id"] == "r1" and registry.iloc[1]["champion_test_accuracy"] == 0.91
+    section = promotion_markdown(decision, "mnist")
+    assert "not promoted" in section and "91.00%" in section and "90.00%" in section
+
+
+def test_margin_and_force_are_applied_and_recorded(tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.90), 0.0, False, stored_accuracy)
+    assert not record_run(tmp_path, make_run(tmp_path, "r2", 0.905), 0.01, False, stored_accuracy).promoted
+    assert record_run(tmp_path, make_run(tmp_path, "r3", 0.915), 0.01, False, stored_accuracy).kind == "better"
+    assert record_run(tmp_path, make_run(tmp_path, "r4", 0.10), 0.0, True, stored_accuracy).kind == "forced"
+    champion = read_champion(tmp_path, "mnist")
+    assert champion is not None and champion["run_id"] == "r4" and champion["previous_run_id"] == "r3"
+    registry = read_registry(tmp_path)
+    assert registry["decision"].tolist() == ["first", "kept", "better", "forced"]
+    assert registry["margin"].tolist() == [0.0, 0.01, 0.01, 0.0]
+
+
+def test_champion_is_rescored_not_trusted(tmp_path: Path) -> None:
+    """The champion's stored figure is ignored: the scorer's figure on today's test set decides."""
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.99), 0.0, False, stored_accuracy)
+    seen: list[str] = []
+
+    def rescored(champion: dict[str, Any]) -> float:
+        seen.append(champion["model"])
+        return 0.50
+
+    decision = record_run(tmp_path, make_run(tmp_path, "r2", 0.80), 0.0, False, rescored)
+    assert seen == [str(tmp_path / "r1" / "model.safetensors")]
+    assert decision.promoted and decision.champion_accuracy == 0.50
+
+
+def test_unusable_champion_is_replaced_with_a_reason(tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.99), 0.0, False, stored_accuracy)
+
+    def broken(champion: dict[str, Any]) -> float:
+        raise DataError(f"{champion['model']}: missing")
+
+    decision = record_run(tmp_path, make_run(tmp_path, "r2", 0.80), 0.0, False, broken)
+    assert decision.promoted and "r1 could not be evaluated" in decision.reason
+    assert read_champion(tmp_path, "mnist")["run_id"] == "r2"  # type: ignore[index]
+
+
+def test_champions_are_per_dataset(tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "m1", 0.98), 0.0, False, stored_accuracy)
+    fashion = {**make_run(tmp_path, "f1", 0.85), "dataset": "fashion-mnist"}
+    assert record_run(tmp_path, fashion, 0.0, False, stored_accuracy).kind == "first"
+    assert read_champion(tmp_path, "mnist")["run_id"] == "m1"  # type: ignore[index]
+
+
+def test_real_scorer_evaluates_the_champion_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MLP([16])
+    save_weights(model, tmp_path / "model.safetensors")
+    images = torch.randint(0, 256, (500, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (500,), dtype=torch.uint8)
+    score = champion_accuracy_on(images, labels, CLASS_NAMES["mnist"])
+    expected = evaluate_model(model, images, labels, CLASS_NAMES["mnist"]).accuracy
+    assert score({"model": str(tmp_path / "model.safetensors")}) == expected
+    with pytest.raises(DataError):
+        score({"model": str(tmp_path / "missing.safetensors")})
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from mnist_core import registry
+    root = Path(sys.argv[1])
+    real_replace = os.replace
+
+    def crash_on_pointer(source, target):
+        if Path(target).name == "champion-mnist.json":
+            os._exit(17)  # a hard crash: no finally blocks, no cleanup
+        real_replace(source, target)
+
+    os.replace = crash_on_pointer
+    run = {"run_id": "r2", "dataset": "mnist", "params_digest": "e" * 64, "sha256": {}, "best_val_accuracy": 0.99,
+           "best_val_loss": 0.1, "test_accuracy": 0.99, "test_loss": 0.1, "run_dir": str(root / "r2"),
+           "model": str(root / "r2" / "model.safetensors")}
+    registry.record_run(root, run, 0.0, False, lambda champion: champion["test_accuracy"])
+    """
+)
+
+
+def test_crash_before_pointer_replace_keeps_old_champion(tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.90), 0.0, False, stored_accuracy)
+    # The challenger's model is fully written before promotion starts (export renames the run folder into place).
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "model.safetensors").write_bytes(b"weights")
+    pointer_before = champion_path(tmp_path, "mnist").read_bytes()
+    registry_before = (tmp_path / REGISTRY_FILE).read_bytes()
+
+    crashed = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(tmp_path)], cwd=PROJECT_ROOT, timeout=120)
+
+    assert crashed.returncode == 17
+    assert champion_path(tmp_path, "mnist").read_bytes() == pointer_before
+    assert json.loads(pointer_before)["run_id"] == "r1"
+    assert (tmp_path / REGISTRY_FILE).read_bytes() == registry_before
+    assert list(tmp_path.glob(".champion-mnist.json.*.part")), "the crash should have left its temp file behind"
+    # The next run is not confused by the leftover, and cleans it up under the lock.
+    decision = record_run(tmp_path, make_run(tmp_path, "r3", 0.95), 0.0, False, stored_accuracy)
+    assert decision.kind == "better" and decision.champion_run_id == "r1"
+    assert not list(tmp_path.glob(".*.part"))
+    assert read_registry(tmp_path)["run_id"].tolist() == ["r1", "r3"]
+
+
+def _race(root: str, run_id: str) -> str:
+    def slow_score(champion: dict[str, Any]) -> float:
+        time.sleep(0.05)  # widens the window in which an unlocked compare-and-promote would let two runs win
+        return champion["test_accuracy"]
+
+    return record_run(Path(root), make_run(Path(root), run_id, 0.95), 0.0, False, slow_score).kind
+
+
+def test_concurrent_runs_cannot_both_win_or_lose_rows(tmp_path: Path) -> None:
+    # fork: the children only need what this process already imported, so they start in milliseconds.
+    run_ids = [f"r{i}" for i in range(6)]
+    with multiprocessing.get_context("fork").Pool(len(run_ids)) as pool:
+        kinds = pool.starmap(_race, [(str(tmp_path), run_id) for run_id in run_ids])
+    # Equal accuracies: whoever takes the lock first becomes champion; a tie keeps it, so every other run loses.
+    assert sorted(kinds) == ["first"] + ["kept"] * (len(run_ids) - 1)
+    registry = read_registry(tmp_path)
+    assert sorted(registry["run_id"]) == run_ids
+    winner = registry.loc[registry["decision"] == "first", "run_id"].item()
+    assert read_champion(tmp_path, "mnist")["run_id"] == winner  # type: ignore[index]
+    assert (registry.loc[registry["decision"] == "kept", "champion_run_id"] == winner).all()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".part")]
