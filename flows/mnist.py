@@ -21,11 +21,12 @@ def mnist(params: RunParams = RunParams()) -> dict[str, Any]:  # noqa: B008 - py
     preflight(params)
     downloaded = download(params.dataset, params.data_dir, params.mirror)
     prepared = transform(downloaded, params)
-    with checkpoint_lock(params):  # held until export has consumed and removed the checkpoint
+    with checkpoint_lock(params):  # the checkpoint is kept until the run has completed, for a rerun to resume
         trained = train(prepared, params)
         evaluation = evaluate(trained, prepared, params)
         exported = export(downloaded, prepared, trained, evaluation, params)
-    return {**exported, **promote(exported, prepared, params)}
+        decision = promote(exported, prepared, params)
+    return {**exported, **decision}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PipelineError, OSError) as error:  # OSError: the environment (disk, permissions), not a bug to trace
         print(f"mnist: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mnist: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     print(f"\nTest accuracy: {result['test_accuracy']:.2%}")
     print(f"Report: {result['report']}")
     print(f"Model:  {result['model']}")

@@ -4,9 +4,11 @@ import argparse
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -59,7 +61,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_params(model: type[BaseModel], argv: Sequence[str] | None, description: str) -> BaseModel:
+def parse_params(model: type[ModelT], argv: Sequence[str] | None, description: str) -> ModelT:
     """Parse and validate; a bad value exits with status 2 and a short message, not a traceback."""
     parser = build_parser(model, description)
     values = vars(parser.parse_args(argv))

@@ -41,6 +41,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Where files go and how a run is named or judged, not what training computes. `preset` is out too: its values
+# are already in the fields it filled.
+NOT_IN_TRAINING_DIGEST = frozenset(
+    {"data_dir", "output_dir", "mirror", "run_name", "resume", "promotion_margin", "force_promote", "preset"}
+)
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
@@ -116,8 +121,7 @@ class RunParams(BaseModel):
 
     def training_digest(self) -> str:
         """SHA-256 of the fields that change what training computes (not where files go)."""
-        ignored = {"data_dir", "output_dir", "mirror", "run_name", "resume", "promotion_margin", "force_promote"}
-        relevant = self.model_dump(mode="json", exclude=ignored)
+        relevant = self.model_dump(mode="json", exclude=NOT_IN_TRAINING_DIGEST)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
     def checkpoint_name(self) -> str:

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mnist_core.errors import DataError, DownloadError
 
@@ -129,7 +130,7 @@ def _source_url(mirror: str, file_name: str) -> str | Path:
     return Path(mirror).expanduser() / file_name
 
 
-def _copy_limited(source, target) -> None:
+def _copy_limited(source: BinaryIO, target: BinaryIO) -> None:
     copied = 0
     while chunk := source.read(1 << 20):
         copied += len(chunk)
@@ -138,7 +139,7 @@ def _copy_limited(source, target) -> None:
         target.write(chunk)
 
 
-def _fetch(source: str | Path, target) -> None:
+def _fetch(source: str | Path, target: BinaryIO) -> None:
     if isinstance(source, Path):
         if not source.is_file():
             raise DownloadError(f"no such file {source}")

@@ -2,7 +2,9 @@
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _umask_file_mode() -> int:
@@ -12,20 +14,30 @@ def _umask_file_mode() -> int:
 
 
 # Read once at import (os.umask is process-wide): mkstemp creates files 0600, but teammates sharing an output
-# root must be able to read reports and the registry.
+# root must be able to read models, reports and the registry.
 FILE_MODE = _umask_file_mode()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target, fsync, then `os.replace`."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write` on a temp file beside `path`, fsync it, then `os.replace` it onto `path` and fsync the folder."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        os.fchmod(descriptor, FILE_MODE)
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
+        with os.fdopen(descriptor, "wb") as stream:
+            os.fchmod(stream.fileno(), FILE_MODE)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         Path(temp_name).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))

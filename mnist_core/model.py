@@ -65,6 +65,10 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> MLP:
         with safe_open(str(path), framework="pt") as handle:
             architecture = json.loads((handle.metadata() or {})["architecture"])
         state = load_file(str(path), device=str(device))
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: model file not found") from error
+    except PermissionError:
+        raise  # the file may be fine: not being allowed to read it says nothing about the model
     except Exception as error:
         raise DataError(f"{path}: not a model file written by this project ({error})") from error
     model = MLP(architecture["hidden_sizes"], architecture["dropout"]).to(device)

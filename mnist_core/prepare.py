@@ -1,15 +1,15 @@
 """The transform stage: validated IDX files -> one cached file of uint8 tensors with a seeded validation split."""
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from mnist_core.errors import DataError, StorageError
+from mnist_core.files import atomic_write
 from mnist_core.idx import read_split
 
 SPLITS = ("train", "val", "test")
@@ -26,19 +26,11 @@ def atomic_save_tensors(
 ) -> None:
     """Write a safetensors file so that a crash never leaves a partial file under `path`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as error:
-        raise StorageError(f"{path.parent}: cannot write {what} there ({error.strerror or error})") from error
-    os.close(descriptor)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, temp_name, metadata=metadata)
-        os.replace(temp_name, path)
+        content = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+        atomic_write(path, lambda stream: stream.write(content))
     except Exception as error:
         # safetensors reports a full disk as its own SafetensorError, which names neither file nor cause clearly.
         raise StorageError(f"{path}: could not write {what} ({error}); the previous file was left as it was") from error
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
 
 
 def prepare_dataset(files: dict[str, dict[str, str]], cache_root: Path, dataset: str, val_size: int, seed: int) -> Path:

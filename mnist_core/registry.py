@@ -173,13 +173,17 @@ def record_run(
     dataset = run["dataset"]
     with registry_lock(root):
         _remove_stale_temp_files(root)
+        recorded = read_registry(root)
+        earlier = recorded.loc[recorded["run_id"] == run["run_id"]]
+        if len(earlier):  # a retried promotion: the first attempt's decision stands, recorded once
+            return _decision_from_row(earlier.iloc[-1])
         champion = read_champion(root, dataset)
         score: float | None = None
         note = ""
         if champion is not None:
             try:
                 score = float(champion_accuracy(champion))
-            except (PipelineError, OSError) as error:
+            except PipelineError as error:  # missing or corrupt; other OSErrors (permissions) fail the run
                 note = f" ({champion.get('run_id')} could not be evaluated: {error})"
         decision = decide(
             float(run["test_accuracy"]),
@@ -225,6 +229,22 @@ def record_run(
         }
         _append_row(root, row)
     return decision
+
+
+def _decision_from_row(row: pd.Series) -> Decision:
+    def optional(value: Any) -> Any:
+        return None if pd.isna(value) or value == "" else value
+
+    champion_accuracy = optional(row["champion_test_accuracy"])
+    return Decision(
+        promoted=str(row["promoted"]).lower() == "true",
+        kind=str(row["decision"]),
+        reason=str(row["reason"]),
+        challenger_accuracy=float(row["test_accuracy"]),
+        champion_accuracy=None if champion_accuracy is None else float(champion_accuracy),
+        champion_run_id=optional(row["champion_run_id"]),
+        margin=float(row["margin"]),
+    )
 
 
 def champion_accuracy_on(

@@ -4,8 +4,7 @@ import contextlib
 import fcntl
 import logging
 import math
-import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,8 +14,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mnist_core.config import RunParams
+from mnist_core.config import NOT_IN_TRAINING_DIGEST, RunParams
 from mnist_core.errors import StorageError, TrainingError
+from mnist_core.files import atomic_write
 from mnist_core.model import MLP
 from mnist_core.steps import FixedShapeStep, batch_weights, capture_cuda_graph, compile_step, epoch_batches
 
@@ -182,9 +182,11 @@ def checkpoint_dir(params: RunParams) -> Path:
 
 @contextlib.contextmanager
 def checkpoint_lock(params: RunParams) -> Iterator[Path]:
-    """Hold the run's checkpoint folder exclusively: two runs with the same parameters (or run name) in one output
-    root would otherwise resume from, and delete, each other's checkpoint. The kernel drops the lock if the
-    process dies, so a killed run never blocks its own restart."""
+    """Hold the run's checkpoint folder exclusively, and remove it once the run has completed.
+
+    Two runs with the same parameters (or run name) in one output root would otherwise resume from, and delete,
+    each other's checkpoint. The kernel drops the lock if the process dies, so a killed run never blocks its own
+    restart."""
     folder = checkpoint_dir(params)
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock_path = folder.parent / f"{folder.name}.lock"
@@ -198,26 +200,18 @@ def checkpoint_lock(params: RunParams) -> Iterator[Path]:
             ) from None
         try:
             yield folder
+            # Only a complete run gets here; after a failure the checkpoint stays for the rerun to resume from.
+            shutil.rmtree(folder, ignore_errors=True)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file, fsync, then os.replace: a crash leaves the previous checkpoint intact."""
-    temp_name = ""
+    """Written atomically: a crash or a full disk leaves the previous checkpoint intact."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(descriptor, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+        atomic_write(path, lambda stream: torch.save(payload, stream))
     except OSError as error:
         raise StorageError(f"{path}: could not write the checkpoint ({error}); the previous one is intact") from error
-    finally:
-        if temp_name:
-            Path(temp_name).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, params: RunParams) -> dict[str, Any]:
@@ -235,7 +229,9 @@ def load_checkpoint(path: Path, params: RunParams) -> dict[str, Any]:
     if payload.get("training_digest") != params.training_digest():
         saved = payload.get("params", {})
         current = params.model_dump(mode="json")
-        differing = sorted(k for k in current if k in saved and saved[k] != current[k])
+        differing = sorted(
+            k for k in current if k in saved and k not in NOT_IN_TRAINING_DIGEST and saved[k] != current[k]
+        )
         raise TrainingError(
             f"{path}: checkpoint was written with other parameters (differing: {', '.join(differing) or 'unknown'}); "
             "refusing to mix runs. Use the original parameters, another --run-name, or --no-resume"

@@ -2,14 +2,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import State, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.download import download_dataset
+from mnist_core.errors import DownloadError
 
 
-# Retries here only: fetching is the one stage whose failures can be transient.
-@task(name="download", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
+def _may_be_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Every mirror failing may be a passing network fault; an unknown dataset is not."""
+    return isinstance(state.result(raise_on_failure=False), DownloadError)
+
+
+@task(
+    name="download",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_may_be_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def download(dataset: str, data_dir: Path, mirrors: list[str]) -> dict[str, Any]:
     """The dataset's four verified IDX files in the cache: per role, path, sha256 and source."""
     started = time.perf_counter()

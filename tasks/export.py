@@ -1,5 +1,4 @@
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from mnist_core import export as files_of
 from mnist_core.config import RunParams
 from mnist_core.evaluate import CLASS_NAMES
 from mnist_core.export import build_model_card, export_run, new_run_id
+from mnist_core.files import atomic_write_text
 from mnist_core.model import load_weights
 
 
@@ -54,7 +54,7 @@ def export(
     evaluation: dict[str, Any],
     params: RunParams,
 ) -> dict[str, Any]:
-    """Write the run folder, publish the artifacts, then drop the checkpoint the run no longer needs."""
+    """Write the run folder (once per checkpoint) and publish the artifacts."""
     started = time.perf_counter()
     history = pd.DataFrame(json.loads(Path(trained["history_path"]).read_text()))
     names = CLASS_NAMES[params.dataset]
@@ -69,11 +69,17 @@ def export(
         "evaluate": evaluation["seconds"],
     }
     card = build_model_card(params, downloaded["files"], trained, evaluation, history, stage_seconds)
-    model = load_weights(Path(trained["model_path"]))
-    run_id = new_run_id(params.training_digest())
-    run_dir = export_run(Path(params.output_dir), run_id, model, history, per_class, confusion, card)
+    # A rerun after a later stage failed finds the run folder this checkpoint already produced, and reuses it.
+    exported_marker = Path(trained["work_dir"]) / "exported.json"
+    earlier = json.loads(exported_marker.read_text()) if exported_marker.is_file() else {}
+    if earlier and Path(earlier["run_dir"]).is_dir():
+        run_id, run_dir = earlier["run_id"], Path(earlier["run_dir"])
+    else:
+        model = load_weights(Path(trained["model_path"]))
+        run_id = new_run_id(params.training_digest())
+        run_dir = export_run(Path(params.output_dir), run_id, model, history, per_class, confusion, card)
+        atomic_write_text(exported_marker, json.dumps({"run_id": run_id, "run_dir": str(run_dir)}))
     publish_artifacts(params.dataset, run_dir, history, per_class, confusion)
-    shutil.rmtree(trained["work_dir"], ignore_errors=True)
     get_run_logger().info("run folder: %s", run_dir)
     return {
         "run_id": run_id,

@@ -12,7 +12,7 @@ from mnist_core.device import resolve_device
 from mnist_core.evaluate import CLASS_NAMES
 from mnist_core.files import atomic_write_text
 from mnist_core.prepare import load_prepared
-from mnist_core.registry import champion_accuracy_on, promotion_markdown, read_champion, record_run
+from mnist_core.registry import champion_accuracy_on, promotion_markdown, record_run
 
 
 @task(name="promote", cache_policy=NO_CACHE, persist_result=False)
@@ -39,14 +39,16 @@ def promote(exported: dict[str, Any], prepared: dict[str, Any], params: RunParam
     section = promotion_markdown(decision, params.dataset)
     # The run folder's report gains the decision; written atomically so the report is never half-updated.
     report = Path(exported["report"])
-    atomic_write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + section)
+    text = report.read_text(encoding="utf-8")
+    if section not in text:  # a retried promotion must not append the section twice
+        atomic_write_text(report, text.rstrip("\n") + "\n\n" + section)
     create_markdown_artifact(key=f"{params.dataset}-promotion", markdown=section, description="Promotion decision")
     get_run_logger().info("%s", decision.reason)
-    champion = read_champion(Path(params.output_dir).expanduser().resolve(), params.dataset) or {}
     return {
         "promoted": decision.promoted,
         "decision": decision.kind,
         "decision_reason": decision.reason,
-        "champion_run_id": champion.get("run_id"),
+        # From the decision, not a re-read of the pointer: another run may have been promoted since.
+        "champion_run_id": exported["run_id"] if decision.promoted else decision.champion_run_id,
         "promote_seconds": time.perf_counter() - started,
     }

@@ -52,6 +52,8 @@ def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
         update_progress_artifact(artifact_id=progress_id, progress=100.0 * stats.epoch / params.epochs)
 
     result = train_model(data, params, device, work_dir / "checkpoint.pt", report_epoch)
+    # Also when the run resumed after its last epoch, so no epoch was reported here.
+    update_progress_artifact(artifact_id=progress_id, progress=100.0)
     model_path, history_path = work_dir / "model.safetensors", work_dir / "history.json"
     save_weights(result.model, model_path)
     atomic_write_text(history_path, json.dumps([asdict(stats) for stats in result.history]))

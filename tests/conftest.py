@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from mnist_core import download as download_module  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
 from mnist_core.download import download_dataset  # noqa: E402
-from mnist_core.prepare import load_prepared, prepare_dataset  # noqa: E402
+from mnist_core.prepare import load_prepared, prepare_dataset, prepared_path  # noqa: E402
 from tests import synthetic  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,10 @@ def mnist_data_dir(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def mnist_tensors(mnist_data_dir: Path) -> dict[str, torch.Tensor]:
-    prepared = sorted((mnist_data_dir / "prepared").glob("*.safetensors"))
-    return load_prepared(prepared[0])
+    files = download_dataset("mnist", mnist_data_dir)  # served from the session's verified cache
+    params = RunParams()
+    sha256s = {role: entry["sha256"] for role, entry in files.items()}
+    return load_prepared(prepared_path(mnist_data_dir, "mnist", sha256s, params.val_size, params.seed))
 
 
 @pytest.fixture

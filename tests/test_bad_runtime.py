@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mnist_core.download as download_module
-import mnist_core.prepare as prepare_module
+import mnist_core.files as files_module
 from flows.mnist import main
 from mnist_core.config import RunParams
 from mnist_core.device import resolve_device
@@ -198,11 +198,11 @@ def test_disk_full_while_caching_prepared_data(synthetic_data, monkeypatch: pyte
     previous = prepare_dataset(files, cache, "synthetic", val_size=200, seed=0)
     before = snapshot(cache)
 
-    def half_then_full(tensors: dict, filename: str, metadata: dict) -> None:
-        Path(filename).write_bytes(b"partial safetensors header")
+    def full_at_flush(descriptor: int) -> None:
+        # The temp file already holds (part of) the data: file systems with delayed allocation report ENOSPC here.
         disk_full()
 
-    monkeypatch.setattr(prepare_module, "save_file", half_then_full)
+    monkeypatch.setattr(files_module.os, "fsync", full_at_flush)
     with pytest.raises(StorageError, match=r"synthetic-.*-val200-seed1\.safetensors: could not write prepared data "
                                            r"\(\[Errno 28\] No space left on device\)"):  # fmt: skip
         prepare_dataset(files, cache, "synthetic", val_size=200, seed=1)

@@ -75,6 +75,37 @@ def test_artifacts_are_published_with_stable_keys(flow_run) -> None:
     assert Path(result["model"]).as_uri() in artifacts["mnist-model"].data
 
 
+def test_rerun_after_a_late_failure_reuses_the_run_and_records_it_once(
+    prefect_server, mnist_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    import pandas as pd
+
+    from flows.mnist import mnist
+
+    # The module, not the task of the same name that the `tasks` package exports.
+    promote_module = importlib.import_module("tasks.promote")
+
+    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs")
+
+    def registry_unavailable(*args: Any, **kwargs: Any) -> None:
+        raise OSError("registry volume went away")
+
+    monkeypatch.setattr(promote_module, "record_run", registry_unavailable)
+    assert mnist(params, return_state=True).is_failed()
+    first_folders = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    assert len(first_folders) == 1
+    assert list((tmp_path / "runs" / ".checkpoints").glob("*/checkpoint.pt")), "checkpoint must survive a failure"
+
+    monkeypatch.undo()
+    result = mnist(params)
+    assert Path(result["run_dir"]) == first_folders[0]  # resumed after the last epoch, same run folder
+    registry = pd.read_csv(tmp_path / "runs" / "registry.csv")
+    assert registry["run_id"].tolist() == [first_folders[0].name]
+    assert not list((tmp_path / "runs" / ".checkpoints").glob("*/checkpoint.pt"))
+
+
 def test_invalid_parameters_fail_before_any_work(prefect_server, tmp_path: Path) -> None:
     from prefect.exceptions import ParameterTypeError
 

@@ -44,6 +44,7 @@ def test_padded_last_batch_gives_the_same_update_as_the_ragged_batch() -> None:
     params = RunParams(batch_size=8, epochs=1, label_smoothing=0.1)
     padded_model = MLP()
     ragged_model = copy.deepcopy(padded_model)
+    ragged_before = copy.deepcopy(padded_model)
     padded_optimizer = build_optimizer(padded_model, params, CPU)
     ragged_optimizer = build_optimizer(ragged_model, params, CPU)
 
@@ -61,7 +62,9 @@ def test_padded_last_batch_gives_the_same_update_as_the_ragged_batch() -> None:
         torch.testing.assert_close(padded, ragged)
     torch.testing.assert_close(step.loss_sum, loss.detach() * 5)
     # Padding rows are never counted as correct, whatever the model predicts for them.
-    assert step.correct.item() <= 5
+    with torch.no_grad():
+        predicted_before_step = ragged_before(images[tail]).argmax(1)
+    assert step.correct.item() == int((predicted_before_step == labels[tail]).sum())
 
 
 def test_learning_rate_is_a_tensor_the_scheduler_updates_in_place() -> None:
@@ -147,7 +150,7 @@ def test_cpu_training_is_eager_deterministic_and_reports_setup(mnist_tensors: di
     assert first.step_kind == "eager" and first.precision == "fp32"
     assert [s.train_loss for s in first.history] == [s.train_loss for s in second.history]
     assert first.history[-1].val_accuracy > 0.8
-    assert first.extra["setup_seconds"] >= 0
+    assert first.extra["setup_seconds"] < first.train_seconds  # eager CPU: no capture to set up
 
 
 def test_cuda_graph_mode_is_refused_on_cpu(mnist_tensors: dict[str, torch.Tensor]) -> None:
