@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
@@ -150,8 +151,21 @@ def _fetch(source: str | Path, target: BinaryIO) -> None:
         _copy_limited(response, target)
 
 
-def fetch_verified(file_name: str, sha256: str, cache_dir: Path, mirrors: list[str]) -> tuple[Path, str]:
-    """The cached, verified copy of `file_name` and where it came from, fetching it if needed."""
+def _unreachable(error: Exception) -> bool:
+    """The mirror itself cannot be reached (no route, no DNS, refused, timed out), as opposed to lacking a file."""
+    if isinstance(error, urllib.error.HTTPError):
+        return False
+    return isinstance(error, (urllib.error.URLError, TimeoutError, ConnectionError))
+
+
+def fetch_verified(
+    file_name: str, sha256: str, cache_dir: Path, mirrors: list[str], unreachable: set[str] | None = None
+) -> tuple[Path, str]:
+    """The cached, verified copy of `file_name` and where it came from, fetching it if needed.
+
+    Mirrors found unreachable are added to `unreachable` and skipped for the caller's next files, so an
+    offline machine pays each dead mirror's timeout once per dataset, not once per file."""
+    unreachable = set() if unreachable is None else unreachable
     cache_dir.mkdir(parents=True, exist_ok=True)
     destination = (cache_dir / file_name).resolve()
     if destination.parent != cache_dir.resolve():
@@ -166,6 +180,9 @@ def fetch_verified(file_name: str, sha256: str, cache_dir: Path, mirrors: list[s
 
     failures: list[str] = []
     for mirror in mirrors:
+        if mirror in unreachable:
+            failures.append(f"  - {redact_url(mirror)}: skipped (unreachable for an earlier file)")
+            continue
         descriptor, temp_name = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".part", dir=cache_dir)
         temp_path = Path(temp_name)
         try:
@@ -181,6 +198,8 @@ def fetch_verified(file_name: str, sha256: str, cache_dir: Path, mirrors: list[s
             log.info("fetched %s from %s", file_name, redact_url(mirror))
             return destination, redact_url(mirror)
         except Exception as error:  # noqa: BLE001 - every failure is reported with its mirror below
+            if _unreachable(error):
+                unreachable.add(mirror)
             # urllib can echo the URL (credentials included) in its message, hence the replace.
             reason = str(error).replace(mirror, redact_url(mirror))
             failures.append(f"  - {redact_url(mirror)}: {type(error).__name__}: {reason}")
@@ -198,8 +217,9 @@ def download_dataset(name: str, cache_root: Path, extra_mirrors: Iterable[str] =
     mirrors = mirrors_for(spec, extra_mirrors)
     cache_dir = Path(cache_root).expanduser().resolve() / "raw" / spec.name
     result: dict[str, dict[str, str]] = {}
+    unreachable: set[str] = set()
     for role in ROLES:
         file_name, sha256 = spec.files[role]
-        path, source = fetch_verified(file_name, sha256, cache_dir, mirrors)
+        path, source = fetch_verified(file_name, sha256, cache_dir, mirrors, unreachable)
         result[role] = {"path": str(path), "sha256": sha256, "source": source}
     return result

@@ -59,3 +59,27 @@ def test_real_mnist_mirror_verifies(mnist_mirror: Path, tmp_path: Path) -> None:
     for role, entry in files.items():
         assert entry["source"] != "cache"
         assert decompressed_sha256(Path(entry["path"])) == DATASETS["mnist"].files[role][1]
+
+
+def test_unreachable_mirror_is_tried_once_per_dataset(
+    synthetic_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.error
+
+    from mnist_core import download as download_module
+
+    name, mirror, _ = synthetic_dataset
+    dead = "http://127.0.0.1:9/"  # the discard port: nothing listens, the connection is refused
+    attempts: list[str] = []
+    real_fetch = download_module._fetch
+
+    def counting_fetch(source, target) -> None:
+        attempts.append(str(source))
+        if str(source).startswith(dead):
+            raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        real_fetch(source, target)
+
+    monkeypatch.setattr(download_module, "_fetch", counting_fetch)
+    files = download_dataset(name, tmp_path, [dead, str(mirror)])
+    assert [a for a in attempts if a.startswith(dead)] == [dead + "train-images-idx3-ubyte.gz"]
+    assert {entry["source"] for entry in files.values()} == {str(mirror)}
