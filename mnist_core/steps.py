@@ -72,7 +72,9 @@ class FixedShapeStep:
         self.correct.zero_()
 
     def run(self) -> None:
-        batch_x, batch_y = self.images[self.index], self.labels[self.index]
+        # index_select, not images[index]: on the CPU, advanced indexing of a uint8 tensor is ~10x slower.
+        batch_x = torch.index_select(self.images, 0, self.index)
+        batch_y = torch.index_select(self.labels, 0, self.index)
         # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
         with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             logits = self.model(batch_x)
@@ -86,6 +88,43 @@ class FixedShapeStep:
         self.optimizer.step()
         self.loss_sum += weighted.detach()
         self.correct += ((logits.argmax(1) == batch_y) & (self.weight > 0)).sum()
+
+
+class PlainStep:
+    """The step where nothing is captured (the CPU): the batch is gathered as it comes, the ragged last batch
+    is simply smaller, and no static buffers are copied. Measured ~10 % faster than `FixedShapeStep` run
+    eagerly on this MLP at batch 64 on the CPU, where the matmuls themselves take most of the step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        label_smoothing: float = 0.0,
+        bf16: bool = False,
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.images, self.labels = images, labels
+        self.label_smoothing, self.bf16 = label_smoothing, bf16
+        self.loss_sum = torch.zeros((), device=images.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=images.device)
+
+    def reset_totals(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def run(self, index: torch.Tensor) -> None:
+        batch_x = torch.index_select(self.images, 0, index)
+        batch_y = torch.index_select(self.labels, 0, index)
+        with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(batch_x)
+        loss = functional.cross_entropy(logits.float(), batch_y, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach() * len(index)
+        self.correct += (logits.argmax(1) == batch_y).sum()
 
 
 def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

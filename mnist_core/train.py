@@ -18,14 +18,21 @@ from mnist_core.config import NOT_IN_TRAINING_DIGEST, RunParams
 from mnist_core.errors import StorageError, TrainingError
 from mnist_core.files import atomic_write
 from mnist_core.model import MLP
-from mnist_core.steps import FixedShapeStep, batch_weights, capture_cuda_graph, compile_step, epoch_batches
+from mnist_core.steps import (
+    FixedShapeStep,
+    PlainStep,
+    batch_weights,
+    capture_cuda_graph,
+    compile_step,
+    epoch_batches,
+)
 
 log = logging.getLogger(__name__)
 
 # 2: the learning rate is a tensor in the optimizer state and momentum no longer cycles with onecycle.
 CHECKPOINT_FORMAT = 2
 EVAL_CHUNK = 10_000
-StepMode = Literal["auto", "eager", "cuda_graph", "compiled"]
+StepMode = Literal["auto", "plain", "eager", "cuda_graph", "compiled"]
 # Intra-op threads while training on a CPU. This MLP's matrices are so small (a batch of 256 is ~0.1 GFLOP per
 # step) that OpenMP's fork/join per operator costs more than a second thread gains; and on a shared machine a
 # descheduled worker thread stalls every operator: 1 thread measured 1.4x faster idle and 10x faster under load
@@ -53,7 +60,7 @@ class TrainResult:
     resumed_from_epoch: int = 0
     train_seconds: float = 0.0
     precision: str = "fp32"
-    step_kind: str = "eager"
+    step_kind: str = "plain"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,9 +75,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def build_optimizer(
-    model: nn.Module, params: RunParams, device: torch.device, capturable: bool = False
+    model: nn.Module, params: RunParams, device: torch.device, capturable: bool = False, plain: bool = False
 ) -> torch.optim.Optimizer:
-    """The optimizer; `capturable` makes its step safe to capture in a CUDA graph.
+    """The optimizer; `capturable` makes its step safe to capture in a CUDA graph; `plain` (the CPU's plain
+    step) keeps PyTorch's default foreach SGD with a float learning rate, measured faster there for this model.
 
     A captured step bakes in every Python float it reads, so the learning rate, which the schedule changes
     each step, lives in a device tensor that the scheduler updates in place. SGD has no `capturable` flag:
@@ -79,7 +87,7 @@ def build_optimizer(
     the same update rule.
     """
     if params.optimizer == "sgd":
-        fused = device.type in ("cpu", "cuda")
+        fused = device.type in ("cpu", "cuda") and not plain
         return torch.optim.SGD(
             model.parameters(),
             lr=torch.tensor(params.lr, device=device) if fused else params.lr,
@@ -267,8 +275,9 @@ def train_model(
 ) -> TrainResult:
     """Train the MLP on `data` (uint8 tensors already on `device`); keep the best-validation weights.
 
-    `step_mode` "auto" captures the step as a CUDA graph on CUDA when `params.cuda_graph` is set and runs it
-    eagerly otherwise; "compiled" wraps it in torch.compile(mode="reduce-overhead") (for the benchmark).
+    `step_mode` "auto" captures the fixed-shape step as a CUDA graph on CUDA when `params.cuda_graph` is set
+    (else runs it "eager"), and uses the "plain" step elsewhere; "compiled" wraps the fixed-shape step in
+    torch.compile(mode="reduce-overhead") (for the benchmark).
     """
     with training_threads(device):
         return _train_model(data, params, device, checkpoint_path, on_epoch, step_mode)
@@ -288,14 +297,18 @@ def _train_model(
     batch_size = min(params.batch_size, num_train)
     steps_per_epoch = math.ceil(num_train / batch_size)
     bf16 = use_bf16(params.precision, device)
-    if step_mode == "auto":
-        step_mode = "cuda_graph" if device.type == "cuda" and params.cuda_graph else "eager"
+    if step_mode == "auto" and device.type == "cuda":
+        step_mode = "cuda_graph" if params.cuda_graph else "eager"
+    elif step_mode == "auto":
+        step_mode = "plain"
     if step_mode == "cuda_graph" and device.type != "cuda":
         raise TrainingError(f"step_mode='cuda_graph' needs a CUDA device; device is {device}")
 
     torch.manual_seed(params.seed)
     model = MLP(params.hidden_sizes, params.dropout).to(device)
-    optimizer = build_optimizer(model, params, device, capturable=step_mode != "eager")
+    optimizer = build_optimizer(
+        model, params, device, capturable=step_mode in ("cuda_graph", "compiled"), plain=step_mode == "plain"
+    )
     init_optimizer_state(optimizer)
     scheduler = build_scheduler(optimizer, params, steps_per_epoch)
     shuffle = torch.Generator(device=device).manual_seed(params.seed)
@@ -321,6 +334,7 @@ def _train_model(
 
     model.train()
     step = FixedShapeStep(model, optimizer, train_x, train_y, batch_size, params.label_smoothing, bf16)
+    plain_step = PlainStep(model, optimizer, train_x, train_y, params.label_smoothing, bf16)
     weights = batch_weights(num_train, batch_size, device)
     run_step: Callable[[], None] = step.run
     setup_started = time.perf_counter()
@@ -334,19 +348,29 @@ def _train_model(
     train_seconds = sum(stats.seconds for stats in history)
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
-        step.reset_totals()
-        batches = epoch_batches(torch.randperm(num_train, device=device, generator=shuffle), batch_size)
-        for number in range(steps_per_epoch):
-            # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the
-            # tensor learning rate: kernel launches only, nothing waits for the device.
-            step.load(batches[number], weights[number])
-            run_step()
-            if scheduler is not None:
-                scheduler.step()
+        order = torch.randperm(num_train, device=device, generator=shuffle)
+        if step_mode == "plain":
+            plain_step.reset_totals()
+            for number in range(steps_per_epoch):
+                plain_step.run(order[number * batch_size : (number + 1) * batch_size])
+                if scheduler is not None:
+                    scheduler.step()
+            totals = plain_step
+        else:
+            step.reset_totals()
+            batches = epoch_batches(order, batch_size)
+            for number in range(steps_per_epoch):
+                # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the
+                # tensor learning rate: kernel launches only, nothing waits for the device.
+                step.load(batches[number], weights[number])
+                run_step()
+                if scheduler is not None:
+                    scheduler.step()
+            totals = step
         val_loss_sum, val_correct, _ = evaluate_split(model, val_x, val_y, bf16)
         # The epoch boundary is the only host-device sync: one transfer of four scalars.
         train_loss, train_correct, val_loss, val_right = torch.stack(
-            [step.loss_sum, step.correct.float(), val_loss_sum, val_correct.float()]
+            [totals.loss_sum, totals.correct.float(), val_loss_sum, val_correct.float()]
         ).tolist()
         seconds = time.perf_counter() - started
         train_loss /= num_train

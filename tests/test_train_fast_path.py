@@ -147,10 +147,25 @@ def test_cpu_training_is_eager_deterministic_and_reports_setup(mnist_tensors: di
     data = small_split(mnist_tensors, 6000)
     params = RunParams(epochs=2, batch_size=256, lr=0.05, schedule="none")  # a ragged last batch of 112
     first, second = train_model(data, params, CPU), train_model(data, params, CPU)
-    assert first.step_kind == "eager" and first.precision == "fp32"
+    assert first.step_kind == "plain" and first.precision == "fp32"
     assert [s.train_loss for s in first.history] == [s.train_loss for s in second.history]
     assert first.history[-1].val_accuracy > 0.8
     assert first.extra["setup_seconds"] < first.train_seconds  # eager CPU: no capture to set up
+
+
+def test_plain_cpu_step_trains_like_the_fixed_shape_step(mnist_tensors: dict[str, torch.Tensor]) -> None:
+    """The CPU's plain step (ragged last batch as it is, foreach SGD) and the graph-safe fixed-shape step
+    (padded, weighted, fused SGD) are two implementations of one update rule: same training, up to rounding."""
+    data = small_split(mnist_tensors, 1000)
+    params = RunParams(epochs=2, batch_size=96, lr=0.1)  # 4000 / 96 leaves a ragged last batch of 64
+    plain = train_model(data, params, CPU, step_mode="plain")
+    fixed = train_model(data, params, CPU, step_mode="eager")
+    assert (plain.step_kind, fixed.step_kind) == ("plain", "eager")
+    for a, b in zip(plain.history, fixed.history, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
+    for name, tensor in plain.model.state_dict().items():
+        torch.testing.assert_close(tensor, fixed.model.state_dict()[name], rtol=1e-3, atol=1e-5)
 
 
 def test_cuda_graph_mode_is_refused_on_cpu(mnist_tensors: dict[str, torch.Tensor]) -> None:
