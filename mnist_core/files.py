@@ -6,6 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from mnist_core.errors import StorageError
+
 
 def _umask_file_mode() -> int:
     mask = os.umask(0)
@@ -41,3 +46,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], what: str = "prepared data"
+) -> None:
+    """Write a safetensors file so that a crash never leaves a partial file under `path`."""
+    try:
+        content = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+        atomic_write(path, lambda stream: stream.write(content))
+    except Exception as error:
+        # safetensors reports a full disk as its own SafetensorError, which names neither file nor cause clearly.
+        raise StorageError(f"{path}: could not write {what} ({error}); the previous file was left as it was") from error

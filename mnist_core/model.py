@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mnist_core.errors import DataError
-from mnist_core.prepare import atomic_save_tensors
+from mnist_core.files import atomic_save_tensors
 
 INPUT_FEATURES = 28 * 28
 NUM_CLASSES = 10

@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
-from mnist_core.errors import DataError, StorageError
-from mnist_core.files import atomic_write
+from mnist_core.errors import DataError
+from mnist_core.files import atomic_save_tensors
 from mnist_core.idx import read_split
 
 SPLITS = ("train", "val", "test")
@@ -19,18 +18,6 @@ def prepared_path(cache_root: Path, dataset: str, sha256s: dict[str, str], val_s
     content_key = hashlib.sha256("".join(sorted(sha256s.values())).encode()).hexdigest()[:16]
     name = f"{dataset}-{content_key}-val{val_size}-seed{seed}.safetensors"
     return Path(cache_root).expanduser().resolve() / "prepared" / name
-
-
-def atomic_save_tensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], what: str = "prepared data"
-) -> None:
-    """Write a safetensors file so that a crash never leaves a partial file under `path`."""
-    try:
-        content = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-        atomic_write(path, lambda stream: stream.write(content))
-    except Exception as error:
-        # safetensors reports a full disk as its own SafetensorError, which names neither file nor cause clearly.
-        raise StorageError(f"{path}: could not write {what} ({error}); the previous file was left as it was") from error
 
 
 def prepare_dataset(files: dict[str, dict[str, str]], cache_root: Path, dataset: str, val_size: int, seed: int) -> Path:

@@ -333,40 +333,41 @@ def _train_model(
     pin_lr(optimizer, device)
 
     model.train()
-    step = FixedShapeStep(model, optimizer, train_x, train_y, batch_size, params.label_smoothing, bf16)
-    plain_step = PlainStep(model, optimizer, train_x, train_y, params.label_smoothing, bf16)
-    weights = batch_weights(num_train, batch_size, device)
-    run_step: Callable[[], None] = step.run
     setup_started = time.perf_counter()
-    if start_epoch < params.epochs and step_mode == "cuda_graph":
-        run_step = capture_cuda_graph(step)
-    elif start_epoch < params.epochs and step_mode == "compiled":
-        run_step = compile_step(step)
+    if step_mode == "plain":
+        totals: PlainStep | FixedShapeStep = PlainStep(model, optimizer, train_x, train_y, params.label_smoothing, bf16)
+    else:
+        step = FixedShapeStep(model, optimizer, train_x, train_y, batch_size, params.label_smoothing, bf16)
+        weights = batch_weights(num_train, batch_size, device)
+        run_step: Callable[[], None] = step.run
+        if start_epoch < params.epochs and step_mode == "cuda_graph":
+            run_step = capture_cuda_graph(step)
+        elif start_epoch < params.epochs and step_mode == "compiled":
+            run_step = compile_step(step)
+        totals = step
     # Warm-up and capture are set-up, not training: reported apart from train_seconds.
     setup_seconds = time.perf_counter() - setup_started
 
+    training_cpu_threads = torch.get_num_threads()  # inside training_threads: what training really uses
     train_seconds = sum(stats.seconds for stats in history)
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
         order = torch.randperm(num_train, device=device, generator=shuffle)
-        if step_mode == "plain":
-            plain_step.reset_totals()
+        totals.reset_totals()
+        if isinstance(totals, PlainStep):
             for number in range(steps_per_epoch):
-                plain_step.run(order[number * batch_size : (number + 1) * batch_size])
+                totals.run(order[number * batch_size : (number + 1) * batch_size])
                 if scheduler is not None:
                     scheduler.step()
-            totals = plain_step
         else:
-            step.reset_totals()
             batches = epoch_batches(order, batch_size)
             for number in range(steps_per_epoch):
                 # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the
                 # tensor learning rate: kernel launches only, nothing waits for the device.
-                step.load(batches[number], weights[number])
+                totals.load(batches[number], weights[number])
                 run_step()
                 if scheduler is not None:
                     scheduler.step()
-            totals = step
         val_loss_sum, val_correct, _ = evaluate_split(model, val_x, val_y, bf16)
         # The epoch boundary is the only host-device sync: one transfer of four scalars.
         train_loss, train_correct, val_loss, val_right = torch.stack(
@@ -432,5 +433,5 @@ def _train_model(
         train_seconds=train_seconds,
         precision="bf16" if bf16 else "fp32",
         step_kind=step_mode,
-        extra={"setup_seconds": setup_seconds},
+        extra={"setup_seconds": setup_seconds, "cpu_threads": training_cpu_threads},
     )

@@ -15,7 +15,7 @@ from mnist_core.export import public_params
 from mnist_core.files import atomic_write_text
 from mnist_core.model import save_weights
 from mnist_core.prepare import load_prepared
-from mnist_core.train import CPU_TRAIN_THREADS, EpochStats, checkpoint_dir, train_model
+from mnist_core.train import EpochStats, checkpoint_dir, train_model
 
 
 def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:
@@ -32,8 +32,6 @@ def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
     logger = get_run_logger()
     device = resolve_device(params.device)
     environment = describe_environment(device)
-    if device.type == "cpu":
-        environment["cpu_threads"] = min(CPU_TRAIN_THREADS, int(environment["cpu_threads"] or 1))
     logger.info("parameters: %s", json.dumps(public_params(params)))
     logger.info("environment: %s", environment)
     data = load_prepared(Path(prepared["path"]), device)
@@ -69,6 +67,6 @@ def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
         "setup_seconds": result.extra.get("setup_seconds", 0.0),
         "precision": result.precision,
         "step_kind": result.step_kind,
-        "environment": environment,
+        "environment": {**environment, "cpu_threads": result.extra["cpu_threads"]},
         "seconds": time.perf_counter() - started,
     }

@@ -1,6 +1,7 @@
 """The fixed-shape training step: ragged-batch padding, tensor learning rate, CUDA graph capture."""
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,19 @@ from mnist_core.config import PRESETS, RunParams
 from mnist_core.errors import TrainingError
 from mnist_core.model import MLP
 from mnist_core.steps import FixedShapeStep, batch_weights, epoch_batches, state_restored
-from mnist_core.train import build_optimizer, build_scheduler, init_optimizer_state, train_model
+from mnist_core.train import EpochStats, build_optimizer, build_scheduler, init_optimizer_state, train_model
 
 CPU = torch.device("cpu")
+
+
+def interrupt_after(epoch: int) -> Callable[[EpochStats], None]:
+    """An on_epoch callback that stops training like Ctrl-C once `epoch` is checkpointed."""
+
+    def interrupt(stats: EpochStats) -> None:
+        if stats.epoch == epoch:
+            raise KeyboardInterrupt
+
+    return interrupt
 
 
 def small_split(tensors: dict[str, torch.Tensor], train: int, val: int = 500) -> dict[str, torch.Tensor]:
@@ -180,12 +191,8 @@ def test_resume_after_an_interrupted_epoch_matches_an_uninterrupted_run(
     params = RunParams(epochs=3, batch_size=128)
     checkpoint = tmp_path / "checkpoint.pt"
 
-    def crash_after_two(stats) -> None:
-        if stats.epoch == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train_model(data, params, CPU, checkpoint, on_epoch=crash_after_two)
+        train_model(data, params, CPU, checkpoint, on_epoch=interrupt_after(2))
     resumed = train_model(data, params, CPU, checkpoint)
     straight = train_model(data, params, CPU)
     assert resumed.resumed_from_epoch == 2
@@ -221,12 +228,8 @@ def test_cuda_graph_resume_and_bf16(mnist_tensors: dict[str, torch.Tensor], tmp_
     params = RunParams(epochs=3, batch_size=256, precision="bf16")
     checkpoint = tmp_path / "checkpoint.pt"
 
-    def crash_after_one(stats) -> None:
-        if stats.epoch == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train_model(data, params, cuda, checkpoint, on_epoch=crash_after_one)
+        train_model(data, params, cuda, checkpoint, on_epoch=interrupt_after(1))
     resumed = train_model(data, params, cuda, checkpoint)
     assert resumed.resumed_from_epoch == 1 and resumed.precision == "bf16" and resumed.step_kind == "cuda_graph"
     assert resumed.history[-1].val_accuracy > 0.9
