@@ -5,6 +5,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +26,10 @@ PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 REPORT_FILE = "report.md"
 CARD_FILE = "model_card.json"
+
+# torch.jit.script is not thread-safe: two threads scripting at once fail with "Can't redefine method: forward" (its
+# type cache), or, on CPython 3.11, a SystemError from ast.parse (gh-106905). Prefect runs flows and tasks in threads.
+_SCRIPTING_LOCK = threading.Lock()
 
 
 def new_run_id(training_digest: str) -> str:
@@ -87,6 +92,13 @@ def render_report(card: dict[str, Any], metrics: pd.DataFrame, per_class: pd.Dat
     return "\n".join(lines)
 
 
+def save_torchscript(model: MLP, path: Path) -> None:
+    with _SCRIPTING_LOCK, warnings.catch_warnings():
+        # TorchScript is deprecated upstream but remains the format C++ and mobile runtimes load.
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(model).save(str(path))
+
+
 def export_run(
     output_root: Path,
     run_id: str,
@@ -112,10 +124,7 @@ def export_run(
         cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
         cpu_model.eval()
         save_weights(cpu_model, staging / MODEL_FILE)
-        with warnings.catch_warnings():
-            # TorchScript is deprecated upstream but remains the format C++ and mobile runtimes load.
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.script(cpu_model).save(str(staging / TORCHSCRIPT_FILE))
+        save_torchscript(cpu_model, staging / TORCHSCRIPT_FILE)
         metrics.to_csv(staging / METRICS_FILE, index=False)
         per_class.to_csv(staging / PER_CLASS_FILE, index=False)
         confusion.to_csv(staging / CONFUSION_FILE)
