@@ -30,6 +30,9 @@ DEFAULT_POOL = "mnist-pool"  # the work_pool named in deployments/prefect.yaml
 WORKER_NAME = "mnist-local-worker"
 HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+# What Prefect's own client retries: the server answers 503 when SQLite is busy (a worker and flow runs write too).
+RETRY_STATUS_CODES = frozenset({429, 502, 503})
+API_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def prefect_executable() -> str:
@@ -138,11 +141,18 @@ class Stack:
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.api_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"null")
+        for delay in (*API_RETRY_DELAYS_S, None):
+            request = urllib.request.Request(
+                self.api_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as error:
+                # A retryable answer means the server rolled the request back, so a POST is safe to send again.
+                if error.code not in RETRY_STATUS_CODES or delay is None:
+                    raise
+            time.sleep(delay)
 
     def server_healthy(self) -> bool:
         try:

@@ -2,9 +2,12 @@
 
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect import flow
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+from prefect.settings.models.server.ephemeral import ServerEphemeralSettings
 
 from mnist_core.cli import parse_params
 from mnist_core.config import RunParams
@@ -12,6 +15,10 @@ from mnist_core.errors import PipelineError
 from mnist_core.preflight import preflight
 from mnist_core.train import checkpoint_lock
 from tasks import download, evaluate, export, promote, train, transform
+
+# Prefect's temporary server is given 20 s to answer. Its first start creates and migrates a new database, which on a
+# busy 2-core machine took longer (a CI run failed at exactly 20 s), so the command line waits longer unless told to.
+TEMPORARY_SERVER_STARTUP_S = 120
 
 
 @flow(name="mnist", log_prints=True)
@@ -29,11 +36,20 @@ def mnist(params: RunParams = RunParams()) -> dict[str, Any]:  # noqa: B008 - py
     return {**exported, **decision}
 
 
+def temporary_server_patience() -> AbstractContextManager[object]:
+    """Raise the temporary server's start-up timeout, unless the user has set one (env, profile or prefect.toml)."""
+    prefect_default = ServerEphemeralSettings.model_fields["startup_timeout_seconds"].default
+    if PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() != prefect_default:
+        return nullcontext()
+    return temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: TEMPORARY_SERVER_STARTUP_S})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     params = parse_params(RunParams, argv, description=__doc__)
     try:
         preflight(params)  # here too: fails in a second, before a temporary Prefect server is started
-        result = mnist(params)
+        with temporary_server_patience():
+            result = mnist(params)
     except (PipelineError, OSError) as error:  # OSError: the environment (disk, permissions), not a bug to trace
         print(f"mnist: error: {error}", file=sys.stderr)
         return 1

@@ -129,3 +129,26 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> Non
     assert report.is_file() and report.parent.parent == (tmp_path / "runs").resolve()
     accuracy = json.loads((report.parent / "model_card.json").read_text())["metrics"]["test_accuracy"]
     assert accuracy > 0.95
+
+
+@pytest.mark.parametrize(("configured_s", "expected_s"), [(20, 120), (45, 45)])
+def test_the_command_line_gives_the_temporary_server_time_to_start(
+    configured_s: int, expected_s: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Prefect's 20 s default is raised (a CI run timed out there); a value the user set is kept."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    import flows.mnist as flow_module
+    from mnist_core.errors import DataError
+
+    seen: list[int] = []
+
+    def flow_that_records_the_timeout(params: RunParams) -> dict[str, Any]:
+        seen.append(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        raise DataError("stopped by the test")
+
+    monkeypatch.setattr(flow_module, "mnist", flow_that_records_the_timeout)
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: configured_s}):
+        code = flow_module.main(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
+        assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == configured_s  # restored afterwards
+    assert code == 1 and seen == [expected_s]
