@@ -53,7 +53,8 @@ COLUMNS = [
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of comparing a run (challenger) with the champion. `kind`: first, better, forced or kept."""
+    """The outcome of comparing a run (challenger) with the champion. `kind`: first, better, forced, replaced
+    (the champion could not be evaluated) or kept."""
 
     promoted: bool
     kind: str
@@ -194,7 +195,7 @@ def record_run(
         )
         if note:
             reason = f"the run replaces an unusable champion{note}: test accuracy {decision.challenger_accuracy:.2%}."
-            decision = Decision(**{**decision.as_dict(), "reason": reason})
+            decision = Decision(**{**decision.as_dict(), "kind": "replaced", "reason": reason})
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if decision.promoted:
             pointer = {
@@ -268,6 +269,7 @@ def promotion_markdown(decision: Decision, dataset: str) -> str:
         "first": "promoted (first champion)",
         "better": "promoted (better than the champion)",
         "forced": "promoted (forced)",
+        "replaced": "promoted (the champion could not be evaluated)",
         "kept": "not promoted (champion kept)",
     }[decision.kind]
     champion = "none" if decision.champion_accuracy is None else f"{decision.champion_accuracy:.2%}"

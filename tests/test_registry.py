@@ -160,8 +160,11 @@ def test_unusable_champion_is_replaced_with_a_reason(tmp_path: Path) -> None:
         raise DataError(f"{champion['model']}: missing")
 
     decision = record_run(tmp_path, make_run(tmp_path, "r2", 0.80), 0.0, False, broken)
-    assert decision.promoted and "r1 could not be evaluated" in decision.reason
-    assert read_champion(tmp_path, "mnist")["run_id"] == "r2"  # type: ignore[index]
+    assert decision.promoted and decision.kind == "replaced" and "r1 could not be evaluated" in decision.reason
+    champion = read_champion(tmp_path, "mnist")
+    assert champion is not None and (champion["run_id"], champion["decision"]) == ("r2", "replaced")
+    assert read_registry(tmp_path)["decision"].tolist() == ["first", "replaced"]
+    assert "promoted (the champion could not be evaluated)" in promotion_markdown(decision, "mnist")
 
 
 def test_champions_are_per_dataset(tmp_path: Path) -> None:
