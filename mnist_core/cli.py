@@ -37,9 +37,9 @@ def build_parser(model: type[BaseModel], description: str) -> argparse.ArgumentP
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is typing.Literal:
             kwargs["choices"] = [str(choice) for choice in typing.get_args(annotation)]
-        elif origin is list and name == "mirror":
+        elif origin is list and typing.get_args(annotation) == (str,):  # repeatable: --mirror A --mirror B
             kwargs["action"] = "append"
-            kwargs["metavar"] = "MIRROR"
+            kwargs["metavar"] = name.upper()
         elif origin is list:
             kwargs["nargs"] = "+"
             kwargs["metavar"] = "N"

@@ -1,10 +1,10 @@
 """Fetching a dataset's four IDX files from mirrors into a verified cache."""
 
+import functools
 import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mnist_core.errors import DataError, DownloadError
+from mnist_core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
 def mirrors_for(spec: DatasetSpec, extra: Iterable[str] = ()) -> list[str]:
     """Official mirrors first, then the caller's, then those in the environment variable (comma-separated)."""
     from_env = [m.strip() for m in os.environ.get(spec.mirror_env_var, "").split(",") if m.strip()]
-    ordered: list[str] = []
-    for mirror in [*spec.official_mirrors, *extra, *from_env]:
-        if mirror not in ordered:
-            ordered.append(mirror)
-    return ordered
+    return list(dict.fromkeys([*spec.official_mirrors, *extra, *from_env]))  # first occurrence wins
 
 
 def redact_url(mirror: str) -> str:
@@ -178,23 +175,18 @@ def fetch_verified(
             pass
         log.warning("cached %s failed verification; fetching it again", destination)
 
+    def verify(temp_path: Path) -> None:
+        actual = decompressed_sha256(temp_path, file_name)  # the real name, not the temporary one
+        if actual != sha256:
+            raise DataError(f"SHA-256 of the content is {actual}, expected {sha256}")
+
     failures: list[str] = []
     for mirror in mirrors:
         if mirror in unreachable:
             failures.append(f"  - {redact_url(mirror)}: skipped (unreachable for an earlier file)")
             continue
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".part", dir=cache_dir)
-        temp_path = Path(temp_name)
         try:
-            source = _source_url(mirror, file_name)
-            with os.fdopen(descriptor, "wb") as target:
-                _fetch(source, target)
-                target.flush()
-                os.fsync(target.fileno())
-            actual = decompressed_sha256(temp_path, file_name)  # the real name, not the temporary one
-            if actual != sha256:
-                raise DataError(f"SHA-256 of the content is {actual}, expected {sha256}")
-            os.replace(temp_path, destination)
+            atomic_write(destination, functools.partial(_fetch, _source_url(mirror, file_name)), check=verify)
             log.info("fetched %s from %s", file_name, redact_url(mirror))
             return destination, redact_url(mirror)
         except Exception as error:  # noqa: BLE001 - every failure is reported with its mirror below
@@ -203,8 +195,6 @@ def fetch_verified(
             # urllib can echo the URL (credentials included) in its message, hence the replace.
             reason = str(error).replace(mirror, redact_url(mirror))
             failures.append(f"  - {redact_url(mirror)}: {type(error).__name__}: {reason}")
-        finally:
-            temp_path.unlink(missing_ok=True)
     tried = "\n".join(failures) if failures else "  (no mirrors configured)"
     raise DownloadError(f"could not fetch a verified {file_name}; mirrors tried:\n{tried}")
 

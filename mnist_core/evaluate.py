@@ -1,6 +1,7 @@
 """Test-set metrics: accuracy, loss, per-class precision/recall/F1 and the confusion matrix."""
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,6 +31,13 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def confusion_frame(confusion: Any, class_names: list[str]) -> pd.DataFrame:
+    """A confusion matrix (array or nested lists) labelled with the class names: rows true, columns predicted."""
+    return pd.DataFrame(
+        confusion, index=pd.Index(class_names, name="true"), columns=pd.Index(class_names, name="predicted")
+    )
+
+
 def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> pd.DataFrame:
     counts = confusion.double()
     true_positive = counts.diag()
@@ -56,9 +64,5 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         accuracy=correct.item() / len(labels),
         loss=loss_sum.item() / len(labels),
         per_class=per_class_table(confusion, class_names),
-        confusion=pd.DataFrame(
-            confusion.numpy(),
-            index=pd.Index(class_names, name="true"),
-            columns=pd.Index(class_names, name="predicted"),
-        ),
+        confusion=confusion_frame(confusion.numpy(), class_names),
     )

@@ -1,15 +1,18 @@
-"""Atomic file writes: readers see the old file or the new one, never a mix, and a crash leaves no partial file."""
+"""Atomic file writes (readers see the old file or the new one, never a mix, and a crash leaves no partial file),
+and the lock that serializes writers across processes."""
 
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
-
-import torch
-from safetensors.torch import save as safetensors_bytes
+from typing import TYPE_CHECKING, BinaryIO
 
 from mnist_core.errors import StorageError
+
+if TYPE_CHECKING:  # torch only for the annotation: the download path and deployments/stack.py stay torch-free
+    import torch
 
 
 def _umask_file_mode() -> int:
@@ -23,17 +26,42 @@ def _umask_file_mode() -> int:
 FILE_MODE = _umask_file_mode()
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write` on a temp file beside `path`, fsync it, then `os.replace` it onto `path` and fsync the folder."""
+TEMP_SUFFIX = ".part"
+
+
+def temp_files_glob(name: str) -> str:
+    """The glob matching the temp files `atomic_write` leaves beside `name` if its process dies mid-write."""
+    return f".{name}.*{TEMP_SUFFIX}"
+
+
+@contextmanager
+def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[None]:
+    """flock on `path` (created, with its folder, if missing). The kernel drops it if the process dies.
+    With `blocking=False`, raises BlockingIOError at once if another process holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[[Path], None] | None = None) -> None:
+    """Call `write` on a temp file beside `path`, fsync it, let `check` vet the temp file (it raises to refuse it),
+    then `os.replace` it onto `path` and fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             os.fchmod(stream.fileno(), FILE_MODE)
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        if check is not None:
+            check(Path(temp_name))
         os.replace(temp_name, path)
         folder = os.open(path.parent, os.O_RDONLY)
         try:
@@ -49,9 +77,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_tensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], what: str = "prepared data"
+    tensors: "dict[str, torch.Tensor]", path: Path, metadata: dict[str, str], what: str = "prepared data"
 ) -> None:
     """Write a safetensors file so that a crash never leaves a partial file under `path`."""
+    from safetensors.torch import save as safetensors_bytes
+
     try:
         content = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
         atomic_write(path, lambda stream: stream.write(content))

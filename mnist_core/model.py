@@ -5,14 +5,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 
 from mnist_core.errors import DataError
 from mnist_core.files import atomic_save_tensors
+from mnist_core.idx import IMAGE_SIDE, NUM_CLASSES
 
-INPUT_FEATURES = 28 * 28
-NUM_CLASSES = 10
+INPUT_FEATURES = IMAGE_SIDE * IMAGE_SIDE
 # Mean and std of MNIST training pixels in [0, 1]; the seed's Normalize(0.5, 0.5) is wrong for this data.
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -59,12 +59,10 @@ def save_weights(model: MLP, path: Path) -> None:
 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> MLP:
     """A fresh MLP with the weights of a safetensors file written by `save_weights` (no unpickling)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
             architecture = json.loads((handle.metadata() or {})["architecture"])
-        state = load_file(str(path), device=str(device))
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not iterable
     except FileNotFoundError as error:
         raise DataError(f"{path}: model file not found") from error
     except PermissionError:

@@ -11,26 +11,26 @@ filesystem whose locks span machines.
 """
 
 import csv
-import fcntl
+import dataclasses
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mnist_core.download import ROLES as DATA_ROLES
 from mnist_core.errors import PipelineError
-from mnist_core.files import atomic_write_text
+from mnist_core.files import atomic_write_text, exclusive_lock, temp_files_glob
 
 REGISTRY_FILE = "registry.csv"
 LOCK_FILE = ".registry.lock"
 # Accuracies are counts over the test-set size; this only absorbs float rounding in `challenger - champion`.
 TOLERANCE = 1e-9
-DATA_ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 COLUMNS = [
     "run_id",
     "recorded_at",
@@ -63,9 +63,6 @@ class Decision:
     champion_accuracy: float | None
     champion_run_id: str | None
     margin: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def decide(
@@ -116,42 +113,39 @@ def read_champion(output_root: Path, dataset: str) -> dict[str, Any] | None:
         return None
 
 
+def _registry_text(output_root: Path) -> str:
+    path = Path(output_root) / REGISTRY_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def _parse_registry(text: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text)) if text else pd.DataFrame(columns=COLUMNS)
+
+
 def read_registry(output_root: Path) -> pd.DataFrame:
     """Every recorded run, oldest first (an empty frame with the registry's columns if none yet)."""
-    path = Path(output_root) / REGISTRY_FILE
-    if not path.is_file():
-        return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(path, keep_default_na=True)
+    return _parse_registry(_registry_text(output_root))
 
 
-@contextmanager
-def registry_lock(output_root: Path) -> Iterator[None]:
+def registry_lock(output_root: Path) -> AbstractContextManager[None]:
     """Exclusive lock over the registry and champion pointers of `output_root` (released if the process dies)."""
-    root = Path(output_root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(Path(output_root) / LOCK_FILE)
 
 
 def _remove_stale_temp_files(root: Path) -> None:
     # Only called under the lock, so any temp file left here belongs to a writer that crashed.
-    for stale in [*root.glob(f".{REGISTRY_FILE}.*.part"), *root.glob(".champion-*.json.*.part")]:
+    for stale in [*root.glob(temp_files_glob(REGISTRY_FILE)), *root.glob(temp_files_glob("champion-*.json"))]:
         stale.unlink(missing_ok=True)
 
 
-def _append_row(root: Path, row: dict[str, Any]) -> None:
-    path = root / REGISTRY_FILE
-    existing = path.read_text(encoding="utf-8") if path.is_file() else ""
+def _append_row(root: Path, existing: str, row: dict[str, Any]) -> None:
+    """Write the registry as `existing` (its current text, read under the lock) plus `row`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     if not existing:
         writer.writeheader()
     writer.writerow({column: row.get(column, "") for column in COLUMNS})
-    atomic_write_text(path, existing + buffer.getvalue())
+    atomic_write_text(root / REGISTRY_FILE, existing + buffer.getvalue())
 
 
 def record_run(
@@ -174,7 +168,8 @@ def record_run(
     dataset = run["dataset"]
     with registry_lock(root):
         _remove_stale_temp_files(root)
-        recorded = read_registry(root)
+        existing = _registry_text(root)
+        recorded = _parse_registry(existing)
         earlier = recorded.loc[recorded["run_id"] == run["run_id"]]
         if len(earlier):  # a retried promotion: the first attempt's decision stands, recorded once
             return _decision_from_row(earlier.iloc[-1])
@@ -195,7 +190,7 @@ def record_run(
         )
         if note:
             reason = f"the run replaces an unusable champion{note}: test accuracy {decision.challenger_accuracy:.2%}."
-            decision = Decision(**{**decision.as_dict(), "kind": "replaced", "reason": reason})
+            decision = dataclasses.replace(decision, kind="replaced", reason=reason)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if decision.promoted:
             pointer = {
@@ -228,7 +223,7 @@ def record_run(
             "reason": decision.reason,
             "run_dir": str(run["run_dir"]),
         }
-        _append_row(root, row)
+        _append_row(root, existing, row)
     return decision
 
 

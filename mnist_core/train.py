@@ -1,7 +1,6 @@
 """The training loop: data resident on the device as uint8, shuffled with randperm, sliced into batches."""
 
 import contextlib
-import fcntl
 import logging
 import math
 import shutil
@@ -16,7 +15,7 @@ from torch import nn
 
 from mnist_core.config import NOT_IN_TRAINING_DIGEST, RunParams
 from mnist_core.errors import StorageError, TrainingError
-from mnist_core.files import atomic_write
+from mnist_core.files import atomic_write, exclusive_lock
 from mnist_core.model import MLP
 from mnist_core.steps import (
     FixedShapeStep,
@@ -196,22 +195,17 @@ def checkpoint_lock(params: RunParams) -> Iterator[Path]:
     each other's checkpoint. The kernel drops the lock if the process dies, so a killed run never blocks its own
     restart."""
     folder = checkpoint_dir(params)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = folder.parent / f"{folder.name}.lock"
-    with open(lock_path, "a") as handle:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(exclusive_lock(folder.parent / f"{folder.name}.lock", blocking=False))
         except BlockingIOError:
             raise TrainingError(
                 f"another run is using the checkpoint {folder} (same parameters or run name, same output folder); "
                 "wait for it to finish, or pass another --run-name or --output-dir"
             ) from None
-        try:
-            yield folder
-            # Only a complete run gets here; after a failure the checkpoint stays for the rerun to resume from.
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield folder
+        # Only a complete run gets here; after a failure the checkpoint stays for the rerun to resume from.
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -335,7 +329,7 @@ def _train_model(
     model.train()
     setup_started = time.perf_counter()
     if step_mode == "plain":
-        totals: PlainStep | FixedShapeStep = PlainStep(model, optimizer, train_x, train_y, params.label_smoothing, bf16)
+        step: PlainStep | FixedShapeStep = PlainStep(model, optimizer, train_x, train_y, params.label_smoothing, bf16)
     else:
         step = FixedShapeStep(model, optimizer, train_x, train_y, batch_size, params.label_smoothing, bf16)
         weights = batch_weights(num_train, batch_size, device)
@@ -344,34 +338,31 @@ def _train_model(
             run_step = capture_cuda_graph(step)
         elif start_epoch < params.epochs and step_mode == "compiled":
             run_step = compile_step(step)
-        totals = step
     # Warm-up and capture are set-up, not training: reported apart from train_seconds.
     setup_seconds = time.perf_counter() - setup_started
 
     training_cpu_threads = torch.get_num_threads()  # inside training_threads: what training really uses
-    train_seconds = sum(stats.seconds for stats in history)
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
         order = torch.randperm(num_train, device=device, generator=shuffle)
-        totals.reset_totals()
-        if isinstance(totals, PlainStep):
-            for number in range(steps_per_epoch):
-                totals.run(order[number * batch_size : (number + 1) * batch_size])
+        step.reset_totals()
+        if isinstance(step, PlainStep):
+            for index in order.split(batch_size):
+                step.run(index)
                 if scheduler is not None:
                     scheduler.step()
         else:
-            batches = epoch_batches(order, batch_size)
-            for number in range(steps_per_epoch):
-                # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the
-                # tensor learning rate: kernel launches only, nothing waits for the device.
-                totals.load(batches[number], weights[number])
+            # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the
+            # tensor learning rate: kernel launches only, nothing waits for the device.
+            for index, weight in zip(epoch_batches(order, batch_size), weights, strict=True):
+                step.load(index, weight)
                 run_step()
                 if scheduler is not None:
                     scheduler.step()
         val_loss_sum, val_correct, _ = evaluate_split(model, val_x, val_y, bf16)
         # The epoch boundary is the only host-device sync: one transfer of four scalars.
         train_loss, train_correct, val_loss, val_right = torch.stack(
-            [totals.loss_sum, totals.correct.float(), val_loss_sum, val_correct.float()]
+            [step.loss_sum, step.correct.float(), val_loss_sum, val_correct.float()]
         ).tolist()
         seconds = time.perf_counter() - started
         train_loss /= num_train
@@ -391,7 +382,6 @@ def _train_model(
             samples_per_s=num_train / seconds,
         )
         history.append(stats)
-        train_seconds += seconds
         if (stats.val_accuracy, -stats.val_loss) > best_key:
             best_key = (stats.val_accuracy, -stats.val_loss)
             best_epoch = stats.epoch
@@ -430,7 +420,7 @@ def _train_model(
         history=history,
         best_epoch=best_epoch,
         resumed_from_epoch=start_epoch,
-        train_seconds=train_seconds,
+        train_seconds=sum(stats.seconds for stats in history),
         precision="bf16" if bf16 else "fp32",
         step_kind=step_mode,
         extra={"setup_seconds": setup_seconds, "cpu_threads": training_cpu_threads},

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mnist_core import export as files_of
 from mnist_core.config import RunParams
-from mnist_core.evaluate import CLASS_NAMES
+from mnist_core.evaluate import CLASS_NAMES, confusion_frame
 from mnist_core.export import build_model_card, export_run, new_run_id
 from mnist_core.files import atomic_write_text
 from mnist_core.model import load_weights
@@ -56,12 +56,10 @@ def export(
 ) -> dict[str, Any]:
     """Write the run folder (once per checkpoint) and publish the artifacts."""
     started = time.perf_counter()
-    history = pd.DataFrame(json.loads(Path(trained["history_path"]).read_text()))
+    history = pd.DataFrame(trained["history"])
     names = CLASS_NAMES[params.dataset]
     per_class = pd.DataFrame(evaluation["per_class"])
-    confusion = pd.DataFrame(
-        evaluation["confusion"], index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted")
-    )
+    confusion = confusion_frame(evaluation["confusion"], names)
     stage_seconds = {
         "download": downloaded["seconds"],
         "transform": prepared["seconds"],

@@ -12,7 +12,6 @@ from mnist_core.config import RunParams
 from mnist_core.device import describe_environment, resolve_device
 from mnist_core.errors import PipelineError
 from mnist_core.export import public_params
-from mnist_core.files import atomic_write_text
 from mnist_core.model import save_weights
 from mnist_core.prepare import load_prepared
 from mnist_core.train import EpochStats, checkpoint_dir, train_model
@@ -27,7 +26,7 @@ def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:
 
 @task(name="train", retries=1, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE, persist_result=False)
 def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
-    """Train on the prepared data; returns paths of the best weights and the per-epoch history."""
+    """Train on the prepared data; returns the path of the best weights and the per-epoch history."""
     started = time.perf_counter()
     logger = get_run_logger()
     device = resolve_device(params.device)
@@ -52,19 +51,18 @@ def train(prepared: dict[str, Any], params: RunParams) -> dict[str, Any]:
     result = train_model(data, params, device, work_dir / "checkpoint.pt", report_epoch)
     # Also when the run resumed after its last epoch, so no epoch was reported here.
     update_progress_artifact(artifact_id=progress_id, progress=100.0)
-    model_path, history_path = work_dir / "model.safetensors", work_dir / "history.json"
+    model_path = work_dir / "model.safetensors"
     save_weights(result.model, model_path)
-    atomic_write_text(history_path, json.dumps([asdict(stats) for stats in result.history]))
     if result.resumed_from_epoch:
         logger.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
     return {
         "work_dir": str(work_dir),
         "model_path": str(model_path),
-        "history_path": str(history_path),
+        "history": [asdict(stats) for stats in result.history],  # a few floats per epoch
         "best_epoch": result.best_epoch,
         "train_seconds": result.train_seconds,
         "resumed_from_epoch": result.resumed_from_epoch,
-        "setup_seconds": result.extra.get("setup_seconds", 0.0),
+        "setup_seconds": result.extra["setup_seconds"],
         "precision": result.precision,
         "step_kind": result.step_kind,
         "environment": {**environment, "cpu_threads": result.extra["cpu_threads"]},
