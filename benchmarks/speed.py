@@ -177,34 +177,25 @@ def preset(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             ("compiled fp32", {"precision": "fp32"}, {"step_mode": "compiled"}),
             ("eager fp32", {"precision": "fp32"}, {"step_mode": "eager"}),
         ]
-    results: dict[str, Any] = {}
-    for name, overrides, kwargs in variants:
-        rows = []
-        for seed in args.preset_seeds:
+    shown = {"epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "label_smoothing"}
+    fast98 = RunParams(preset="fast98").model_dump(mode="json", include=shown)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    # Seed-major: each seed's split is loaded once and used by every variant (training only reads it).
+    for seed in args.preset_seeds:
+        split = RunParams(preset="fast98", seed=seed, device=str(device))  # the variants change no data setting
+        data = project_data(args.data_dir, args.mirror, split, device)
+        for name, overrides, kwargs in variants:
             params = RunParams(preset="fast98", seed=seed, device=str(device), **overrides)
             print(f"[preset] {name}, seed {seed}", flush=True)
             try:
-                rows.append(run_project(project_data(args.data_dir, args.mirror, params, device), params, device,
-                                        **kwargs))  # fmt: skip
+                rows[name].append(run_project(data, params, device, **kwargs))
             except Exception as error:  # noqa: BLE001 - one failing variant (e.g. compile) must not hide the rest
-                rows.append({"error": f"{type(error).__name__}: {error}"})
-        ok = [row for row in rows if "error" not in row]
-        results[name] = {
-            "runs": rows,
-            "params": RunParams(preset="fast98").model_dump(
-                mode="json",
-                include={
-                    "epochs",
-                    "batch_size",
-                    "lr",
-                    "momentum",
-                    "nesterov",
-                    "weight_decay",
-                    "schedule",
-                    "label_smoothing",
-                },
-            ),
-        }
+                rows[name].append({"error": f"{type(error).__name__}: {error}"})
+        del data  # freed before the next seed's split is loaded: one split resident at a time, as before
+    results: dict[str, Any] = {}
+    for name, runs in rows.items():
+        ok = [row for row in runs if "error" not in row]
+        results[name] = {"runs": runs, "params": dict(fast98)}
         if ok:
             accuracies = [row["test_accuracy"] for row in ok]
             results[name].update(

@@ -11,17 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from speed import project_data
 
 from mnist_core.config import RunParams
-from mnist_core.download import download_dataset
 from mnist_core.evaluate import CLASS_NAMES, evaluate_model
-from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.train import train_model
 
 
-def run_one(params: RunParams, data_dir: Path, mirror: str, device: torch.device) -> dict[str, Any]:
-    files = download_dataset("mnist", data_dir, [mirror])
-    data = load_prepared(prepare_dataset(files, data_dir, "mnist", params.val_size, params.seed), device)
+def run_one(params: RunParams, data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
     result = train_model(data, params, device)
     best = result.history[result.best_epoch - 1]
     return {
@@ -49,14 +46,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     device = torch.device(args.device)
+    # The split depends on the seed only (dataset and val_size are the preset's): one load per seed, not per point.
+    data_by_seed: dict[int, dict[str, torch.Tensor]] = {}
     rows = []
     for epochs, batch, lr, smoothing, seed in itertools.product(
         args.epochs, args.batch_size, args.lr, args.label_smoothing, args.seeds
     ):
         params = RunParams(preset="fast98", epochs=epochs, batch_size=batch, lr=lr, label_smoothing=smoothing,
                            seed=seed, device=args.device)  # fmt: skip
+        if seed not in data_by_seed:
+            data_by_seed[seed] = project_data(args.data_dir, args.mirror, params, device)
         started = time.perf_counter()
-        row = run_one(params, args.data_dir, args.mirror, device)
+        row = run_one(params, data_by_seed[seed], device)
         row["wall_seconds"] = time.perf_counter() - started
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -12,7 +12,6 @@ Importing this module starts nothing.
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from mnist_core.download import redact_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
@@ -267,7 +268,7 @@ def is_running(process: subprocess.Popen[bytes]) -> bool:
 def describe_database(home: Path) -> str:
     url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
     if url:
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+        return redact_url(url)
     return f"SQLite at {home / 'prefect.db'}"
 
 

@@ -1,4 +1,5 @@
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,19 @@ import torch  # noqa: E402
 from mnist_core import download as download_module  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
 from mnist_core.download import download_dataset  # noqa: E402
-from mnist_core.prepare import load_prepared, prepare_dataset, prepared_path  # noqa: E402
+from mnist_core.prepare import load_prepared, prepare_dataset  # noqa: E402
 from tests import synthetic  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz")  # fmt: skip
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (just released: free until someone binds it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -44,21 +52,33 @@ def mnist_mirror() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist_data_dir(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data cache with real MNIST downloaded and prepared (default split), shared by the whole session."""
+def mnist_prepared(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Real MNIST downloaded and prepared (default split) once per session: (data cache, prepared file)."""
     data_dir = tmp_path_factory.mktemp("mnist-data")
     files = download_dataset("mnist", data_dir, [str(mnist_mirror)])
     params = RunParams()
-    prepare_dataset(files, data_dir, "mnist", params.val_size, params.seed)
-    return data_dir
+    return data_dir, prepare_dataset(files, data_dir, "mnist", params.val_size, params.seed)
 
 
 @pytest.fixture(scope="session")
-def mnist_tensors(mnist_data_dir: Path) -> dict[str, torch.Tensor]:
-    files = download_dataset("mnist", mnist_data_dir)  # served from the session's verified cache
-    params = RunParams()
-    sha256s = {role: entry["sha256"] for role, entry in files.items()}
-    return load_prepared(prepared_path(mnist_data_dir, "mnist", sha256s, params.val_size, params.seed))
+def mnist_data_dir(mnist_prepared: tuple[Path, Path]) -> Path:
+    """A data cache with real MNIST downloaded and prepared (default split), shared by the whole session."""
+    return mnist_prepared[0]
+
+
+@pytest.fixture(scope="session")
+def mnist_tensors(mnist_prepared: tuple[Path, Path]) -> dict[str, torch.Tensor]:
+    return load_prepared(mnist_prepared[1])
+
+
+@pytest.fixture(scope="session")
+def synthetic_tensors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The small synthetic dataset prepared (val_size=200, seed=0) and loaded once per session. Shared: read only."""
+    mirror = tmp_path_factory.mktemp("synthetic-mirror")
+    sha256s = synthetic.write_dataset(mirror)
+    files = {role: {"path": str(mirror / synthetic.FILE_NAMES[role]), "sha256": d} for role, d in sha256s.items()}
+    cache = tmp_path_factory.mktemp("synthetic-cache")
+    return load_prepared(prepare_dataset(files, cache, "synthetic", val_size=200, seed=0))
 
 
 @pytest.fixture

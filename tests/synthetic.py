@@ -33,8 +33,13 @@ def learnable_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_dataset(folder: Path, n_train: int = 1200, n_test: int = 300, seed: int = 0) -> dict[str, str]:
-    """Write the four gzip IDX files into `folder`; returns role -> SHA-256 of the decompressed content."""
+def write_dataset(
+    folder: Path, n_train: int = 1200, n_test: int = 300, seed: int = 0, overrides: dict[str, bytes] | None = None
+) -> dict[str, str]:
+    """Write the four gzip IDX files into `folder`; returns role -> SHA-256 of the decompressed content.
+
+    `overrides` (role -> IDX bytes) replaces the content of those files, defective or not.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     train_images, train_labels = learnable_split(n_train, seed)
     test_images, test_labels = learnable_split(n_test, seed + 1)
@@ -43,6 +48,7 @@ def write_dataset(folder: Path, n_train: int = 1200, n_test: int = 300, seed: in
         "train_labels": idx_bytes(train_labels),
         "test_images": idx_bytes(test_images),
         "test_labels": idx_bytes(test_labels),
+        **(overrides or {}),
     }
     for role, content in contents.items():
         (folder / FILE_NAMES[role]).write_bytes(gzip.compress(content, mtime=0))
@@ -66,3 +72,10 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def assert_no_partial_files(*folders: Path) -> None:
+    """No half-written (`.part`) file anywhere under `folders`."""
+    for folder in folders:
+        leftovers = [p for p in folder.rglob("*") if ".part" in p.name]
+        assert not leftovers, f"half-written files left behind: {leftovers}"

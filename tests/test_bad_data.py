@@ -4,7 +4,6 @@ import contextlib
 import gzip
 import hashlib
 import http.server
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,15 +18,10 @@ from mnist_core.errors import DataError, DownloadError
 from mnist_core.idx import read_bytes, read_images, read_labels
 from mnist_core.prepare import prepare_dataset
 from tests import synthetic
-from tests.synthetic import snapshot
+from tests.conftest import free_port
+from tests.synthetic import assert_no_partial_files, snapshot
 
 SLOW_RESPONSE_S = 2.0
-
-
-def assert_no_partial_files(*folders: Path) -> None:
-    for folder in folders:
-        leftovers = [p for p in folder.rglob("*") if p.name.endswith(".part") or ".part" in p.name]
-        assert not leftovers, f"half-written files left behind: {leftovers}"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -72,10 +66,7 @@ def http_mirror() -> Iterator[Callable[..., str]]:
 
 def closed_port_url() -> str:
     """A loopback URL nothing listens on (the port was just released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 # --- files that are not what they claim -----------------------------------------------------------------------------
@@ -157,20 +148,8 @@ def test_read_bytes_names_the_broken_file(tmp_path: Path) -> None:
 
 def _bad_idx_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, contents: dict[str, bytes]) -> tuple[str, Path]:
     """A registered dataset whose published checksums match its (defective) files: only IDX validation can object."""
-    train_images, train_labels = synthetic.learnable_split(1200, seed=0)
-    test_images, test_labels = synthetic.learnable_split(300, seed=1)
-    files = {
-        "train_images": synthetic.idx_bytes(train_images),
-        "train_labels": synthetic.idx_bytes(train_labels),
-        "test_images": synthetic.idx_bytes(test_images),
-        "test_labels": synthetic.idx_bytes(test_labels),
-        **contents,
-    }
     mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    for role, content in files.items():
-        (mirror / synthetic.FILE_NAMES[role]).write_bytes(gzip.compress(content, mtime=0))
-    sha256s = {role: hashlib.sha256(content).hexdigest() for role, content in files.items()}
+    sha256s = synthetic.write_dataset(mirror, overrides=contents)
     monkeypatch.setitem(download_module.DATASETS, "defective", synthetic.spec_for("defective", sha256s))
     return "defective", mirror
 

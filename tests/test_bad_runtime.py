@@ -26,15 +26,11 @@ from mnist_core.model import MLP, load_weights
 from mnist_core.preflight import ensure_writable_dir, preflight
 from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.train import checkpoint_dir, load_checkpoint, train_model
-from tests.synthetic import snapshot
+from tests.synthetic import assert_no_partial_files, snapshot
 
 CPU = torch.device("cpu")
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is missing")
 FAST = ["--epochs", "1", "--hidden-sizes", "32", "--batch-size", "512"]
-
-
-def leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if ".part" in p.name]
 
 
 def disk_full(*_: Any, **__: Any) -> None:
@@ -49,11 +45,6 @@ def synthetic_data(synthetic_dataset, tmp_path: Path) -> tuple[dict[str, Any], P
     return download_dataset(name, cache, [str(mirror)]), cache
 
 
-def synthetic_tensors(synthetic_data) -> dict[str, torch.Tensor]:
-    files, cache = synthetic_data
-    return load_prepared(prepare_dataset(files, cache, "synthetic", val_size=200, seed=0))
-
-
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """Exit status and the CLI's own message (Prefect's log of a failed task, traceback included, comes before)."""
     code = main(args)
@@ -65,7 +56,6 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 @needs_no_gpu
-# Ids without the bare word "cuda": conftest skips every test carrying that keyword on machines without a GPU.
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"], ids=["device-default-gpu", "device-gpu-1"])
 def test_cuda_without_gpu_is_refused(device: str, tmp_path: Path) -> None:
     with pytest.raises(DeviceError, match=rf"device='{device}' but no CUDA GPU is available.*--device cpu"):
@@ -106,12 +96,13 @@ def test_flow_checks_folders_and_device_before_any_work(prefect_server, tmp_path
 # --- divergence -------------------------------------------------------------------------------------------------------
 
 
-def test_diverging_learning_rate_stops_with_clear_error(synthetic_data, tmp_path: Path) -> None:
-    data = synthetic_tensors(synthetic_data)
+def test_diverging_learning_rate_stops_with_clear_error(
+    synthetic_tensors: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     params = RunParams(lr=10, momentum=0.99, schedule="none", label_smoothing=0.0, epochs=3, seed=0)
     checkpoint = tmp_path / "ckpt" / "checkpoint.pt"
     with pytest.raises(TrainingError, match=r"loss became non-finite in epoch (\d+) .* with lr=10\.0") as caught:
-        train_model(data, params, CPU, checkpoint)
+        train_model(synthetic_tensors, params, CPU, checkpoint)
     failed_epoch = int(str(caught.value).split("epoch ")[1].split()[0])
     # The diverged epoch is never checkpointed: what is on disk is the last finite state (or nothing).
     if failed_epoch == 1:
@@ -120,7 +111,7 @@ def test_diverging_learning_rate_stops_with_clear_error(synthetic_data, tmp_path
         payload = load_checkpoint(checkpoint, params)
         assert payload["epoch"] == failed_epoch - 1
         assert all(torch.isfinite(t).all() for t in payload["model"].values())
-    assert not leftovers(tmp_path)
+    assert_no_partial_files(tmp_path)
 
 
 @pytest.mark.slow
@@ -209,7 +200,7 @@ def test_disk_full_while_caching_prepared_data(synthetic_data, monkeypatch: pyte
         prepare_dataset(files, cache, "synthetic", val_size=200, seed=1)
     assert snapshot(cache) == before, "the cache changed although the write failed"
     assert load_prepared(previous)["train_images"].shape[1:] == (28, 28)
-    assert not leftovers(cache)
+    assert_no_partial_files(cache)
 
 
 def test_disk_full_while_downloading(synthetic_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,13 +218,12 @@ def test_disk_full_while_downloading(synthetic_dataset, tmp_path: Path, monkeypa
     with pytest.raises(DownloadError, match=r"(?s)t10k-labels-idx1-ubyte\.gz.*OSError: \[Errno 28\] No space left"):
         download_dataset(name, cache, [str(mirror)])
     assert snapshot(cache) == before
-    assert not leftovers(cache)
+    assert_no_partial_files(cache)
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
-    synthetic_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic_tensors: dict[str, torch.Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = synthetic_tensors(synthetic_data)
     params = RunParams(epochs=3, hidden_sizes=[32], batch_size=64, seed=0)
     checkpoint = tmp_path / "ckpt" / "checkpoint.pt"
     real_save = torch.save
@@ -247,13 +237,13 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
             monkeypatch.setattr(torch, "save", save_half_then_fail)
 
     with pytest.raises(StorageError, match="No space left on device") as error:
-        train_model(data, params, CPU, checkpoint, on_epoch=fill_disk_after_first_epoch)
+        train_model(synthetic_tensors, params, CPU, checkpoint, on_epoch=fill_disk_after_first_epoch)
     assert str(checkpoint) in str(error.value) and "previous one is intact" in str(error.value)
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(checkpoint, params)["epoch"] == 1
-    assert not leftovers(tmp_path)
+    assert_no_partial_files(tmp_path)
     # Space freed: the next attempt picks up where the last complete checkpoint left off.
-    resumed = train_model(data, params, CPU, checkpoint)
+    resumed = train_model(synthetic_tensors, params, CPU, checkpoint)
     assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 3
 
 
@@ -363,15 +353,16 @@ def test_two_runs_share_a_data_cache_at_once(synthetic_dataset, tmp_path: Path) 
     assert sorted(p.name for p in (cache / "raw" / name).iterdir()) == sorted(
         download_module.DATASETS[name].files[role][0] for role in sha256s
     )
-    assert not leftovers(cache)
+    assert_no_partial_files(cache)
 
 
-def test_two_trainings_in_the_same_output_root_at_once(synthetic_data, tmp_path: Path) -> None:
-    data = synthetic_tensors(synthetic_data)
+def test_two_trainings_in_the_same_output_root_at_once(
+    synthetic_tensors: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     runs = [RunParams(output_dir=tmp_path / "runs", epochs=2, hidden_sizes=[16], seed=s) for s in (1, 2)]
     paths = [checkpoint_dir(params) / "checkpoint.pt" for params in runs]
     assert paths[0] != paths[1]
-    results = _in_parallel(2, lambda i: train_model(data, runs[i], CPU, paths[i]))
+    results = _in_parallel(2, lambda i: train_model(synthetic_tensors, runs[i], CPU, paths[i]))
     for params, path, result in zip(runs, paths, results, strict=True):
         payload = load_checkpoint(path, params)  # each checkpoint belongs to its own parameters
         assert payload["epoch"] == 2

@@ -11,7 +11,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,21 +28,15 @@ import pytest
 
 from deployments.stack import DEFAULT_POOL, Stack
 from mnist_core.registry import read_champion, read_registry
+from tests.conftest import PROJECT_ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = PROJECT_ROOT / "deployments" / "stack.py"
 PREFECT = str(Path(sys.executable).parent / "prefect")
 RUN_TIMEOUT_S = 240
 # A run worse than any 1-epoch run of the default recipe (about 68 % against about 96 %).
 WORSE = {"lr": 0.001, "hidden_sizes": [8]}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def alive(pid: int) -> bool:
@@ -286,8 +279,13 @@ def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
 # --- PostgreSQL ------------------------------------------------------------------------------------------------
 
 
+def _version_key(bindir: Path) -> tuple[int, ...]:
+    """/usr/lib/postgresql/9.6/bin -> (9, 6): compared as numbers, so 16 sorts above 9.6."""
+    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
+
+
 def postgres_bindir() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
         if (candidate / "initdb").exists() and (candidate / "postgres").exists():
             return candidate
     initdb = shutil.which("initdb")

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mnist_core.download import DATASETS, decompressed_sha256, download_dataset, mirrors_for
+from mnist_core.files import FILE_MODE
 
 
 def test_mirrors_official_first_then_user_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,6 +30,7 @@ def test_download_from_folder_and_file_url(synthetic_dataset, tmp_path: Path) ->
             assert entry["source"] == source
             assert decompressed_sha256(Path(entry["path"])) == sha256s[role]
             assert Path(entry["path"]).parent == (cache / "raw" / name).resolve()
+            assert Path(entry["path"]).stat().st_mode & 0o777 == FILE_MODE  # readable by a team sharing the cache
         assert not list((cache / "raw" / name).glob("*.part"))
 
 

@@ -31,8 +31,8 @@ from mnist_core.registry import (
     read_registry,
     record_run,
 )
+from tests.conftest import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
 
 

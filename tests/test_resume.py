@@ -20,10 +20,9 @@ from mnist_core.config import RunParams
 from mnist_core.errors import TrainingError
 from mnist_core.evaluate import CLASS_NAMES, evaluate_model
 from mnist_core.export import CARD_FILE, METRICS_FILE
-from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.train import TrainResult, load_checkpoint, train_model
+from tests.conftest import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 # Small enough to be quick, with epochs long enough (~1-3 s) that the kill lands inside one.
 RUN_ARGS = ["--epochs", "3", "--hidden-sizes", "32", "--batch-size", "128", "--seed", "0"]
@@ -191,15 +190,6 @@ def test_prefect_retry_of_train_task_resumes(
 # --- in-process: interrupted loop, foreign checkpoint, half-written checkpoint ---------------------------------------
 
 
-@pytest.fixture
-def small_data(synthetic_dataset, tmp_path: Path) -> dict[str, torch.Tensor]:
-    from mnist_core.download import download_dataset
-
-    name, mirror, _ = synthetic_dataset
-    files = download_dataset(name, tmp_path / "cache", [str(mirror)])
-    return load_prepared(prepare_dataset(files, tmp_path / "cache", name, val_size=200, seed=0))
-
-
 class _Crash(Exception):
     pass
 
@@ -212,44 +202,44 @@ def _crash_at(epoch: int) -> Callable[[Any], None]:
     return on_epoch
 
 
-def test_interrupted_training_resumes_to_identical_result(small_data, tmp_path: Path) -> None:
+def test_interrupted_training_resumes_to_identical_result(synthetic_tensors, tmp_path: Path) -> None:
     params = RunParams(epochs=4, hidden_sizes=[32], batch_size=64, seed=3, dropout=0.2)
-    uninterrupted = train_model(small_data, params, CPU, tmp_path / "a" / "checkpoint.pt")
+    uninterrupted = train_model(synthetic_tensors, params, CPU, tmp_path / "a" / "checkpoint.pt")
     checkpoint = tmp_path / "b" / "checkpoint.pt"
     with pytest.raises(_Crash):
-        train_model(small_data, params, CPU, checkpoint, on_epoch=_crash_at(2))
-    resumed = train_model(small_data, params, CPU, checkpoint)
+        train_model(synthetic_tensors, params, CPU, checkpoint, on_epoch=_crash_at(2))
+    resumed = train_model(synthetic_tensors, params, CPU, checkpoint)
     assert resumed.resumed_from_epoch == 2
     pd.testing.assert_frame_equal(_history_frame(resumed), _history_frame(uninterrupted), check_exact=True)
     for name, tensor in uninterrupted.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
     # resume=False starts over even with a checkpoint present.
-    fresh = train_model(small_data, params.model_copy(update={"resume": False, "epochs": 4}), CPU, checkpoint)
+    fresh = train_model(synthetic_tensors, params.model_copy(update={"resume": False, "epochs": 4}), CPU, checkpoint)
     assert fresh.resumed_from_epoch == 0
 
 
-def test_checkpoint_of_other_parameters_is_refused(small_data, tmp_path: Path) -> None:
+def test_checkpoint_of_other_parameters_is_refused(synthetic_tensors, tmp_path: Path) -> None:
     checkpoint = tmp_path / "checkpoint.pt"
     first = RunParams(epochs=3, hidden_sizes=[32], batch_size=64, run_name="shared-name")
     with pytest.raises(_Crash):
-        train_model(small_data, first, CPU, checkpoint, on_epoch=_crash_at(1))
+        train_model(synthetic_tensors, first, CPU, checkpoint, on_epoch=_crash_at(1))
     saved = checkpoint.read_bytes()
     other = first.model_copy(update={"lr": 0.05, "batch_size": 32})
     with pytest.raises(TrainingError, match=r"written with other parameters \(differing: batch_size, lr\); refusing"):
-        train_model(small_data, other, CPU, checkpoint)
+        train_model(synthetic_tensors, other, CPU, checkpoint)
     assert checkpoint.read_bytes() == saved, "the refused checkpoint was modified"
     # Where files go does not matter: a different output folder or promotion margin may resume.
     moved = first.model_copy(update={"promotion_margin": 0.5})
-    assert train_model(small_data, moved, CPU, checkpoint).resumed_from_epoch == 1
+    assert train_model(synthetic_tensors, moved, CPU, checkpoint).resumed_from_epoch == 1
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
-def test_half_written_checkpoint_is_never_trusted(damage: str, small_data, tmp_path: Path) -> None:
+def test_half_written_checkpoint_is_never_trusted(damage: str, synthetic_tensors, tmp_path: Path) -> None:
     params = RunParams(epochs=2, hidden_sizes=[16], batch_size=64)
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(_Crash):
-        train_model(small_data, params, CPU, checkpoint, on_epoch=_crash_at(1))
+        train_model(synthetic_tensors, params, CPU, checkpoint, on_epoch=_crash_at(1))
     data = checkpoint.read_bytes()
     checkpoint.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(512)}[damage])
     with pytest.raises(TrainingError, match=rf"(?s){checkpoint.name}: unreadable checkpoint .*--no-resume"):
-        train_model(small_data, params, CPU, checkpoint)
+        train_model(synthetic_tensors, params, CPU, checkpoint)

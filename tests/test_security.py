@@ -19,8 +19,8 @@ from mnist_core.export import build_model_card, public_params
 from mnist_core.model import MLP, load_weights, save_weights
 from mnist_core.train import checkpoint_dir, load_checkpoint
 from tests import synthetic
+from tests.conftest import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("mnist_core", "tasks", "flows", "deployments")
 UNPICKLERS = ("pickle", "dill", "joblib", "cloudpickle", "shelve")
 

@@ -73,3 +73,23 @@ def test_api_does_not_retry_a_server_error(scripted: ScriptedServer, tmp_path: P
     with pytest.raises(urllib.error.HTTPError, match="500"):
         _stack(tmp_path, scripted.port).api("POST", "/flow_runs/filter", {})
     assert scripted.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+asyncpg://prefect:p@ss@db-host/x", "postgresql+asyncpg://***@db-host/x"),
+        (
+            "postgresql+asyncpg://prefect:s3cret@127.0.0.1:5432/prefect",
+            "postgresql+asyncpg://***@127.0.0.1:5432/prefect",
+        ),
+        ("postgresql+asyncpg://127.0.0.1:5432/prefect", "postgresql+asyncpg://127.0.0.1:5432/prefect"),
+    ],
+)
+def test_describe_database_hides_the_password(
+    url: str, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", url)
+    assert stack_module.describe_database(tmp_path) == shown
+    monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL")
+    assert stack_module.describe_database(tmp_path) == f"SQLite at {tmp_path / 'prefect.db'}"

@@ -4,18 +4,9 @@ import pytest
 import torch
 
 from mnist_core.config import RunParams
-from mnist_core.download import download_dataset
-from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.train import evaluate_split, train_model
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def synthetic_tensors(synthetic_dataset, tmp_path: Path) -> dict[str, torch.Tensor]:
-    name, mirror, _ = synthetic_dataset
-    files = download_dataset(name, tmp_path, [str(mirror)])
-    return load_prepared(prepare_dataset(files, tmp_path, name, val_size=200, seed=0))
 
 
 def test_same_seed_same_metrics_on_cpu(mnist_tensors: dict[str, torch.Tensor]) -> None:
