@@ -17,20 +17,19 @@ import json
 import os
 import platform
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import torch
+from compiled_step import compile_step
 from seed_workflow import test_accuracy_seed, torchvision_root, train_seed
 
+from deployments.server import running_server
 from mnist_core.config import RunParams
 from mnist_core.device import resolve_device
 from mnist_core.download import download_dataset
@@ -88,8 +87,8 @@ def hardware(device: torch.device) -> dict[str, Any]:
 
 
 def project_data(data_dir: Path, mirror: str, params: RunParams, device: torch.device) -> dict[str, torch.Tensor]:
-    files = download_dataset(params.dataset, data_dir, [mirror])
-    return load_prepared(prepare_dataset(files, data_dir, params.dataset, params.val_size, params.seed), device)
+    downloaded = download_dataset(params.dataset, data_dir, [mirror])
+    return load_prepared(prepare_dataset(downloaded, data_dir, params.val_size, params.seed).path, device)
 
 
 def run_project(data: dict[str, torch.Tensor], params: RunParams, device: torch.device, **kwargs: Any) -> dict:
@@ -100,7 +99,7 @@ def run_project(data: dict[str, torch.Tensor], params: RunParams, device: torch.
     return {
         "epoch_seconds": [stats.seconds for stats in result.history],
         "train_seconds": result.train_seconds,
-        "setup_seconds": result.extra.get("setup_seconds", 0.0),
+        "setup_seconds": result.setup_seconds,
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.history[result.best_epoch - 1].val_accuracy,
         "test_accuracy": test.accuracy,
@@ -172,10 +171,10 @@ def preset(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("default", {}, {})]
     if device.type == "cuda":
         variants += [
-            ("cuda_graph fp32", {"precision": "fp32"}, {"step_mode": "cuda_graph"}),
-            ("cuda_graph bf16", {"precision": "bf16"}, {"step_mode": "cuda_graph"}),
-            ("compiled fp32", {"precision": "fp32"}, {"step_mode": "compiled"}),
-            ("eager fp32", {"precision": "fp32"}, {"step_mode": "eager"}),
+            ("cuda_graph fp32", {"precision": "fp32"}, {"step_kind": "cuda_graph"}),
+            ("cuda_graph bf16", {"precision": "bf16"}, {"step_kind": "cuda_graph"}),
+            ("compiled fp32", {"precision": "fp32"}, {"step_kind": "fixed_shape", "capture": compile_step}),
+            ("eager fp32", {"precision": "fp32"}, {"step_kind": "fixed_shape"}),
         ]
     shown = {"epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "label_smoothing"}
     fast98 = RunParams(preset="fast98").model_dump(mode="json", include=shown)
@@ -210,83 +209,20 @@ def preset(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 
 # --- section 3: the flow against a running server ------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {server.returncode}; see {home / 'server.log'}")
-        try:
-            with urllib.request.urlopen(api + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, api
-        except OSError:
-            time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError(f"prefect server not healthy after 120 s; see {home / 'server.log'}")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    # Its own session (start_new_session): the group holds only the server this script started.
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
 def flow(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="mnist-bench-flow-"))
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
-    server = None
-    if args.api_url:
-        env["PREFECT_API_URL"] = args.api_url
-    else:
-        env["PREFECT_HOME"] = str(work / "prefect-home")
-        Path(env["PREFECT_HOME"]).mkdir()
-        env.pop("PREFECT_API_URL", None)
-        print("[flow] starting a Prefect server", flush=True)
-        server, env["PREFECT_API_URL"] = start_server(work, env)
-    flags = ["--preset", "fast98", "--device", str(device), "--mirror", args.mirror,
-             "--data-dir", str(args.data_dir.resolve()), "--output-dir", str(work / "runs")]  # fmt: skip
-    probes, process = [], {}
-    try:
-        for number in range(args.flow_runs):
-            print(f"[flow] run {number + 1}/{args.flow_runs} (benchmarks/flow_probe.py)", flush=True)
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "flow_probe.py"), *flags],
-                                  env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)  # fmt: skip
-            wall = time.perf_counter() - started
-            lines = [line for line in done.stdout.splitlines() if line.startswith("FLOW_PROBE ")]
-            if done.returncode != 0 or not lines:
-                raise RuntimeError(
-                    f"flow probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-                )
-            probes.append({**json.loads(lines[-1].removeprefix("FLOW_PROBE ")), "process_wall_seconds": wall})
-        print("[flow] python flows/mnist.py", flush=True)
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), *flags], env=env,
-                              cwd=PROJECT_ROOT, capture_output=True, text=True)  # fmt: skip
-        process = {"returncode": done.returncode, "process_wall_seconds": time.perf_counter() - started}
-    finally:
-        if server is not None:
-            stop_server(server)
+    with contextlib.ExitStack() as stack:
+        if args.api_url:
+            env["PREFECT_API_URL"] = args.api_url
+        else:
+            print("[flow] starting a Prefect server", flush=True)
+            env["PREFECT_HOME"] = str(work / "prefect-home")
+            env["PREFECT_API_URL"] = stack.enter_context(running_server(work / "prefect-home", env))
+        probes, process = run_flows(args, device, env, work)
     overheads = [probe["orchestration_overhead_seconds"] for probe in probes]
     return {
-        "server": "started by the benchmark" if server is not None else args.api_url,
+        "server": args.api_url or "started by the benchmark",
         "runs": probes,
         # The first run also fills the data caches; the median over runs is the per-run figure.
         "orchestration_overhead_seconds_median": statistics.median(overheads),
@@ -295,6 +231,30 @@ def flow(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "peak_rss_mb_max": max(probe["peak_rss_mb"] for probe in probes),
         "flows_mnist_py": process,
     }
+
+
+def run_flows(
+    args: argparse.Namespace, device: torch.device, env: dict[str, str], work: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`args.flow_runs` probed runs of the flow, then one `python flows/mnist.py`, against env's PREFECT_API_URL."""
+    flags = ["--preset", "fast98", "--device", str(device), "--mirror", args.mirror,
+             "--data-dir", str(args.data_dir.resolve()), "--output-dir", str(work / "runs")]  # fmt: skip
+    probes = []
+    for number in range(args.flow_runs):
+        print(f"[flow] run {number + 1}/{args.flow_runs} (benchmarks/flow_probe.py)", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "flow_probe.py"), *flags],
+                              env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)  # fmt: skip
+        wall = time.perf_counter() - started
+        lines = [line for line in done.stdout.splitlines() if line.startswith("FLOW_PROBE ")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"flow probe failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        probes.append({**json.loads(lines[-1].removeprefix("FLOW_PROBE ")), "process_wall_seconds": wall})
+    print("[flow] python flows/mnist.py", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), *flags], env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True)  # fmt: skip
+    return probes, {"returncode": done.returncode, "process_wall_seconds": time.perf_counter() - started}
 
 
 # --- report --------------------------------------------------------------------------------------------------

@@ -12,34 +12,33 @@ Importing this module starts nothing.
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mnist_core.download import redact_url
+from deployments.server import (
+    api_url,
+    prefect_executable,
+    server_healthy,
+    start_prefect,
+    start_server,
+    stop_group,
+    wait_for,
+)
+from mnist_core.files import atomic_write_text
+from mnist_core.redact import redact_url
+
+if TYPE_CHECKING:  # Prefect is imported only where the API is called: `status` and `down` stay quick
+    from prefect.client.orchestration import SyncPrefectClient
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 DEFAULT_POOL = "mnist-pool"  # the work_pool named in deployments/prefect.yaml
 WORKER_NAME = "mnist-local-worker"
-HEALTH_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 15.0
-# What Prefect's own client retries: the server answers 503 when SQLite is busy (a worker and flow runs write too).
-RETRY_STATUS_CODES = frozenset({429, 502, 503})
-API_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def prefect_executable() -> str:
-    """The `prefect` beside this Python, so the worker runs flows with the project's environment."""
-    candidate = Path(sys.executable).parent / "prefect"
-    return str(candidate) if candidate.exists() else "prefect"
 
 
 class Stack:
@@ -52,12 +51,15 @@ class Stack:
         self.home = Path(os.environ.get("PREFECT_HOME") or self.state_dir / "prefect-home").expanduser().resolve()
 
     @property
-    def client_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-
-    @property
     def api_url(self) -> str:
-        return f"http://{self.client_host}:{self.port}/api"
+        return api_url(self.host, self.port)
+
+    def client(self) -> "SyncPrefectClient":
+        """Prefect's own client for this stack's API (it retries what the server marks retryable, e.g. 503 when
+        SQLite is busy). Use it as a context manager."""
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.api_url)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -80,10 +82,7 @@ class Stack:
             return {}
 
     def write_state(self, state: dict[str, Any]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        temp = self.state_file.with_suffix(".json.part")
-        temp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-        os.replace(temp, self.state_file)
+        atomic_write_text(self.state_file, json.dumps(state, indent=2))
 
     # --- processes ---------------------------------------------------------------------------------------------
 
@@ -99,32 +98,11 @@ class Stack:
         words = [part.decode(errors="replace") for part in cmdline]
         return any(word.endswith("prefect") for word in words) and role in words
 
-    def start(self, role: str, args: list[str]) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{role}.log", "ab") as log:
-            # A new session: the process leads its own group, ignores the caller's terminal signals, and one
-            # SIGTERM to the group stops it and the flow-run processes it started.
-            process = subprocess.Popen(
-                [prefect_executable(), *args],
-                cwd=PROJECT_ROOT,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return process
-
     def stop(self, pid: int | None, role: str) -> bool:
         if not self.is_ours(pid, role):
             return False
         assert pid is not None
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline and self.is_ours(pid, role):
-            time.sleep(0.1)
-        if self.is_ours(pid, role):
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(pid, partial(self.is_ours, pid, role))
         return True
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -132,51 +110,27 @@ class Stack:
             [prefect_executable(), *args], cwd=PROJECT_ROOT, env=self.env(), capture_output=True, text=True
         )
 
-    def log_tail(self, role: str, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.log_dir / f"{role}.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def log_path(self, role: str) -> Path:
+        return self.log_dir / f"{role}.log"
 
     # --- health ------------------------------------------------------------------------------------------------
 
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        for delay in (*API_RETRY_DELAYS_S, None):
-            request = urllib.request.Request(
-                self.api_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    return json.loads(response.read() or b"null")
-            except urllib.error.HTTPError as error:
-                # A retryable answer means the server rolled the request back, so a POST is safe to send again.
-                if error.code not in RETRY_STATUS_CODES or delay is None:
-                    raise
-            time.sleep(delay)
-
     def server_healthy(self) -> bool:
-        try:
-            return self.api("GET", "/health", timeout=2.0) is True
-        except (OSError, ValueError):
-            return False
+        return server_healthy(self.api_url)
 
     def worker_online(self) -> bool:
         try:
-            workers = self.api("POST", f"/work_pools/{self.pool}/workers/filter", {})
-        except (OSError, ValueError):
+            with self.client() as client:
+                workers = client.read_workers_for_work_pool(self.pool)
+        except Exception:  # noqa: BLE001 - not there yet (no pool, no server): not online
             return False
-        return any(w["name"] == WORKER_NAME and w["status"] == "ONLINE" for w in workers)
+        return any(worker.name == WORKER_NAME and worker.status == "ONLINE" for worker in workers)
 
     def wait_for(self, what: str, check: Callable[[], bool], running: Callable[[], bool], role: str) -> None:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if check():
-                return
-            if not running():
-                raise SystemExit(f"stack: the {what} exited; last lines of its log:\n{self.log_tail(role)}")
-            time.sleep(0.25)
-        raise SystemExit(f"stack: the {what} was not healthy after {HEALTH_TIMEOUT_S:.0f} s:\n{self.log_tail(role)}")
+        try:
+            wait_for(what, check, running, self.log_path(role))
+        except RuntimeError as error:
+            raise SystemExit(f"stack: {error}") from None
 
     # --- commands ----------------------------------------------------------------------------------------------
 
@@ -185,26 +139,8 @@ class Stack:
         state = self.read_state()
         if state and self.is_ours(state.get("server_pid"), "server") and state.get("port") != self.port:
             raise SystemExit(f"stack: already up on port {state['port']}; run `down` first to move it")
-
-        server_pid = state.get("server_pid")
-        if self.is_ours(server_pid, "server"):
-            print(f"server: already running (PID {server_pid})")
-            server_running = partial(self.is_ours, server_pid, "server")
-        else:
-            if self.server_healthy():
-                raise SystemExit(f"stack: something else already serves {self.api_url}; pick another --port")
-            self.home.mkdir(parents=True, exist_ok=True)
-            # Until the child has exec'd, /proc shows this script's command line: watch the Popen, not /proc.
-            server = self.start("server", ["server", "start", "--host", self.host, "--port", str(self.port)])
-            server_pid, server_running = server.pid, partial(is_running, server)
-            print(f"server: starting (PID {server_pid}, database {describe_database(self.home)})")
-        state = {**state, "server_pid": server_pid, "port": self.port, "host": self.host, "api_url": self.api_url,
-                 "prefect_home": str(self.home), "pool": self.pool}  # fmt: skip
-        # Saved before waiting, so `down` can stop a server that never became healthy.
-        self.write_state(state)
-        self.wait_for("server", self.server_healthy, server_running, "server")
+        state = self._up_server(state)
         print(f"server: healthy after {time.monotonic() - started:.1f} s")
-
         for args in (
             ["work-pool", "create", self.pool, "--type", "process", "--overwrite"],
             ["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)],
@@ -213,33 +149,54 @@ class Stack:
             if result.returncode != 0:
                 raise SystemExit(f"stack: `prefect {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
         print(f"pool {self.pool} and deployments from {PREFECT_FILE.relative_to(PROJECT_ROOT)}: applied")
-
-        worker_pid = state.get("worker_pid")
-        if self.is_ours(worker_pid, "worker"):
-            print(f"worker: already running (PID {worker_pid})")
-            worker_running = partial(self.is_ours, worker_pid, "worker")
-        else:
-            worker = self.start("worker", ["worker", "start", "--pool", self.pool, "--type", "process",
-                                           "--name", WORKER_NAME])  # fmt: skip
-            worker_pid, worker_running = worker.pid, partial(is_running, worker)
-            state["worker_pid"] = worker_pid
-            self.write_state(state)
-            print(f"worker: starting (PID {worker_pid})")
-        self.wait_for("worker", self.worker_online, worker_running, "worker")
-
+        self._up_worker(state)
         if not os.environ.get("MNIST_MIRROR"):
             print("note: MNIST_MIRROR is not set, so runs fetch MNIST from the official mirrors (needs internet)")
         env_file = self.state_dir / "env"
         env_file.write_text(f"export PREFECT_API_URL={self.api_url}\n", encoding="utf-8")
         print(
             f"\nStack up in {time.monotonic() - started:.1f} s.\n"
-            f"  UI:     http://{self.client_host}:{self.port}\n"
+            f"  UI:     {self.api_url.removesuffix('/api')}\n"
             f"  API:    {self.api_url}   (source {env_file} to point the prefect CLI at it)\n"
             f"  Run:    prefect deployment run mnist/train --watch\n"
             f"  Logs:   {self.log_dir}\n"
             f"  Stop:   make stack-down   (or: {sys.executable} deployments/stack.py down)"
         )
         return 0
+
+    def _up_server(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Start the server unless ours already runs, record it, wait until it is healthy; returns the state."""
+        server_pid = state.get("server_pid")
+        if self.is_ours(server_pid, "server"):
+            print(f"server: already running (PID {server_pid})")
+            server_running = partial(self.is_ours, server_pid, "server")
+        else:
+            if self.server_healthy():
+                raise SystemExit(f"stack: something else already serves {self.api_url}; pick another --port")
+            self.home.mkdir(parents=True, exist_ok=True)
+            server = start_server(self.host, self.port, self.env(), self.log_path("server"))
+            # Until the child has exec'd, /proc shows this script's command line: watch the Popen, not /proc.
+            server_pid, server_running = server.pid, partial(is_running, server)
+            print(f"server: starting (PID {server_pid}, database {describe_database(self.home)})")
+        state = {**state, "server_pid": server_pid, "port": self.port, "host": self.host, "api_url": self.api_url,
+                 "prefect_home": str(self.home), "pool": self.pool}  # fmt: skip
+        # Saved before waiting, so `down` can stop a server that never became healthy.
+        self.write_state(state)
+        self.wait_for("server", self.server_healthy, server_running, "server")
+        return state
+
+    def _up_worker(self, state: dict[str, Any]) -> None:
+        worker_pid = state.get("worker_pid")
+        if self.is_ours(worker_pid, "worker"):
+            print(f"worker: already running (PID {worker_pid})")
+            worker_running = partial(self.is_ours, worker_pid, "worker")
+        else:
+            args = ["worker", "start", "--pool", self.pool, "--type", "process", "--name", WORKER_NAME]
+            worker = start_prefect(args, self.env(), self.log_path("worker"), cwd=PROJECT_ROOT)
+            worker_pid, worker_running = worker.pid, partial(is_running, worker)
+            self.write_state({**state, "worker_pid": worker_pid})
+            print(f"worker: starting (PID {worker_pid})")
+        self.wait_for("worker", self.worker_online, worker_running, "worker")
 
     def down(self) -> int:
         state = self.read_state()

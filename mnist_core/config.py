@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mnist_core.redact import redact_url
+
 DatasetName = Literal["mnist", "fashion-mnist"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
 ScheduleName = Literal["none", "onecycle", "cosine"]
@@ -123,6 +125,12 @@ class RunParams(BaseModel):
         """SHA-256 of the fields that change what training computes (not where files go)."""
         relevant = self.model_dump(mode="json", exclude=NOT_IN_TRAINING_DIGEST)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+    def public_dump(self) -> dict[str, Any]:
+        """The parameters as JSON values, safe to log or publish: mirror credentials are masked."""
+        values = self.model_dump(mode="json")
+        values["mirror"] = [redact_url(mirror) for mirror in self.mirror]
+        return values
 
     def checkpoint_name(self) -> str:
         return self.run_name or f"{self.dataset}-{self.training_digest()[:16]}"

@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 from mnist_core.errors import DataError, DownloadError
 from mnist_core.files import atomic_write
+from mnist_core.records import DatasetFile, Downloaded
+from mnist_core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +93,6 @@ def mirrors_for(spec: DatasetSpec, extra: Iterable[str] = ()) -> list[str]:
     """Official mirrors first, then the caller's, then those in the environment variable (comma-separated)."""
     from_env = [m.strip() for m in os.environ.get(spec.mirror_env_var, "").split(",") if m.strip()]
     return list(dict.fromkeys([*spec.official_mirrors, *extra, *from_env]))  # first occurrence wins
-
-
-def redact_url(mirror: str) -> str:
-    """`mirror` without any user:password part, for logs, messages and model cards."""
-    parts = urllib.parse.urlsplit(mirror)
-    if parts.password is None and parts.username is None:
-        return mirror
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def decompressed_sha256(path: Path, name: str | None = None) -> str:
@@ -199,17 +191,17 @@ def fetch_verified(
     raise DownloadError(f"could not fetch a verified {file_name}; mirrors tried:\n{tried}")
 
 
-def download_dataset(name: str, cache_root: Path, extra_mirrors: Iterable[str] = ()) -> dict[str, dict[str, str]]:
-    """Fetch (or find cached) the four files of dataset `name`; per role: path, sha256, source."""
+def download_dataset(name: str, cache_root: Path, extra_mirrors: Iterable[str] = ()) -> Downloaded:
+    """Fetch (or find cached) the four verified files of dataset `name`."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     spec = DATASETS[name]
     mirrors = mirrors_for(spec, extra_mirrors)
     cache_dir = Path(cache_root).expanduser().resolve() / "raw" / spec.name
-    result: dict[str, dict[str, str]] = {}
+    files: dict[str, DatasetFile] = {}
     unreachable: set[str] = set()
     for role in ROLES:
         file_name, sha256 = spec.files[role]
         path, source = fetch_verified(file_name, sha256, cache_dir, mirrors, unreachable)
-        result[role] = {"path": str(path), "sha256": sha256, "source": source}
-    return result
+        files[role] = DatasetFile(path=path, sha256=sha256, source=source)
+    return Downloaded(dataset=name, files=files)

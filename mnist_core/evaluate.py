@@ -1,14 +1,16 @@
-"""Test-set metrics: accuracy, loss, per-class precision/recall/F1 and the confusion matrix."""
+"""Scoring: loss and accuracy over a split (used by the training loop for validation), the test-set metrics
+(per-class precision/recall/F1 and the confusion matrix), and the champion's model re-scored from its file."""
 
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from mnist_core.train import evaluate_split
+from mnist_core.model import load_weights
+from mnist_core.records import Evaluation
 
+EVAL_CHUNK = 10_000
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
     "fashion-mnist": [
@@ -17,12 +19,24 @@ CLASS_NAMES: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-@dataclass
-class Evaluation:
-    accuracy: float
-    loss: float
-    per_class: pd.DataFrame
-    confusion: pd.DataFrame
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed loss, number correct (device tensors, no sync) and predictions over a whole split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    predictions = []
+    for start in range(0, len(images), EVAL_CHUNK):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images[start : start + EVAL_CHUNK]).float()
+        target = labels[start : start + EVAL_CHUNK].long()
+        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
+        predictions.append(logits.argmax(1))
+    model.train(was_training)
+    predicted = torch.cat(predictions)
+    return loss_sum, (predicted == labels.long()).sum(), predicted
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -31,10 +45,11 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def confusion_frame(confusion: Any, class_names: list[str]) -> pd.DataFrame:
-    """A confusion matrix (array or nested lists) labelled with the class names: rows true, columns predicted."""
+def confusion_frame(evaluation: Evaluation) -> pd.DataFrame:
+    """The confusion matrix labelled with the class names: rows true, columns predicted."""
+    names = evaluation.class_names
     return pd.DataFrame(
-        confusion, index=pd.Index(class_names, name="true"), columns=pd.Index(class_names, name="predicted")
+        evaluation.confusion, index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted")
     )
 
 
@@ -63,6 +78,16 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return Evaluation(
         accuracy=correct.item() / len(labels),
         loss=loss_sum.item() / len(labels),
-        per_class=per_class_table(confusion, class_names),
-        confusion=confusion_frame(confusion.numpy(), class_names),
+        size=len(labels),
+        per_class=per_class_table(confusion, class_names).to_dict(orient="records"),
+        confusion=confusion.tolist(),
+        class_names=class_names,
     )
+
+
+def score_model_file(path: Path, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Test accuracy of the model saved at `path` (e.g. the champion's) on these images, on their device, so that
+    two models are compared on the same images rather than on a figure stored when one of them was trained."""
+    model = load_weights(path, images.device)
+    _, correct, _ = evaluate_split(model, images, labels)
+    return correct.item() / len(labels)

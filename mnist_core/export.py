@@ -1,4 +1,4 @@
-"""The export stage: a run folder a user can open, written whole or not at all."""
+"""The export stage: the model card, and a run folder a user can open, written whole or not at all."""
 
 import json
 import os
@@ -9,15 +9,28 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import ValidationError
 
 from mnist_core.config import RunParams
-from mnist_core.download import redact_url
 from mnist_core.errors import StorageError
-from mnist_core.model import MLP, save_weights
+from mnist_core.evaluate import confusion_frame
+from mnist_core.files import atomic_write_text
+from mnist_core.model import MLP, load_weights, save_weights
+from mnist_core.records import (
+    DatasetFacts,
+    Downloaded,
+    EpochStats,
+    Evaluation,
+    Exported,
+    Metrics,
+    ModelCard,
+    Prepared,
+    Timings,
+    Trained,
+)
 
 MODEL_FILE = "model.safetensors"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
@@ -26,6 +39,9 @@ PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 REPORT_FILE = "report.md"
 CARD_FILE = "model_card.json"
+RUN_FILES = [MODEL_FILE, TORCHSCRIPT_FILE, METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, REPORT_FILE, CARD_FILE]
+# In the checkpoint folder: the run folder this training produced, so a rerun after a later failure reuses it.
+EXPORTED_MARKER = "exported.json"
 
 # torch.jit.script is not thread-safe: two threads scripting at once fail with "Can't redefine method: forward" (its
 # type cache), or, on CPython 3.11, a SystemError from ast.parse (gh-106905). Prefect runs flows and tasks in threads.
@@ -36,11 +52,47 @@ def new_run_id(training_digest: str) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{training_digest[:8]}-{secrets.token_hex(3)}"
 
 
-def public_params(params: RunParams) -> dict[str, Any]:
-    """The parameters as JSON values, safe to log or publish: mirror credentials are masked."""
-    values = params.model_dump(mode="json")
-    values["mirror"] = [redact_url(mirror) for mirror in params.mirror]
-    return values
+def build_model_card(
+    run_id: str,
+    params: RunParams,
+    downloaded: Downloaded,
+    prepared: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+) -> ModelCard:
+    """Everything needed to trust or reproduce the model (accuracies are fractions)."""
+    best = trained.best
+    return ModelCard(
+        run_id=run_id,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        params=params.public_dump(),
+        training_digest=params.training_digest(),
+        dataset=DatasetFacts(
+            name=downloaded.dataset,
+            sha256=downloaded.sha256,
+            sources={role: file.source for role, file in downloaded.files.items()},
+            sizes=prepared.sizes,
+        ),
+        environment={**trained.environment, "precision": trained.precision, "step": trained.step_kind},
+        timings=Timings(
+            train_seconds=trained.train_seconds,
+            resumed_from_epoch=trained.resumed_from_epoch,
+            warmup_and_capture_seconds=trained.setup_seconds,
+        ),
+        metrics=Metrics(
+            test_accuracy=evaluation.accuracy,
+            test_loss=evaluation.loss,
+            best_epoch=trained.best_epoch,
+            best_val_accuracy=best.val_accuracy,
+            best_val_loss=best.val_loss,
+            epochs_run=len(trained.history),
+        ),
+        files=RUN_FILES,
+    )
+
+
+def history_frame(history: list[EpochStats]) -> pd.DataFrame:
+    return pd.DataFrame([stats.model_dump() for stats in history], columns=list(EpochStats.model_fields))
 
 
 def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
@@ -53,40 +105,41 @@ def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
     return "\n".join(lines)
 
 
-def render_report(card: dict[str, Any], metrics: pd.DataFrame, per_class: pd.DataFrame, run_dir: Path) -> str:
-    m, env, data, timings = card["metrics"], card["environment"], card["dataset"], card["timings"]
-    resumed = f" (resumed after epoch {timings['resumed_from_epoch']})" if timings["resumed_from_epoch"] else ""
+def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evaluation, run_dir: Path) -> str:
+    metrics, timings = card.metrics, card.timings
+    resumed = f" (resumed after epoch {timings.resumed_from_epoch})" if timings.resumed_from_epoch else ""
     lines = [
-        f"# {data['name']} run {card['run_id']}",
+        f"# {card.dataset.name} run {card.run_id}",
         "",
-        f"**Test accuracy {m['test_accuracy']:.2%}** (loss {m['test_loss']:.4f}); best validation accuracy "
-        f"{m['best_val_accuracy']:.2%} at epoch {m['best_epoch']} of {card['params']['epochs']}.",
+        f"**Test accuracy {metrics.test_accuracy:.2%}** (loss {metrics.test_loss:.4f}); best validation accuracy "
+        f"{metrics.best_val_accuracy:.2%} at epoch {metrics.best_epoch} of {card.params['epochs']}.",
         "",
         "## Where the files are",
         f"Run folder: `{run_dir}`",
         "",
-        *[f"- `{name}`" for name in card["files"]],
+        *[f"- `{name}`" for name in card.files],
         "",
         "## Timings",
-        f"- training: {timings['train_seconds']:.2f} s over {len(metrics)} epochs{resumed}",
-        *[f"- {stage}: {seconds:.2f} s" for stage, seconds in timings["stages"].items()],
+        f"- training: {timings.train_seconds:.2f} s over {metrics.epochs_run} epochs{resumed}",
+        f"- warm-up and capture: {timings.warmup_and_capture_seconds:.2f} s",
+        "- each stage's duration: the task runs of this flow run in the Prefect UI",
         "",
         "## Environment",
-        *[f"- {key}: {value}" for key, value in env.items()],
+        *[f"- {key}: {value}" for key, value in card.environment.items()],
         "",
         "## Parameters",
         "```json",
-        json.dumps(card["params"], indent=2),
+        json.dumps(card.params, indent=2),
         "```",
         "",
         "## Data (SHA-256 of the decompressed IDX files)",
-        *[f"- {role}: `{digest}`" for role, digest in data["sha256"].items()],
+        *[f"- {role}: `{digest}`" for role, digest in card.dataset.sha256.items()],
         "",
         "## Per-epoch metrics",
-        _table(metrics),
+        _table(history_frame(history)),
         "",
         "## Per-class metrics (test set)",
-        _table(per_class),
+        _table(pd.DataFrame(evaluation.per_class)),
         "",
     ]
     return "\n".join(lines)
@@ -99,39 +152,37 @@ def save_torchscript(model: MLP, path: Path) -> None:
         torch.jit.script(model).save(str(path))
 
 
+def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, history: list[EpochStats],
+                 evaluation: Evaluation) -> None:  # fmt: skip
+    cpu_model = MLP(model.hidden_sizes, model.dropout)
+    cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    cpu_model.eval()
+    save_weights(cpu_model, folder / MODEL_FILE)
+    save_torchscript(cpu_model, folder / TORCHSCRIPT_FILE)
+    history_frame(history).to_csv(folder / METRICS_FILE, index=False)
+    pd.DataFrame(evaluation.per_class).to_csv(folder / PER_CLASS_FILE, index=False)
+    confusion_frame(evaluation).to_csv(folder / CONFUSION_FILE)
+    (folder / REPORT_FILE).write_text(render_report(card, history, evaluation, run_dir), encoding="utf-8")
+    (folder / CARD_FILE).write_text(card.model_dump_json(indent=2), encoding="utf-8")
+
+
 def export_run(
-    output_root: Path,
-    run_id: str,
-    model: MLP,
-    metrics: pd.DataFrame,
-    per_class: pd.DataFrame,
-    confusion: pd.DataFrame,
-    card: dict[str, Any],
-) -> Path:
-    """Write every file into a hidden temp folder, then rename it into place: no half-written run folder."""
+    output_root: Path, model: MLP, card: ModelCard, history: list[EpochStats], evaluation: Evaluation
+) -> Exported:
+    """Write the run folder `<output_root>/<card.run_id>` into a hidden temp folder, then rename it into place:
+    no half-written run folder, and an existing one is never overwritten."""
     runs_dir = Path(output_root).expanduser().resolve()
-    run_dir = runs_dir / run_id
+    run_dir = runs_dir / card.run_id
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=".part", dir=runs_dir))
+        staging = Path(tempfile.mkdtemp(prefix=f".{card.run_id}.", suffix=".part", dir=runs_dir))
     except OSError as error:
         raise StorageError(f"{runs_dir}: cannot create a run folder there ({error.strerror or error})") from error
     if run_dir.exists():
         shutil.rmtree(staging, ignore_errors=True)
         raise FileExistsError(f"run folder {run_dir} already exists; refusing to overwrite it")
     try:
-        cpu_model = MLP(model.hidden_sizes, model.dropout)
-        cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        cpu_model.eval()
-        save_weights(cpu_model, staging / MODEL_FILE)
-        save_torchscript(cpu_model, staging / TORCHSCRIPT_FILE)
-        metrics.to_csv(staging / METRICS_FILE, index=False)
-        per_class.to_csv(staging / PER_CLASS_FILE, index=False)
-        confusion.to_csv(staging / CONFUSION_FILE)
-        card = {**card, "run_id": run_id, "files": [MODEL_FILE, TORCHSCRIPT_FILE, METRICS_FILE, PER_CLASS_FILE,
-                                                   CONFUSION_FILE, REPORT_FILE, CARD_FILE]}  # fmt: skip
-        (staging / REPORT_FILE).write_text(render_report(card, metrics, per_class, run_dir), encoding="utf-8")
-        (staging / CARD_FILE).write_text(json.dumps(card, indent=2), encoding="utf-8")
+        _write_files(staging, run_dir, model, card, history, evaluation)
         staging.chmod(0o755)  # mkdtemp makes it 0700; a run folder is meant to be read by the team
         os.rename(staging, run_dir)
     except OSError as error:
@@ -140,42 +191,44 @@ def export_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return run_dir
+    return Exported(
+        run_id=card.run_id,
+        run_dir=run_dir,
+        model=run_dir / MODEL_FILE,
+        report=run_dir / REPORT_FILE,
+        model_card=run_dir / CARD_FILE,
+        card=card,
+    )
 
 
-def build_model_card(
-    params: RunParams,
-    files: dict[str, dict[str, str]],
-    trained: dict[str, Any],
-    evaluation: dict[str, Any],
-    history: pd.DataFrame,
-    stage_seconds: dict[str, float],
-) -> dict[str, Any]:
-    """Everything needed to trust or reproduce the model, as JSON-ready values (accuracies are fractions)."""
-    best = history.loc[history["epoch"] == trained["best_epoch"]].iloc[0]
-    return {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": public_params(params),
-        "training_digest": params.training_digest(),
-        "dataset": {
-            "name": params.dataset,
-            "sha256": {role: entry["sha256"] for role, entry in files.items()},
-            "sources": {role: entry["source"] for role, entry in files.items()},
-            "sizes": {"val": params.val_size, "test": evaluation["test_size"]},
-        },
-        "environment": {**trained["environment"], "precision": trained["precision"], "step": trained["step_kind"]},
-        "timings": {
-            "train_seconds": trained["train_seconds"],
-            "resumed_from_epoch": trained["resumed_from_epoch"],
-            "warmup_and_capture_seconds": trained.get("setup_seconds", 0.0),
-            "stages": stage_seconds,
-        },
-        "metrics": {
-            "test_accuracy": evaluation["test_accuracy"],
-            "test_loss": evaluation["test_loss"],
-            "best_epoch": int(trained["best_epoch"]),
-            "best_val_accuracy": float(best["val_accuracy"]),
-            "best_val_loss": float(best["val_loss"]),
-            "epochs_run": len(history),
-        },
-    }
+def export_trained(
+    params: RunParams, downloaded: Downloaded, prepared: Prepared, trained: Trained, evaluation: Evaluation
+) -> Exported:
+    """The run folder of this training, written once per checkpoint: a rerun after a later stage failed finds the
+    folder this checkpoint already produced and reuses it, so one training is never exported (or recorded) twice."""
+    marker = trained.checkpoint_dir / EXPORTED_MARKER
+    earlier = _read_marker(marker)
+    if earlier is not None and earlier.run_dir.is_dir():
+        return earlier
+    card = build_model_card(new_run_id(params.training_digest()), params, downloaded, prepared, trained, evaluation)
+    exported = export_run(Path(params.output_dir), load_weights(trained.model_path), card, trained.history, evaluation)
+    atomic_write_text(marker, exported.model_dump_json())
+    return exported
+
+
+def _read_marker(marker: Path) -> Exported | None:
+    try:
+        return Exported.model_validate_json(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as error:
+        raise StorageError(
+            f"{marker}: unreadable record of this run's export ({error}); delete it to export the run again"
+        ) from error
+
+
+def append_to_report(report: Path, section: str) -> None:
+    """Add `section` to a run's report once (a retried stage must not append it twice), atomically."""
+    text = report.read_text(encoding="utf-8")
+    if section not in text:
+        atomic_write_text(report, text.rstrip("\n") + "\n\n" + section)

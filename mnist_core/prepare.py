@@ -10,8 +10,10 @@ from safetensors.torch import load_file
 from mnist_core.errors import DataError
 from mnist_core.files import atomic_save_tensors
 from mnist_core.idx import read_split
+from mnist_core.records import Downloaded, Prepared
 
 SPLITS = ("train", "val", "test")
+TENSOR_NAMES = frozenset(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
 def prepared_path(cache_root: Path, dataset: str, sha256s: dict[str, str], val_size: int, seed: int) -> Path:
@@ -20,20 +22,29 @@ def prepared_path(cache_root: Path, dataset: str, sha256s: dict[str, str], val_s
     return Path(cache_root).expanduser().resolve() / "prepared" / name
 
 
-def prepare_dataset(files: dict[str, dict[str, str]], cache_root: Path, dataset: str, val_size: int, seed: int) -> Path:
-    """Parse and validate the four IDX files, split off `val_size` training images, cache as uint8 tensors."""
-    sha256s = {role: entry["sha256"] for role, entry in files.items()}
-    target = prepared_path(cache_root, dataset, sha256s, val_size, seed)
-    if target.is_file():
-        try:
-            with safe_open(str(target), framework="pt") as handle:
-                if set(handle.keys()) == {f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels")}:
-                    return target
-        except Exception:  # noqa: BLE001 - an unreadable cache entry is rebuilt below
-            pass
+def _cached_sizes(path: Path) -> dict[str, int] | None:
+    """Images per split of a complete cached file, or None when there is none (or it is unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if set(handle.keys()) != TENSOR_NAMES:
+                return None
+            return {split: handle.get_slice(f"{split}_labels").get_shape()[0] for split in SPLITS}
+    except Exception:  # noqa: BLE001 - an unreadable cache entry is rebuilt
+        return None
 
-    train_images, train_labels = read_split(Path(files["train_images"]["path"]), Path(files["train_labels"]["path"]))
-    test_images, test_labels = read_split(Path(files["test_images"]["path"]), Path(files["test_labels"]["path"]))
+
+def prepare_dataset(downloaded: Downloaded, cache_root: Path, val_size: int, seed: int) -> Prepared:
+    """Parse and validate the four IDX files, split off `val_size` training images, cache as uint8 tensors."""
+    target = prepared_path(cache_root, downloaded.dataset, downloaded.sha256, val_size, seed)
+    sizes = _cached_sizes(target)
+    if sizes is not None:
+        return Prepared(dataset=downloaded.dataset, path=target, sizes=sizes)
+
+    files = downloaded.files
+    train_images, train_labels = read_split(files["train_images"].path, files["train_labels"].path)
+    test_images, test_labels = read_split(files["test_images"].path, files["test_labels"].path)
     if val_size >= len(train_images):
         raise DataError(f"val_size={val_size} leaves no training images (the training set has {len(train_images)})")
 
@@ -48,10 +59,11 @@ def prepare_dataset(files: dict[str, dict[str, str]], cache_root: Path, dataset:
         "test_images": torch.from_numpy(test_images.copy()),
         "test_labels": torch.from_numpy(test_labels.copy()),
     }
-    metadata = {"dataset": dataset, "val_size": str(val_size), "seed": str(seed)}
-    metadata.update({f"sha256_{role}": digest for role, digest in sha256s.items()})
+    metadata = {"dataset": downloaded.dataset, "val_size": str(val_size), "seed": str(seed)}
+    metadata.update({f"sha256_{role}": digest for role, digest in downloaded.sha256.items()})
     atomic_save_tensors(tensors, target, metadata)
-    return target
+    sizes = {split: len(tensors[f"{split}_labels"]) for split in SPLITS}
+    return Prepared(dataset=downloaded.dataset, path=target, sizes=sizes)
 
 
 def load_prepared(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

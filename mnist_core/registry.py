@@ -1,4 +1,5 @@
-"""Run registry and champion/challenger promotion for an output root.
+"""Run registry and champion/challenger promotion for an output root: bookkeeping only (the champion's model is
+re-scored by the caller's scorer, from evaluate.py).
 
 Layout under the output root:
 - `registry.csv`: one row per recorded run (read it with `read_registry` or `pandas.read_csv`).
@@ -6,18 +7,17 @@ Layout under the output root:
 - `.registry.lock`: held with `fcntl.flock` while a run compares itself with the champion and records itself, so
   concurrent runs serialize: they cannot both win, and neither can lose the other's registry row.
 
+The registry row and the champion pointer are both derived from the run's model card (`Exported.card`).
+
 flock works across processes on one machine (and on local disks); an output root shared between machines needs a
 filesystem whose locks span machines.
 """
 
 import csv
-import dataclasses
 import io
-import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pandas as pd
 from mnist_core.download import ROLES as DATA_ROLES
 from mnist_core.errors import PipelineError
 from mnist_core.files import atomic_write_text, exclusive_lock, temp_files_glob
+from mnist_core.records import Exported, Promotion, PromotionKind, Record
 
 REGISTRY_FILE = "registry.csv"
 LOCK_FILE = ".registry.lock"
@@ -51,18 +52,18 @@ COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of comparing a run (challenger) with the champion. `kind`: first, better, forced, replaced
-    (the champion could not be evaluated) or kept."""
+class ChampionPointer(Record):
+    """`champion-<dataset>.json`: which run's model is the champion, and how it got there."""
 
-    promoted: bool
-    kind: str
-    reason: str
-    challenger_accuracy: float
-    champion_accuracy: float | None
-    champion_run_id: str | None
-    margin: float
+    dataset: str
+    run_id: str
+    run_dir: Path
+    model: Path
+    test_accuracy: float  # as measured when it was promoted; a challenger is compared with a re-score
+    sha256: dict[str, str]  # of the data it was trained and tested on
+    promoted_at: str
+    decision: PromotionKind
+    previous_run_id: str | None
 
 
 def decide(
@@ -71,7 +72,7 @@ def decide(
     margin: float,
     force: bool = False,
     champion_run_id: str | None = None,
-) -> Decision:
+) -> Promotion:
     """The promotion rule: promote if forced, if there is no champion, or if the challenger's test accuracy is
     strictly higher than the champion's and higher by at least `margin` (a fraction: 0.001 = 0.1 points).
     A tie keeps the champion, so retraining with the same result does not churn the pointer."""
@@ -79,8 +80,16 @@ def decide(
         raise ValueError(f"margin must be >= 0, got {margin}")
     challenger = f"{challenger_accuracy:.2%}"
 
-    def make(promoted: bool, kind: str, reason: str) -> Decision:
-        return Decision(promoted, kind, reason, challenger_accuracy, champion_accuracy, champion_run_id, margin)
+    def make(promoted: bool, kind: PromotionKind, reason: str) -> Promotion:
+        return Promotion(
+            promoted=promoted,
+            kind=kind,
+            reason=reason,
+            challenger_accuracy=challenger_accuracy,
+            champion_accuracy=champion_accuracy,
+            champion_run_id=champion_run_id,
+            margin=margin,
+        )
 
     if champion_accuracy is None:
         forced = " (promotion was also forced)" if force else ""
@@ -104,11 +113,11 @@ def champion_path(output_root: Path, dataset: str) -> Path:
     return Path(output_root) / f"champion-{dataset}.json"
 
 
-def read_champion(output_root: Path, dataset: str) -> dict[str, Any] | None:
+def read_champion(output_root: Path, dataset: str) -> ChampionPointer | None:
     """The champion pointer of `dataset`, or None when there is none yet."""
     path = champion_path(output_root, dataset)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return ChampionPointer.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
 
@@ -144,95 +153,113 @@ def _append_row(root: Path, existing: str, row: dict[str, Any]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     if not existing:
         writer.writeheader()
-    writer.writerow({column: row.get(column, "") for column in COLUMNS})
+    writer.writerow(row)
     atomic_write_text(root / REGISTRY_FILE, existing + buffer.getvalue())
+
+
+def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[str, Any]:
+    """The run's registry row: its facts from the model card, the decision from `promotion`."""
+    card = run.card
+    return {
+        "run_id": card.run_id,
+        "recorded_at": recorded_at,
+        "dataset": card.dataset.name,
+        "params_digest": card.training_digest,
+        **{f"sha256_{role}": card.dataset.sha256.get(role, "") for role in DATA_ROLES},
+        "best_val_accuracy": card.metrics.best_val_accuracy,
+        "best_val_loss": card.metrics.best_val_loss,
+        "test_accuracy": card.metrics.test_accuracy,
+        "test_loss": card.metrics.test_loss,
+        "margin": promotion.margin,
+        "champion_run_id": promotion.champion_run_id or "",
+        "champion_test_accuracy": "" if promotion.champion_accuracy is None else promotion.champion_accuracy,
+        "decision": promotion.kind,
+        "promoted": promotion.promoted,
+        "reason": promotion.reason,
+        "run_dir": str(run.run_dir),
+    }
+
+
+def champion_pointer(
+    run: Exported, promotion: Promotion, promoted_at: str, previous: ChampionPointer | None
+) -> ChampionPointer:
+    """The pointer that makes `run` its dataset's champion: its facts from the model card."""
+    card = run.card
+    return ChampionPointer(
+        dataset=card.dataset.name,
+        run_id=card.run_id,
+        run_dir=run.run_dir,
+        model=run.model,
+        test_accuracy=card.metrics.test_accuracy,
+        sha256=card.dataset.sha256,
+        promoted_at=promoted_at,
+        decision=promotion.kind,
+        previous_run_id=previous.run_id if previous else None,
+    )
 
 
 def record_run(
     output_root: Path,
-    run: dict[str, Any],
+    run: Exported,
     margin: float,
     force: bool,
-    champion_accuracy: Callable[[dict[str, Any]], float],
-) -> Decision:
+    champion_accuracy: Callable[[ChampionPointer], float],
+) -> Promotion:
     """Compare `run` with its dataset's champion, promote it if the rule says so, and append it to the registry.
 
-    `run` needs: run_id, dataset, params_digest, sha256 (role -> digest), best_val_accuracy, best_val_loss,
-    test_accuracy, test_loss, run_dir, model. `champion_accuracy(pointer)` scores the champion's model on the
-    run's own test set; if it raises, the champion is unusable (e.g. its folder was deleted) and the run replaces it.
+    `champion_accuracy(pointer)` scores the champion's model on the run's own test set, under the registry lock so
+    the champion cannot change meanwhile; if it raises a PipelineError, the champion is unusable (e.g. its folder
+    was deleted) and the run replaces it.
 
     The pointer is replaced before the registry row is written: a crash before the replace leaves the old
     champion and registry untouched; a crash between the two leaves a valid champion whose row is missing.
     """
     root = Path(output_root).expanduser().resolve()
-    dataset = run["dataset"]
     with registry_lock(root):
         _remove_stale_temp_files(root)
         existing = _registry_text(root)
         recorded = _parse_registry(existing)
-        earlier = recorded.loc[recorded["run_id"] == run["run_id"]]
+        earlier = recorded.loc[recorded["run_id"] == run.run_id]
         if len(earlier):  # a retried promotion: the first attempt's decision stands, recorded once
-            return _decision_from_row(earlier.iloc[-1])
-        champion = read_champion(root, dataset)
-        score: float | None = None
-        note = ""
-        if champion is not None:
-            try:
-                score = float(champion_accuracy(champion))
-            except PipelineError as error:  # missing or corrupt; other OSErrors (permissions) fail the run
-                note = f" ({champion.get('run_id')} could not be evaluated: {error})"
-        decision = decide(
-            float(run["test_accuracy"]),
-            score,
-            margin,
-            force,
-            champion_run_id=champion.get("run_id") if champion and score is not None else None,
-        )
-        if note:
-            reason = f"the run replaces an unusable champion{note}: test accuracy {decision.challenger_accuracy:.2%}."
-            decision = dataclasses.replace(decision, kind="replaced", reason=reason)
+            return _promotion_from_row(earlier.iloc[-1])
+        champion = read_champion(root, run.card.dataset.name)
+        promotion = _compare(run, champion, margin, force, champion_accuracy)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if decision.promoted:
-            pointer = {
-                "dataset": dataset,
-                "run_id": run["run_id"],
-                "run_dir": str(run["run_dir"]),
-                "model": str(run["model"]),
-                "test_accuracy": float(run["test_accuracy"]),
-                "sha256": dict(run["sha256"]),
-                "promoted_at": now,
-                "decision": decision.kind,
-                "previous_run_id": champion.get("run_id") if champion else None,
-            }
-            atomic_write_text(champion_path(root, dataset), json.dumps(pointer, indent=2) + "\n")
-        row = {
-            "run_id": run["run_id"],
-            "recorded_at": now,
-            "dataset": dataset,
-            "params_digest": run["params_digest"],
-            **{f"sha256_{role}": run["sha256"].get(role, "") for role in DATA_ROLES},
-            "best_val_accuracy": run["best_val_accuracy"],
-            "best_val_loss": run["best_val_loss"],
-            "test_accuracy": run["test_accuracy"],
-            "test_loss": run["test_loss"],
-            "margin": margin,
-            "champion_run_id": decision.champion_run_id or "",
-            "champion_test_accuracy": "" if decision.champion_accuracy is None else decision.champion_accuracy,
-            "decision": decision.kind,
-            "promoted": decision.promoted,
-            "reason": decision.reason,
-            "run_dir": str(run["run_dir"]),
-        }
-        _append_row(root, existing, row)
-    return decision
+        if promotion.promoted:
+            pointer = champion_pointer(run, promotion, now, champion)
+            atomic_write_text(champion_path(root, pointer.dataset), pointer.model_dump_json(indent=2) + "\n")
+        _append_row(root, existing, registry_row(run, promotion, now))
+    return promotion
 
 
-def _decision_from_row(row: pd.Series) -> Decision:
+def _compare(
+    run: Exported,
+    champion: ChampionPointer | None,
+    margin: float,
+    force: bool,
+    champion_accuracy: Callable[[ChampionPointer], float],
+) -> Promotion:
+    challenger = run.card.metrics.test_accuracy
+    if champion is None:
+        return decide(challenger, None, margin, force)
+    try:
+        score = float(champion_accuracy(champion))
+    except PipelineError as error:  # missing or corrupt; other OSErrors (permissions) fail the run
+        promotion = decide(challenger, None, margin, force)
+        reason = (
+            f"the run replaces an unusable champion ({champion.run_id} could not be evaluated: {error}): "
+            f"test accuracy {challenger:.2%}."
+        )
+        return promotion.model_copy(update={"kind": "replaced", "reason": reason})
+    return decide(challenger, score, margin, force, champion_run_id=champion.run_id)
+
+
+def _promotion_from_row(row: pd.Series) -> Promotion:
     def optional(value: Any) -> Any:
         return None if pd.isna(value) or value == "" else value
 
     champion_accuracy = optional(row["champion_test_accuracy"])
-    return Decision(
+    return Promotion(
         promoted=str(row["promoted"]).lower() == "true",
         kind=str(row["decision"]),
         reason=str(row["reason"]),
@@ -243,22 +270,7 @@ def _decision_from_row(row: pd.Series) -> Decision:
     )
 
 
-def champion_accuracy_on(
-    test_images: Any, test_labels: Any, class_names: list[str], device: Any = "cpu"
-) -> Callable[[dict[str, Any]], float]:
-    """A scorer for `record_run`: the champion's saved model re-evaluated on the given test tensors, so both
-    figures come from the same images rather than from a number stored when the champion was trained."""
-    from mnist_core.evaluate import evaluate_model
-    from mnist_core.model import load_weights
-
-    def score(champion: dict[str, Any]) -> float:
-        model = load_weights(Path(champion["model"]), device)
-        return evaluate_model(model, test_images, test_labels, class_names).accuracy
-
-    return score
-
-
-def promotion_markdown(decision: Decision, dataset: str) -> str:
+def promotion_markdown(promotion: Promotion, dataset: str) -> str:
     """The report section (and artifact) that says what happened to the champion and why."""
     verdict = {
         "first": "promoted (first champion)",
@@ -266,19 +278,19 @@ def promotion_markdown(decision: Decision, dataset: str) -> str:
         "forced": "promoted (forced)",
         "replaced": "promoted (the champion could not be evaluated)",
         "kept": "not promoted (champion kept)",
-    }[decision.kind]
-    champion = "none" if decision.champion_accuracy is None else f"{decision.champion_accuracy:.2%}"
+    }[promotion.kind]
+    champion = "none" if promotion.champion_accuracy is None else f"{promotion.champion_accuracy:.2%}"
     return "\n".join(
         [
             "## Champion / challenger",
-            f"**Decision: {verdict}.** {decision.reason}",
+            f"**Decision: {verdict}.** {promotion.reason}",
             "",
             "| | run | test accuracy |",
             "|---|---|---|",
-            f"| challenger (this run) | | {decision.challenger_accuracy:.2%} |",
-            f"| champion before this run | {decision.champion_run_id or '-'} | {champion} |",
+            f"| challenger (this run) | | {promotion.challenger_accuracy:.2%} |",
+            f"| champion before this run | {promotion.champion_run_id or '-'} | {champion} |",
             "",
-            f"Margin: {100 * decision.margin:.2f} points. Champion pointer: `champion-{dataset}.json` in the output"
+            f"Margin: {100 * promotion.margin:.2f} points. Champion pointer: `champion-{dataset}.json` in the output"
             " root; every run is listed in `registry.csv` there.",
             "",
         ]

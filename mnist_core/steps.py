@@ -1,4 +1,7 @@
-"""The training step in a fixed-shape, graph-safe form, and its capture as a CUDA graph.
+"""The training steps, each feeding one epoch's batches through forward, loss, backward and the optimizer.
+
+Three kinds, chosen (and built) by train.py: "plain" (the CPU), "fixed_shape" (graph-safe, run eagerly) and
+"cuda_graph" (the fixed-shape step captured once as a CUDA graph and replayed).
 
 One `FixedShapeStep` reads its batch through static buffers (an index vector and a per-sample weight vector),
 so every call has the same shapes, allocates the same tensors and never syncs with the host. The same object
@@ -13,10 +16,16 @@ dropped or seen twice, one graph serves every step, and the padding costs 40 was
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional
+
+StepKind = Literal["plain", "fixed_shape", "cuda_graph"]
+# Turns a fixed-shape step into the callable replayed each step (capture_cuda_graph; the benchmark's torch.compile).
+Capture = Callable[["FixedShapeStep"], Callable[[], None]]
 
 
 def epoch_batches(order: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -36,24 +45,25 @@ def batch_weights(num_samples: int, batch_size: int, device: torch.device) -> to
     return weights.view(steps, batch_size)
 
 
+@dataclass(eq=False)
 class _Step:
     """What both steps share: the model, optimizer and data they train on, and the epoch's totals (`loss_sum`,
-    the sum of per-sample losses, and `correct`), accumulated on the device; the caller zeroes them."""
+    the sum of per-sample losses, and `correct`), accumulated on the device; the caller zeroes them.
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        label_smoothing: float = 0.0,
-        bf16: bool = False,
-    ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.images, self.labels = images, labels
-        self.label_smoothing, self.bf16 = label_smoothing, bf16
-        self.loss_sum = torch.zeros((), device=images.device)
-        self.correct = torch.zeros((), dtype=torch.long, device=images.device)
+    `train_epoch(order, after_step)` runs one step per batch of the permutation `order`, calling `after_step`
+    (the scheduler's step) after each."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    label_smoothing: float = 0.0
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.images.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=self.images.device)
 
     def reset_totals(self) -> None:
         self.loss_sum.zero_()
@@ -65,25 +75,29 @@ class _Step:
         self.optimizer.step()
 
 
+@dataclass(eq=False)
 class FixedShapeStep(_Step):
     """forward + loss + backward + optimizer step on the batch named by `index`, weighted by `weight`.
 
-    Call `load(index_row, weight_row)` then `run()` (eager) or replay a graph captured from `run()`.
+    Each step `load`s its index and weight rows, then calls `replay`: `run` itself (eager), or a CUDA graph
+    captured from `run` (`capture_cuda_graph`).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        label_smoothing: float = 0.0,
-        bf16: bool = False,
-    ) -> None:
-        super().__init__(model, optimizer, images, labels, label_smoothing, bf16)
-        self.index = torch.zeros(batch_size, dtype=torch.long, device=images.device)
-        self.weight = torch.ones(batch_size, device=images.device)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        device = self.images.device
+        self.index = torch.zeros(self.batch_size, dtype=torch.long, device=device)
+        self.weight = torch.ones(self.batch_size, device=device)
+        self.weights = batch_weights(len(self.images), self.batch_size, device)
+        self.replay: Callable[[], None] = self.run
+
+    def train_epoch(self, order: torch.Tensor, after_step: Callable[[], None]) -> None:
+        # Device-to-device copies into the static buffers and the scheduler's in-place fill_ of the tensor
+        # learning rate: kernel launches only, nothing waits for the device.
+        for index, weight in zip(epoch_batches(order, self.batch_size), self.weights, strict=True):
+            self.load(index, weight)
+            self.replay()
+            after_step()
 
     def load(self, index: torch.Tensor, weight: torch.Tensor) -> None:
         # copy_ into the static buffers, never rebinding them: a captured graph reads these exact addresses.
@@ -106,10 +120,16 @@ class FixedShapeStep(_Step):
         self.correct += ((logits.argmax(1) == batch_y) & (self.weight > 0)).sum()
 
 
+@dataclass(eq=False)
 class PlainStep(_Step):
     """The step where nothing is captured (the CPU): the batch is gathered as it comes, the ragged last batch
     is simply smaller, and no static buffers are copied. Measured ~10 % faster than `FixedShapeStep` run
     eagerly on this MLP at batch 64 on the CPU, where the matmuls themselves take most of the step."""
+
+    def train_epoch(self, order: torch.Tensor, after_step: Callable[[], None]) -> None:
+        for index in order.split(self.batch_size):
+            self.run(index)
+            after_step()
 
     def run(self, index: torch.Tensor) -> None:
         batch_x = torch.index_select(self.images, 0, index)
@@ -170,15 +190,3 @@ def capture_cuda_graph(step: FixedShapeStep, warmup_steps: int = 3) -> Callable[
         with torch.cuda.graph(graph):
             step.run()
     return graph.replay
-
-
-def compile_step(step: FixedShapeStep, warmup_steps: int = 3) -> Callable[[], None]:
-    """`step.run` under torch.compile(mode="reduce-overhead"), compiled and recorded before it is returned,
-    so that compilation is not counted as training time; training state is left as it was before."""
-    compiled = torch.compile(step.run, mode="reduce-overhead")
-    with state_restored(step):
-        for _ in range(warmup_steps):
-            compiled()
-        if step.index.device.type == "cuda":
-            torch.cuda.synchronize(step.index.device)
-    return compiled

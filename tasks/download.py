@@ -1,4 +1,3 @@
-import time
 from pathlib import Path
 from typing import Any
 
@@ -7,6 +6,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mnist_core.download import download_dataset
 from mnist_core.errors import DownloadError
+from mnist_core.records import Downloaded
 
 
 def _may_be_transient(task: Any, task_run: Any, state: State) -> bool:
@@ -22,11 +22,10 @@ def _may_be_transient(task: Any, task_run: Any, state: State) -> bool:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def download(dataset: str, data_dir: Path, mirrors: list[str]) -> dict[str, Any]:
-    """The dataset's four verified IDX files in the cache: per role, path, sha256 and source."""
-    started = time.perf_counter()
-    files = download_dataset(dataset, data_dir, mirrors)
+def download(dataset: str, data_dir: Path, mirrors: list[str]) -> Downloaded:
+    """The dataset's four verified IDX files in the cache."""
+    downloaded = download_dataset(dataset, data_dir, mirrors)
     logger = get_run_logger()
-    for role, entry in files.items():
-        logger.info("%s: %s (from %s)", role, entry["path"], entry["source"])
-    return {"files": files, "seconds": time.perf_counter() - started}
+    for role, file in downloaded.files.items():
+        logger.info("%s: %s (from %s)", role, file.path, file.source)
+    return downloaded

@@ -1,5 +1,4 @@
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,22 +12,17 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_SESSION_HOME / 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from deployments.server import running_server  # noqa: E402
 from mnist_core import download as download_module  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
 from mnist_core.download import download_dataset  # noqa: E402
 from mnist_core.prepare import load_prepared, prepare_dataset  # noqa: E402
+from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
 from tests import synthetic  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz")  # fmt: skip
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on (just released: free until someone binds it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -55,9 +49,9 @@ def mnist_mirror() -> Path:
 def mnist_prepared(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Real MNIST downloaded and prepared (default split) once per session: (data cache, prepared file)."""
     data_dir = tmp_path_factory.mktemp("mnist-data")
-    files = download_dataset("mnist", data_dir, [str(mnist_mirror)])
+    downloaded = download_dataset("mnist", data_dir, [str(mnist_mirror)])
     params = RunParams()
-    return data_dir, prepare_dataset(files, data_dir, "mnist", params.val_size, params.seed)
+    return data_dir, prepare_dataset(downloaded, data_dir, params.val_size, params.seed).path
 
 
 @pytest.fixture(scope="session")
@@ -76,9 +70,13 @@ def synthetic_tensors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tor
     """The small synthetic dataset prepared (val_size=200, seed=0) and loaded once per session. Shared: read only."""
     mirror = tmp_path_factory.mktemp("synthetic-mirror")
     sha256s = synthetic.write_dataset(mirror)
-    files = {role: {"path": str(mirror / synthetic.FILE_NAMES[role]), "sha256": d} for role, d in sha256s.items()}
+    files = {
+        role: DatasetFile(path=mirror / synthetic.FILE_NAMES[role], sha256=digest, source=str(mirror))
+        for role, digest in sha256s.items()
+    }
     cache = tmp_path_factory.mktemp("synthetic-cache")
-    return load_prepared(prepare_dataset(files, cache, "synthetic", val_size=200, seed=0))
+    downloaded = Downloaded(dataset="synthetic", files=files)
+    return load_prepared(prepare_dataset(downloaded, cache, val_size=200, seed=0).path)
 
 
 @pytest.fixture
@@ -91,9 +89,16 @@ def synthetic_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """One Prefect test server for the whole session (~10 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server() -> Iterator[str]:
+    """One Prefect server for the whole session (~10 s to start), on loopback with its own database, stopped by
+    PID at the end; flows called in this process report to it. Yields its API URL."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    with running_server(_SESSION_HOME / "server") as api_url, temporary_settings({PREFECT_API_URL: api_url}):
+        yield api_url
+        # As Prefect's own test harness does before it stops its server: send the logs and events still queued,
+        # or they fail at exit ("Error logging to API") against a server that is gone.
+        APILogHandler().flush()
+        EventsWorker.drain_all()

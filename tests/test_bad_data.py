@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deployments.server import free_port
 from mnist_core import download as download_module
 from mnist_core.download import download_dataset
 from mnist_core.errors import DataError, DownloadError
 from mnist_core.idx import read_bytes, read_images, read_labels
 from mnist_core.prepare import prepare_dataset
 from tests import synthetic
-from tests.conftest import free_port
 from tests.synthetic import assert_no_partial_files, snapshot
 
 SLOW_RESPONSE_S = 2.0
@@ -121,11 +121,11 @@ def test_bad_download_is_refused_and_next_mirror_used(synthetic_dataset, tmp_pat
     assert_no_partial_files(cache)
 
     # The bad mirror first, a good one after it: the download succeeds and records where each file came from.
-    files = download_dataset(name, cache, [str(bad_mirror), str(good_mirror)])
-    assert files["train_images"]["source"] == str(good_mirror)
-    assert files["train_labels"]["source"] == str(bad_mirror)
+    files = download_dataset(name, cache, [str(bad_mirror), str(good_mirror)]).files
+    assert files["train_images"].source == str(good_mirror)
+    assert files["train_labels"].source == str(bad_mirror)
     for role, entry in files.items():
-        assert hashlib.sha256(read_bytes(Path(entry["path"]))).hexdigest() == sha256s[role]
+        assert hashlib.sha256(read_bytes(entry.path)).hexdigest() == sha256s[role]
     assert_no_partial_files(cache)
 
 
@@ -200,11 +200,11 @@ def test_invalid_idx_content_is_refused_before_caching(
     contents, expected = BAD_IDX_CASES[case]
     name, mirror = _bad_idx_dataset(tmp_path, monkeypatch, contents)
     cache = tmp_path / "cache"
-    files = download_dataset(name, cache, [str(mirror)])  # checksums match: the download itself is fine
+    downloaded = download_dataset(name, cache, [str(mirror)])  # checksums match: the download itself is fine
     raw_before = snapshot(cache / "raw")
 
     with pytest.raises(DataError, match=expected):
-        prepare_dataset(files, cache, name, val_size=100, seed=0)
+        prepare_dataset(downloaded, cache, val_size=100, seed=0)
     assert snapshot(cache / "raw") == raw_before
     assert not list((cache / "prepared").glob("*")) if (cache / "prepared").exists() else True
     assert_no_partial_files(cache)
@@ -212,9 +212,9 @@ def test_invalid_idx_content_is_refused_before_caching(
 
 def test_val_size_larger_than_training_set(synthetic_dataset, tmp_path: Path) -> None:
     name, mirror, _ = synthetic_dataset
-    files = download_dataset(name, tmp_path / "cache", [str(mirror)])
+    downloaded = download_dataset(name, tmp_path / "cache", [str(mirror)])
     with pytest.raises(DataError, match=r"val_size=1200 leaves no training images \(the training set has 1200\)"):
-        prepare_dataset(files, tmp_path / "cache", name, val_size=1200, seed=0)
+        prepare_dataset(downloaded, tmp_path / "cache", val_size=1200, seed=0)
 
 
 def test_readers_on_uncompressed_files(tmp_path: Path) -> None:
@@ -262,13 +262,13 @@ def test_fallback_through_failing_mirrors(
     failing = [closed_port_url(), http_mirror("slow"), http_mirror("404")]
     cache = tmp_path / "cache"
     started = time.monotonic()
-    files = download_dataset(name, cache, [*failing, good])
+    files = download_dataset(name, cache, [*failing, good]).files
     # Each file waits out the timeout once (4 x 0.3 s), never the slow server's full response time.
     assert time.monotonic() - started < 4 * SLOW_RESPONSE_S
-    assert {entry["source"] for entry in files.values()} == {good}
+    assert {entry.source for entry in files.values()} == {good}
     for role, entry in files.items():
-        assert entry["sha256"] == sha256s[role]
-        assert hashlib.sha256(read_bytes(Path(entry["path"]))).hexdigest() == sha256s[role]
+        assert entry.sha256 == sha256s[role]
+        assert hashlib.sha256(read_bytes(entry.path)).hexdigest() == sha256s[role]
     assert_no_partial_files(cache)
 
 
@@ -280,19 +280,19 @@ def test_mirror_from_environment_is_tried_last(
         download_module.DATASETS, name, synthetic.spec_for(name, synthetic_dataset[2], (http_mirror("404"),))
     )
     monkeypatch.setenv("SYNTHETIC_MIRROR", f" {closed_port_url()} , {mirror} ")
-    files = download_dataset(name, tmp_path / "cache", [])
-    assert {entry["source"] for entry in files.values()} == {str(mirror)}
+    files = download_dataset(name, tmp_path / "cache", []).files
+    assert {entry.source for entry in files.values()} == {str(mirror)}
 
 
 def test_corrupted_cache_entry_is_fetched_again(synthetic_dataset, tmp_path: Path) -> None:
     name, mirror, sha256s = synthetic_dataset
     cache = tmp_path / "cache"
-    files = download_dataset(name, cache, [str(mirror)])
-    cached = Path(files["train_labels"]["path"])
+    files = download_dataset(name, cache, [str(mirror)]).files
+    cached = files["train_labels"].path
     cached.write_bytes(cached.read_bytes()[:40])  # a previous run died mid-copy outside our atomic writes
-    again = download_dataset(name, cache, [str(mirror)])
-    assert again["train_labels"]["source"] == str(mirror)
-    assert again["train_images"]["source"] == "cache"
+    again = download_dataset(name, cache, [str(mirror)]).files
+    assert again["train_labels"].source == str(mirror)
+    assert again["train_images"].source == "cache"
     assert hashlib.sha256(read_bytes(cached)).hexdigest() == sha256s["train_labels"]
 
 

@@ -17,6 +17,7 @@ import torch
 import mnist_core.download as download_module
 import mnist_core.files as files_module
 from flows.mnist import main
+from mnist_core.checkpoint import checkpoint_dir, load_checkpoint
 from mnist_core.config import RunParams
 from mnist_core.device import resolve_device
 from mnist_core.download import download_dataset
@@ -25,7 +26,9 @@ from mnist_core.export import CARD_FILE, MODEL_FILE, TORCHSCRIPT_FILE, export_ru
 from mnist_core.model import MLP, load_weights
 from mnist_core.preflight import ensure_writable_dir, preflight
 from mnist_core.prepare import load_prepared, prepare_dataset
-from mnist_core.train import checkpoint_dir, load_checkpoint, train_model
+from mnist_core.records import Downloaded
+from mnist_core.train import train_model
+from tests.records import make_card, make_evaluation, make_history
 from tests.synthetic import assert_no_partial_files, snapshot
 
 CPU = torch.device("cpu")
@@ -38,7 +41,7 @@ def disk_full(*_: Any, **__: Any) -> None:
 
 
 @pytest.fixture
-def synthetic_data(synthetic_dataset, tmp_path: Path) -> tuple[dict[str, Any], Path]:
+def synthetic_data(synthetic_dataset, tmp_path: Path) -> tuple[Downloaded, Path]:
     """(download result, cache folder) of the small synthetic dataset."""
     name, mirror, _ = synthetic_dataset
     cache = tmp_path / "cache"
@@ -186,8 +189,8 @@ def test_unwritable_output_dir_from_cli(
 
 
 def test_disk_full_while_caching_prepared_data(synthetic_data, monkeypatch: pytest.MonkeyPatch) -> None:
-    files, cache = synthetic_data
-    previous = prepare_dataset(files, cache, "synthetic", val_size=200, seed=0)
+    downloaded, cache = synthetic_data
+    previous = prepare_dataset(downloaded, cache, val_size=200, seed=0).path
     before = snapshot(cache)
 
     def full_at_flush(descriptor: int) -> None:
@@ -197,7 +200,7 @@ def test_disk_full_while_caching_prepared_data(synthetic_data, monkeypatch: pyte
     monkeypatch.setattr(files_module.os, "fsync", full_at_flush)
     with pytest.raises(StorageError, match=r"synthetic-.*-val200-seed1\.safetensors: could not write prepared data "
                                            r"\(\[Errno 28\] No space left on device\)"):  # fmt: skip
-        prepare_dataset(files, cache, "synthetic", val_size=200, seed=1)
+        prepare_dataset(downloaded, cache, val_size=200, seed=1)
     assert snapshot(cache) == before, "the cache changed although the write failed"
     assert load_prepared(previous)["train_images"].shape[1:] == (28, 28)
     assert_no_partial_files(cache)
@@ -249,17 +252,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
 
 def _export(root: Path, metrics_rows: int = 2) -> Path:
     params = RunParams()
-    metrics = pd.DataFrame({"epoch": list(range(1, metrics_rows + 1)), "val_accuracy": [0.5] * metrics_rows})
-    per_class = pd.DataFrame({"class": ["0"], "precision": [1.0]})
-    confusion = pd.DataFrame([[1]])
-    card = {
-        "metrics": {"test_accuracy": 0.5, "test_loss": 1.0, "best_val_accuracy": 0.5, "best_epoch": 1},
-        "environment": {},
-        "dataset": {"name": "mnist", "sha256": {}},
-        "timings": {"resumed_from_epoch": 0, "train_seconds": 1.0, "stages": {}},
-        "params": params.model_dump(mode="json"),
-    }
-    return export_run(root, new_run_id(params.training_digest()), MLP([8]), metrics, per_class, confusion, card)
+    card = make_card(new_run_id(params.training_digest()), epochs=metrics_rows)
+    return export_run(root, MLP([8]), card, make_history(metrics_rows), make_evaluation()).run_dir
 
 
 def test_disk_full_while_exporting_leaves_earlier_runs_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -343,8 +337,8 @@ def test_two_runs_share_a_data_cache_at_once(synthetic_dataset, tmp_path: Path) 
     cache = tmp_path / "cache"
 
     def run(_: int) -> Path:
-        files = download_dataset(name, cache, [str(mirror)])
-        return prepare_dataset(files, cache, name, val_size=200, seed=0)
+        downloaded = download_dataset(name, cache, [str(mirror)])
+        return prepare_dataset(downloaded, cache, val_size=200, seed=0).path
 
     first, second = _in_parallel(2, run)
     assert first == second

@@ -26,9 +26,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from deployments.server import free_port, log_tail
 from deployments.stack import DEFAULT_POOL, Stack
 from mnist_core.registry import read_champion, read_registry
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -57,7 +58,7 @@ class StackHandle:
     up_seconds: float
 
     @property
-    def api(self) -> Stack:
+    def stack(self) -> Stack:
         return Stack(self.state_dir, "127.0.0.1", self.port, DEFAULT_POOL)
 
     def stack_command(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -70,7 +71,7 @@ class StackHandle:
         )
 
     def prefect(self, *args: str, timeout: float = RUN_TIMEOUT_S + 30) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, "PREFECT_API_URL": self.api.api_url}
+        env = {**self.env, "PREFECT_API_URL": self.stack.api_url}
         return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
     def run_deployment(self, params: dict[str, Any]) -> tuple[str, float]:
@@ -87,22 +88,47 @@ class StackHandle:
         return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1), seconds  # type: ignore[union-attr]
 
     def worker_log(self) -> str:
-        return self.api.log_tail("worker", 60)
+        return log_tail(self.stack.log_path("worker"), 60)
 
+    # Through Prefect's client, as the stack itself talks to the API; records as JSON-shaped dicts.
     def deployment(self) -> dict[str, Any]:
-        return self.api.api("GET", "/deployments/name/mnist/train")
+        with self.stack.client() as client:
+            return client.read_deployment_by_name("mnist/train").model_dump(mode="json")
+
+    def work_pool(self) -> dict[str, Any]:
+        with self.stack.client() as client:
+            return client.read_work_pool(DEFAULT_POOL).model_dump(mode="json")
 
     def flow_run(self, flow_run_id: str) -> dict[str, Any]:
-        return self.api.api("GET", f"/flow_runs/{flow_run_id}")
+        with self.stack.client() as client:
+            return client.read_flow_run(uuid.UUID(flow_run_id)).model_dump(mode="json")
+
+    def flow_run_states(self, flow_run_id: str) -> list[dict[str, Any]]:
+        with self.stack.client() as client:
+            return [state.model_dump(mode="json") for state in client.read_flow_run_states(uuid.UUID(flow_run_id))]
+
+    def submit(self, params: dict[str, Any]) -> str:
+        """A run of mnist/train created through the API (not watched); returns its id."""
+        with self.stack.client() as client:
+            run = client.create_flow_run_from_deployment(self.deployment()["id"], parameters={"params": params})
+        return str(run.id)
 
     def manual_runs(self) -> list[dict[str, Any]]:
         """Runs of the deployment that were not created by its schedule."""
-        body = {"flow_runs": {"deployment_id": {"any_": [self.deployment()["id"]]}}}
-        return [run for run in self.api.api("POST", "/flow_runs/filter", body) if not run["auto_scheduled"]]
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[uuid.UUID(self.deployment()["id"])]))
+        with self.stack.client() as client:
+            runs = client.read_flow_runs(deployment_filter=deployment_filter)
+        return [run.model_dump(mode="json") for run in runs if not run.auto_scheduled]
 
     def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
-        found = self.api.api("POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-        return {artifact["key"]: artifact for artifact in found if artifact["key"]}
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        artifact_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+        with self.stack.client() as client:
+            found = client.read_artifacts(artifact_filter=artifact_filter)
+        return {artifact.key: artifact.model_dump(mode="json") for artifact in found if artifact.key}
 
 
 def recorded_pids(state_dir: Path) -> dict[str, int]:
@@ -172,8 +198,7 @@ def test_deployment_declares_schedule_concurrency_and_pool(stack: StackHandle) -
     assert schedule["schedule"]["timezone"] == "UTC"
     assert deployment["global_concurrency_limit"]["limit"] == 1
     assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-    pool = stack.api.api("GET", f"/work_pools/{DEFAULT_POOL}")
-    assert pool["type"] == "process"
+    assert stack.work_pool()["type"] == "process"
 
 
 def test_stack_up_is_idempotent(stack: StackHandle) -> None:
@@ -183,7 +208,7 @@ def test_stack_up_is_idempotent(stack: StackHandle) -> None:
     assert "server: already running" in again.stdout and "worker: already running" in again.stdout
     after = json.loads((stack.state_dir / "stack.json").read_text())
     assert (after["server_pid"], after["worker_pid"]) == (before["server_pid"], before["worker_pid"])
-    assert stack.api.worker_online()
+    assert stack.stack.worker_online()
 
 
 @pytest.mark.parametrize(
@@ -215,16 +240,14 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     metrics = pd.DataFrame(json.loads(table) if isinstance(table, str) else table)
     assert metrics["epoch"].tolist() == [1]
     champion = read_champion(stack.output_dir, "mnist")
-    assert champion is not None and champion["decision"] == "first"
-    report = (Path(champion["run_dir"]) / "report.md").read_text()
+    assert champion is not None and champion.decision == "first"
+    report = (champion.run_dir / "report.md").read_text()
     assert "## Champion / challenger" in report and "promoted (first champion)" in report
     listed = stack.prefect("artifact", "ls", "-o", "json", timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert expected <= {artifact["key"] for artifact in json.loads(listed.stdout)}
 
-    deployment_id = stack.deployment()["id"]
-    forced_params = {"parameters": {"params": {**stack.base_params, "force_promote": True}}}
-    forced_id = stack.api.api("POST", f"/deployments/{deployment_id}/create_flow_run", forced_params)["id"]
+    forced_id = stack.submit({**stack.base_params, "force_promote": True})
     worse_id, worse_seconds = stack.run_deployment({**stack.base_params, **WORSE})
     print(f"two concurrent runs, the worse one watched: {worse_seconds:.1f} s")
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -234,9 +257,7 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     assert stack.flow_run(forced_id)["state_type"] == "COMPLETED", stack.worker_log()
 
     # Concurrency limit 1 with ENQUEUE: the later run waited for the slot and started after the other finished.
-    history = {
-        run_id: stack.api.api("GET", f"/flow_run_states/?flow_run_id={run_id}") for run_id in (forced_id, worse_id)
-    }
+    history = {run_id: stack.flow_run_states(run_id) for run_id in (forced_id, worse_id)}
 
     def when(states: list[dict[str, Any]], state_type: str) -> datetime:
         return min(datetime.fromisoformat(state["timestamp"]) for state in states if state["type"] == state_type)
@@ -257,9 +278,9 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     assert kept["test_accuracy"] < 0.9 < kept["champion_test_accuracy"]
     forced_run = registry.index[registry["decision"] == "forced"][0]
     final = read_champion(stack.output_dir, "mnist")
-    assert final is not None and final["run_id"] == forced_run and final["previous_run_id"] == champion["run_id"]
+    assert final is not None and final.run_id == forced_run and final.previous_run_id == champion.run_id
     assert "promoted (forced)" in stack.artifacts(forced_id)["mnist-promotion"]["data"]
-    assert (registry["sha256_test_images"] == champion["sha256"]["test_images"]).all()
+    assert (registry["sha256_test_images"] == champion.sha256["test_images"]).all()
 
 
 def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
@@ -271,7 +292,7 @@ def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     assert "worker: stopped" in down.stdout and "server: stopped" in down.stdout
     assert not any(alive(pid) for pid in pids)
-    assert not stack.api.server_healthy()
+    assert not stack.stack.server_healthy()
     again = stack.stack_command("down", timeout=60)
     assert again.returncode == 0 and "server: not running" in again.stdout
 

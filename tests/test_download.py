@@ -24,24 +24,24 @@ def test_download_from_folder_and_file_url(synthetic_dataset, tmp_path: Path) ->
     name, mirror, sha256s = synthetic_dataset
     for source in (str(mirror), mirror.as_uri()):
         cache = tmp_path / f"cache-{len(source)}"
-        files = download_dataset(name, cache, [source])
+        files = download_dataset(name, cache, [source]).files
         assert set(files) == set(sha256s)
         for role, entry in files.items():
-            assert entry["source"] == source
-            assert decompressed_sha256(Path(entry["path"])) == sha256s[role]
-            assert Path(entry["path"]).parent == (cache / "raw" / name).resolve()
-            assert Path(entry["path"]).stat().st_mode & 0o777 == FILE_MODE  # readable by a team sharing the cache
+            assert entry.source == source
+            assert decompressed_sha256(entry.path) == sha256s[role]
+            assert entry.path.parent == (cache / "raw" / name).resolve()
+            assert entry.path.stat().st_mode & 0o777 == FILE_MODE  # readable by a team sharing the cache
         assert not list((cache / "raw" / name).glob("*.part"))
 
 
 def test_verified_cache_is_not_fetched_again(synthetic_dataset, tmp_path: Path) -> None:
     name, mirror, _ = synthetic_dataset
-    first = download_dataset(name, tmp_path, [str(mirror)])
+    first = download_dataset(name, tmp_path, [str(mirror)]).files
     for item in mirror.iterdir():
         item.unlink()  # the mirror is gone: only the cache can serve now
-    second = download_dataset(name, tmp_path, [str(mirror)])
-    assert {entry["source"] for entry in second.values()} == {"cache"}
-    assert [e["path"] for e in first.values()] == [e["path"] for e in second.values()]
+    second = download_dataset(name, tmp_path, [str(mirror)]).files
+    assert {entry.source for entry in second.values()} == {"cache"}
+    assert [e.path for e in first.values()] == [e.path for e in second.values()]
 
 
 def test_recompressed_file_is_accepted_by_content_hash(synthetic_dataset, tmp_path: Path) -> None:
@@ -49,18 +49,18 @@ def test_recompressed_file_is_accepted_by_content_hash(synthetic_dataset, tmp_pa
     target = mirror / "train-labels-idx1-ubyte.gz"
     content = gzip.decompress(target.read_bytes())
     target.write_bytes(gzip.compress(content, compresslevel=1, mtime=12345))
-    files = download_dataset(name, tmp_path, [str(mirror)])
+    files = download_dataset(name, tmp_path, [str(mirror)]).files
     assert (
-        hashlib.sha256(gzip.decompress(Path(files["train_labels"]["path"]).read_bytes())).hexdigest()
+        hashlib.sha256(gzip.decompress(files["train_labels"].path.read_bytes())).hexdigest()
         == (sha256s["train_labels"])
     )
 
 
 def test_real_mnist_mirror_verifies(mnist_mirror: Path, tmp_path: Path) -> None:
-    files = download_dataset("mnist", tmp_path, [str(mnist_mirror)])
+    files = download_dataset("mnist", tmp_path, [str(mnist_mirror)]).files
     for role, entry in files.items():
-        assert entry["source"] != "cache"
-        assert decompressed_sha256(Path(entry["path"])) == DATASETS["mnist"].files[role][1]
+        assert entry.source != "cache"
+        assert decompressed_sha256(entry.path) == DATASETS["mnist"].files[role][1]
 
 
 def test_unreachable_mirror_is_tried_once_per_dataset(
@@ -82,6 +82,6 @@ def test_unreachable_mirror_is_tried_once_per_dataset(
         real_fetch(source, target)
 
     monkeypatch.setattr(download_module, "_fetch", counting_fetch)
-    files = download_dataset(name, tmp_path, [dead, str(mirror)])
+    files = download_dataset(name, tmp_path, [dead, str(mirror)]).files
     assert [a for a in attempts if a.startswith(dead)] == [dead + "train-images-idx3-ubyte.gz"]
-    assert {entry["source"] for entry in files.values()} == {str(mirror)}
+    assert {entry.source for entry in files.values()} == {str(mirror)}

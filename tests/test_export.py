@@ -7,9 +7,11 @@ import torch
 from mnist_core import export as export_module
 from mnist_core.config import RunParams
 from mnist_core.evaluate import CLASS_NAMES, evaluate_model
-from mnist_core.export import export_run
+from mnist_core.export import RUN_FILES, export_run
 from mnist_core.model import load_weights
+from mnist_core.records import ModelCard
 from mnist_core.train import train_model
+from tests.records import make_card
 
 
 @pytest.fixture(scope="module")
@@ -18,22 +20,11 @@ def exported_run(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: pytes
     result = train_model(mnist_tensors, params, torch.device("cpu"))
     evaluation = evaluate_model(result.model, mnist_tensors["test_images"], mnist_tensors["test_labels"],
                                 CLASS_NAMES["mnist"])  # fmt: skip
-    history = pd.DataFrame([vars(stats) for stats in result.history])
-    card = {
-        "params": params.model_dump(mode="json"),
-        "metrics": {
-            "test_accuracy": evaluation.accuracy,
-            "test_loss": evaluation.loss,
-            "best_epoch": 1,
-            "best_val_accuracy": result.history[0].val_accuracy,
-        },  # fmt: skip
-        "environment": {"torch": str(torch.__version__), "device": "cpu"},
-        "dataset": {"name": "mnist", "sha256": {"test_images": "abc"}},
-        "timings": {"train_seconds": result.train_seconds, "resumed_from_epoch": 0, "stages": {"train": 1.0}},
-    }
+    card = make_card("run-1", evaluation.accuracy).model_copy(update={"files": RUN_FILES})
     output_root = tmp_path_factory.mktemp("out")
-    run_dir = export_run(output_root, "run-1", result.model, history, evaluation.per_class, evaluation.confusion, card)
-    return run_dir, evaluation
+    exported = export_run(output_root, result.model, card, result.history, evaluation)
+    assert exported.card == card and exported.model == exported.run_dir / export_module.MODEL_FILE
+    return exported.run_dir, evaluation
 
 
 def test_run_folder_has_every_file(exported_run) -> None:
@@ -47,6 +38,7 @@ def test_run_folder_has_every_file(exported_run) -> None:
     card = json.loads((run_dir / export_module.CARD_FILE).read_text())
     assert 0.9 < card["metrics"]["test_accuracy"] <= 1.0  # a fraction, not a percentage
     assert card["run_id"] == "run-1"
+    assert ModelCard.model_validate(card).metrics.test_accuracy == card["metrics"]["test_accuracy"]
     metrics = pd.read_csv(run_dir / export_module.METRICS_FILE)
     assert {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s"} <= set(metrics.columns)
     confusion = pd.read_csv(run_dir / export_module.CONFUSION_FILE, index_col=0)
@@ -75,6 +67,6 @@ def test_existing_run_folder_is_never_overwritten(exported_run) -> None:
     run_dir, evaluation = exported_run
     before = (run_dir / export_module.CARD_FILE).read_bytes()
     with pytest.raises(FileExistsError):
-        export_run(run_dir.parent, run_dir.name, load_weights(run_dir / export_module.MODEL_FILE), pd.DataFrame(),
-                   evaluation.per_class, evaluation.confusion, {})  # fmt: skip
+        export_run(run_dir.parent, load_weights(run_dir / export_module.MODEL_FILE), make_card(run_dir.name), [],
+                   evaluation)  # fmt: skip
     assert (run_dir / export_module.CARD_FILE).read_bytes() == before

@@ -8,15 +8,15 @@ from mnist_core.prepare import load_prepared, prepare_dataset
 
 def test_split_sizes_disjoint_and_seeded(synthetic_dataset, tmp_path: Path) -> None:
     name, mirror, _ = synthetic_dataset
-    files = download_dataset(name, tmp_path, [str(mirror)])
-    path = prepare_dataset(files, tmp_path, name, val_size=200, seed=5)
+    downloaded = download_dataset(name, tmp_path, [str(mirror)])
+    path = prepare_dataset(downloaded, tmp_path, val_size=200, seed=5).path
     data = load_prepared(path)
     assert len(data["val_images"]) == 200 and len(data["train_images"]) == 1000
     assert all(tensor.dtype == torch.uint8 for tensor in data.values())
     # Seeded: the same seed gives the same split, another seed another one.
-    again = load_prepared(prepare_dataset(files, tmp_path / "other", name, val_size=200, seed=5))
+    again = load_prepared(prepare_dataset(downloaded, tmp_path / "other", val_size=200, seed=5).path)
     torch.testing.assert_close(again["val_images"], data["val_images"])
-    different = load_prepared(prepare_dataset(files, tmp_path, name, val_size=200, seed=6))
+    different = load_prepared(prepare_dataset(downloaded, tmp_path, val_size=200, seed=6).path)
     assert not torch.equal(different["val_labels"], data["val_labels"])
     # Disjoint: together the two parts are exactly the original training set.
     combined = torch.cat([data["train_images"], data["val_images"]]).flatten(1)
@@ -25,11 +25,12 @@ def test_split_sizes_disjoint_and_seeded(synthetic_dataset, tmp_path: Path) -> N
 
 def test_prepared_file_is_built_once(synthetic_dataset, tmp_path: Path) -> None:
     name, mirror, _ = synthetic_dataset
-    files = download_dataset(name, tmp_path, [str(mirror)])
-    path = prepare_dataset(files, tmp_path, name, val_size=100, seed=0)
-    stamp = path.stat().st_mtime_ns
-    assert prepare_dataset(files, tmp_path, name, val_size=100, seed=0) == path
-    assert path.stat().st_mtime_ns == stamp
+    downloaded = download_dataset(name, tmp_path, [str(mirror)])
+    prepared = prepare_dataset(downloaded, tmp_path, val_size=100, seed=0)
+    stamp = prepared.path.stat().st_mtime_ns
+    assert prepare_dataset(downloaded, tmp_path, val_size=100, seed=0) == prepared
+    assert prepared.path.stat().st_mtime_ns == stamp
+    assert prepared.sizes == {"train": 1100, "val": 100, "test": 300}
 
 
 def test_real_mnist_split(mnist_tensors: dict[str, torch.Tensor]) -> None:

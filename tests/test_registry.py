@@ -8,22 +8,18 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mnist_core.errors import DataError
-from mnist_core.evaluate import CLASS_NAMES, evaluate_model
 from mnist_core.files import FILE_MODE
-from mnist_core.model import MLP, save_weights
 from mnist_core.registry import (
     COLUMNS,
     REGISTRY_FILE,
-    champion_accuracy_on,
+    ChampionPointer,
     champion_path,
     decide,
     promotion_markdown,
@@ -32,28 +28,13 @@ from mnist_core.registry import (
     record_run,
 )
 from tests.conftest import PROJECT_ROOT
-
-SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
-
-
-def make_run(root: Path, run_id: str, accuracy: float) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "dataset": "mnist",
-        "params_digest": "f" * 64,
-        "sha256": SHA,
-        "best_val_accuracy": accuracy,
-        "best_val_loss": 0.3,
-        "test_accuracy": accuracy,
-        "test_loss": 0.25,
-        "run_dir": str(root / run_id),
-        "model": str(root / run_id / "model.safetensors"),
-    }
+from tests.records import SHA
+from tests.records import make_exported as make_run
 
 
-def stored_accuracy(champion: dict[str, Any]) -> float:
+def stored_accuracy(champion: ChampionPointer) -> float:
     """A scorer that trusts the pointer's figure: enough where the model itself is not under test."""
-    return champion["test_accuracy"]
+    return champion.test_accuracy
 
 
 @pytest.mark.parametrize(
@@ -100,7 +81,7 @@ def test_first_run_becomes_champion_and_is_recorded(tmp_path: Path) -> None:
     decision = record_run(tmp_path, make_run(tmp_path, "r1", 0.91), 0.0, False, stored_accuracy)
     assert decision.promoted and decision.kind == "first"
     champion = read_champion(tmp_path, "mnist")
-    assert champion is not None and champion["run_id"] == "r1" and champion["test_accuracy"] == 0.91
+    assert champion is not None and champion.run_id == "r1" and champion.test_accuracy == 0.91
     registry = pd.read_csv(tmp_path / REGISTRY_FILE)
     assert list(registry.columns) == COLUMNS
     row = registry.iloc[0]
@@ -133,7 +114,7 @@ def test_margin_and_force_are_applied_and_recorded(tmp_path: Path) -> None:
     assert record_run(tmp_path, make_run(tmp_path, "r3", 0.915), 0.01, False, stored_accuracy).kind == "better"
     assert record_run(tmp_path, make_run(tmp_path, "r4", 0.10), 0.0, True, stored_accuracy).kind == "forced"
     champion = read_champion(tmp_path, "mnist")
-    assert champion is not None and champion["run_id"] == "r4" and champion["previous_run_id"] == "r3"
+    assert champion is not None and champion.run_id == "r4" and champion.previous_run_id == "r3"
     registry = read_registry(tmp_path)
     assert registry["decision"].tolist() == ["first", "kept", "better", "forced"]
     assert registry["margin"].tolist() == [0.0, 0.01, 0.01, 0.0]
@@ -144,8 +125,8 @@ def test_champion_is_rescored_not_trusted(tmp_path: Path) -> None:
     record_run(tmp_path, make_run(tmp_path, "r1", 0.99), 0.0, False, stored_accuracy)
     seen: list[str] = []
 
-    def rescored(champion: dict[str, Any]) -> float:
-        seen.append(champion["model"])
+    def rescored(champion: ChampionPointer) -> float:
+        seen.append(str(champion.model))
         return 0.50
 
     decision = record_run(tmp_path, make_run(tmp_path, "r2", 0.80), 0.0, False, rescored)
@@ -156,35 +137,23 @@ def test_champion_is_rescored_not_trusted(tmp_path: Path) -> None:
 def test_unusable_champion_is_replaced_with_a_reason(tmp_path: Path) -> None:
     record_run(tmp_path, make_run(tmp_path, "r1", 0.99), 0.0, False, stored_accuracy)
 
-    def broken(champion: dict[str, Any]) -> float:
-        raise DataError(f"{champion['model']}: missing")
+    def broken(champion: ChampionPointer) -> float:
+        raise DataError(f"{champion.model}: missing")
 
     decision = record_run(tmp_path, make_run(tmp_path, "r2", 0.80), 0.0, False, broken)
     assert decision.promoted and decision.kind == "replaced" and "r1 could not be evaluated" in decision.reason
     champion = read_champion(tmp_path, "mnist")
-    assert champion is not None and (champion["run_id"], champion["decision"]) == ("r2", "replaced")
+    assert champion is not None and (champion.run_id, champion.decision) == ("r2", "replaced")
     assert read_registry(tmp_path)["decision"].tolist() == ["first", "replaced"]
     assert "promoted (the champion could not be evaluated)" in promotion_markdown(decision, "mnist")
 
 
 def test_champions_are_per_dataset(tmp_path: Path) -> None:
     record_run(tmp_path, make_run(tmp_path, "m1", 0.98), 0.0, False, stored_accuracy)
-    fashion = {**make_run(tmp_path, "f1", 0.85), "dataset": "fashion-mnist"}
+    fashion = make_run(tmp_path, "f1", 0.85, dataset="fashion-mnist")
     assert record_run(tmp_path, fashion, 0.0, False, stored_accuracy).kind == "first"
-    assert read_champion(tmp_path, "mnist")["run_id"] == "m1"  # type: ignore[index]
-
-
-def test_real_scorer_evaluates_the_champion_model(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = MLP([16])
-    save_weights(model, tmp_path / "model.safetensors")
-    images = torch.randint(0, 256, (500, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (500,), dtype=torch.uint8)
-    score = champion_accuracy_on(images, labels, CLASS_NAMES["mnist"])
-    expected = evaluate_model(model, images, labels, CLASS_NAMES["mnist"]).accuracy
-    assert score({"model": str(tmp_path / "model.safetensors")}) == expected
-    with pytest.raises(DataError):
-        score({"model": str(tmp_path / "missing.safetensors")})
+    assert read_champion(tmp_path, "mnist").run_id == "m1"  # type: ignore[union-attr]
+    assert read_champion(tmp_path, "fashion-mnist").run_id == "f1"  # type: ignore[union-attr]
 
 
 CRASH_SCRIPT = textwrap.dedent(
@@ -192,6 +161,7 @@ CRASH_SCRIPT = textwrap.dedent(
     import os, sys
     from pathlib import Path
     from mnist_core import registry
+    from tests.records import make_exported
     root = Path(sys.argv[1])
     real_replace = os.replace
 
@@ -201,10 +171,8 @@ CRASH_SCRIPT = textwrap.dedent(
         real_replace(source, target)
 
     os.replace = crash_on_pointer
-    run = {"run_id": "r2", "dataset": "mnist", "params_digest": "e" * 64, "sha256": {}, "best_val_accuracy": 0.99,
-           "best_val_loss": 0.1, "test_accuracy": 0.99, "test_loss": 0.1, "run_dir": str(root / "r2"),
-           "model": str(root / "r2" / "model.safetensors")}
-    registry.record_run(root, run, 0.0, False, lambda champion: champion["test_accuracy"])
+    run = make_exported(root, "r2", 0.99)
+    registry.record_run(root, run, 0.0, False, lambda champion: champion.test_accuracy)
     """
 )
 
@@ -232,9 +200,9 @@ def test_crash_before_pointer_replace_keeps_old_champion(tmp_path: Path) -> None
 
 
 def _race(root: str, run_id: str) -> str:
-    def slow_score(champion: dict[str, Any]) -> float:
+    def slow_score(champion: ChampionPointer) -> float:
         time.sleep(0.05)  # widens the window in which an unlocked compare-and-promote would let two runs win
-        return champion["test_accuracy"]
+        return champion.test_accuracy
 
     return record_run(Path(root), make_run(Path(root), run_id, 0.95), 0.0, False, slow_score).kind
 
@@ -249,6 +217,6 @@ def test_concurrent_runs_cannot_both_win_or_lose_rows(tmp_path: Path) -> None:
     registry = read_registry(tmp_path)
     assert sorted(registry["run_id"]) == run_ids
     winner = registry.loc[registry["decision"] == "first", "run_id"].item()
-    assert read_champion(tmp_path, "mnist")["run_id"] == winner  # type: ignore[index]
+    assert read_champion(tmp_path, "mnist").run_id == winner  # type: ignore[union-attr]
     assert (registry.loc[registry["decision"] == "kept", "champion_run_id"] == winner).all()
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".part")]

@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
+from mnist_core.checkpoint import load_checkpoint
 from mnist_core.config import RunParams
 from mnist_core.errors import TrainingError
 from mnist_core.evaluate import CLASS_NAMES, evaluate_model
 from mnist_core.export import CARD_FILE, METRICS_FILE
-from mnist_core.train import TrainResult, load_checkpoint, train_model
+from mnist_core.train import TrainResult, train_model
 from tests.conftest import PROJECT_ROOT
 
 CPU = torch.device("cpu")
@@ -150,7 +151,7 @@ def test_prefect_retry_of_train_task_resumes(
                 report(stats)
             raise RuntimeError("injected crash after epoch 1 (its checkpoint is already on disk)")
 
-        return real_train_model(*args[:4], on_epoch=on_epoch)
+        return real_train_model(*args[:4], on_epoch=on_epoch, **{k: v for k, v in kwargs.items() if k != "on_epoch"})
 
     monkeypatch.setattr(train_module, "train_model", crash_after_first_checkpoint)
     monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retries=1, retry_delay_seconds=0))
@@ -174,11 +175,11 @@ def test_prefect_retry_of_train_task_resumes(
 
     assert calls == [1, 2], "the train task was not retried exactly once"
     card, metrics = _read_run(output)
-    assert result["run_dir"].endswith(card["run_id"])
+    assert result.exported.run_dir.name == card["run_id"]
     assert card["timings"]["resumed_from_epoch"] == 1
     _assert_same_run(card, metrics, reference)
     # No secret in the run folder or the logs; the masked mirror shows the check looked at the right text.
-    run_dir = Path(result["run_dir"])
+    run_dir = result.exported.run_dir
     for path in run_dir.iterdir():
         if path.suffix in (".json", ".md", ".csv"):
             assert "s3cret-token" not in path.read_text(), f"secret leaked into {path.name}"

@@ -8,18 +8,20 @@ import logging
 import pickle
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
+from mnist_core.checkpoint import checkpoint_dir, load_checkpoint
 from mnist_core.config import RunParams
-from mnist_core.download import fetch_verified, redact_url
+from mnist_core.download import fetch_verified
 from mnist_core.errors import DataError, DownloadError, TrainingError
-from mnist_core.export import build_model_card, public_params
+from mnist_core.export import build_model_card
 from mnist_core.model import MLP, load_weights, save_weights
-from mnist_core.train import checkpoint_dir, load_checkpoint
+from mnist_core.records import DatasetFile, Downloaded, Prepared, Trained
+from mnist_core.redact import redact_url
 from tests import synthetic
 from tests.conftest import PROJECT_ROOT
+from tests.records import make_evaluation, make_history
 
 SOURCE_DIRS = ("mnist_core", "tasks", "flows", "deployments")
 UNPICKLERS = ("pickle", "dill", "joblib", "cloudpickle", "shelve")
@@ -185,13 +187,14 @@ def test_mirror_credentials_stay_out_of_messages_logs_cards(tmp_path: Path, capl
     assert "s3cret-token" not in caplog.text
 
     params = RunParams(mirror=[secret_mirror, "/data/mnist"])
-    assert public_params(params)["mirror"] == ["http://***@127.0.0.1:9/mnist/", "/data/mnist"]
+    assert params.public_dump()["mirror"] == ["http://***@127.0.0.1:9/mnist/", "/data/mnist"]
     assert params.mirror[0] == secret_mirror, "the run itself must still get the real mirror"
-    history = pd.DataFrame([{"epoch": 1, "val_accuracy": 0.9, "val_loss": 0.3}])
-    trained = {"best_epoch": 1, "environment": {}, "precision": "fp32", "step_kind": "eager", "train_seconds": 1.0,
-               "resumed_from_epoch": 0}  # fmt: skip
-    card = build_model_card(params, {}, trained, {"test_accuracy": 0.9, "test_loss": 0.3, "test_size": 1}, history, {})
-    assert "s3cret-token" not in str(card)
+    file = DatasetFile(path=tmp_path / "f.gz", sha256="0" * 64, source=redact_url(secret_mirror))
+    downloaded = Downloaded(dataset="mnist", files={"train_images": file})
+    prepared = Prepared(dataset="mnist", path=tmp_path / "p.safetensors", sizes={"test": 2})
+    trained = Trained(history=make_history(1), best_epoch=1, model_path=tmp_path / "m", checkpoint_dir=tmp_path)
+    card = build_model_card("run-1", params, downloaded, prepared, trained, make_evaluation())
+    assert "s3cret-token" not in card.model_dump_json() and "***@127.0.0.1:9" in card.model_dump_json()
 
 
 def test_prefect_server_binds_to_loopback_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,13 @@
-"""deployments/stack.py without Prefect: its API calls against a scripted HTTP server on loopback."""
+"""deployments/stack.py without a real Prefect server: its API calls, through Prefect's client, against a scripted
+HTTP server on loopback."""
 
 import json
 import threading
-import urllib.error
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from deployments import stack as stack_module
@@ -14,23 +15,37 @@ from deployments.stack import Stack
 
 
 class ScriptedServer:
-    """Answers each request with the next status code of `codes` (the last one repeats), and counts requests."""
+    """Answers each request with the next status code of `codes` (the last one repeats), and counts requests.
+    A retryable answer says `Retry-After: 0`, so the client's retries take no time."""
 
     def __init__(self, codes: list[int]) -> None:
         self.codes, self.requests = codes, 0
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            def answer(self, ok_body: object) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 code = scripted.codes[min(scripted.requests, len(scripted.codes) - 1)]
                 scripted.requests += 1
-                body = json.dumps({"id": "run-1"} if code == 200 else {"exception_message": "busy"}).encode()
+                body = json.dumps(ok_body if code == 200 else {"exception_message": "busy"}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                if code in (429, 502, 503):
+                    self.send_header("Retry-After", "0")
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                if self.path.startswith("/api/csrf-token"):  # asked before a POST; 404: a server without CSRF
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.answer(True)  # GET /api/health
+
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+                self.answer([])  # POST /api/work_pools/<pool>/workers/filter: no workers
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -40,12 +55,14 @@ class ScriptedServer:
 
 
 @pytest.fixture
-def scripted(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
-    monkeypatch.setattr(stack_module, "API_RETRY_DELAYS_S", (0.01, 0.01, 0.01))
+def scripted(request: pytest.FixtureRequest) -> Iterator[ScriptedServer]:
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
     server = ScriptedServer(request.param)
     thread = threading.Thread(target=server.server.serve_forever, daemon=True)
     thread.start()
-    yield server
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 3}):
+        yield server
     server.server.shutdown()
     server.server.server_close()
 
@@ -56,23 +73,38 @@ def _stack(tmp_path: Path, port: int) -> Stack:
 
 @pytest.mark.parametrize("scripted", [[503, 503, 200]], indirect=True)
 def test_api_retries_when_the_server_is_busy(scripted: ScriptedServer, tmp_path: Path) -> None:
-    answer = _stack(tmp_path, scripted.port).api("POST", "/deployments/x/create_flow_run", {"parameters": {}})
-    assert answer == {"id": "run-1"}
+    with _stack(tmp_path, scripted.port).client() as client:
+        assert client.read_workers_for_work_pool("mnist-pool") == []
     assert scripted.requests == 3
+
+
+@pytest.mark.parametrize("scripted", [[503, 200]], indirect=True)
+def test_health_check_retries_when_the_server_is_busy(scripted: ScriptedServer, tmp_path: Path) -> None:
+    assert _stack(tmp_path, scripted.port).server_healthy()
+    assert scripted.requests == 2
 
 
 @pytest.mark.parametrize("scripted", [[503]], indirect=True)
 def test_api_gives_up_after_its_retries(scripted: ScriptedServer, tmp_path: Path) -> None:
-    with pytest.raises(urllib.error.HTTPError, match="503"):
-        _stack(tmp_path, scripted.port).api("POST", "/flow_runs/filter", {})
+    with pytest.raises(httpx.HTTPStatusError, match="503"), _stack(tmp_path, scripted.port).client() as client:
+        client.read_workers_for_work_pool("mnist-pool")
     assert scripted.requests == 4  # the first try and three retries
+    assert not _stack(tmp_path, scripted.port).worker_online()
 
 
 @pytest.mark.parametrize("scripted", [[500, 200]], indirect=True)
 def test_api_does_not_retry_a_server_error(scripted: ScriptedServer, tmp_path: Path) -> None:
-    with pytest.raises(urllib.error.HTTPError, match="500"):
-        _stack(tmp_path, scripted.port).api("POST", "/flow_runs/filter", {})
+    with pytest.raises(httpx.HTTPStatusError, match="500"), _stack(tmp_path, scripted.port).client() as client:
+        client.read_workers_for_work_pool("mnist-pool")
     assert scripted.requests == 1
+
+
+def test_stack_state_is_written_atomically(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, 1)
+    stack.write_state({"server_pid": 1, "port": 1})
+    stack.write_state({"server_pid": 2, "port": 1})
+    assert stack.read_state() == {"server_pid": 2, "port": 1}
+    assert [p.name for p in stack.state_dir.iterdir()] == ["stack.json"]  # no temp file left beside it
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mnist_core.config import RunParams
-from mnist_core.train import evaluate_split, train_model
+from mnist_core.evaluate import evaluate_split
+from mnist_core.train import train_model
 
 CPU = torch.device("cpu")
 

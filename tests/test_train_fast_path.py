@@ -11,8 +11,11 @@ from torch import nn
 from mnist_core.config import PRESETS, RunParams
 from mnist_core.errors import TrainingError
 from mnist_core.model import MLP
+from mnist_core.optim import build_optimizer, build_scheduler, init_optimizer_state
+from mnist_core.records import EpochStats
 from mnist_core.steps import FixedShapeStep, batch_weights, epoch_batches, state_restored
-from mnist_core.train import EpochStats, build_optimizer, build_scheduler, init_optimizer_state, train_model
+from mnist_core.train import choose_step_kind, train_model
+from tests.conftest import PROJECT_ROOT
 
 CPU = torch.device("cpu")
 
@@ -56,8 +59,8 @@ def test_padded_last_batch_gives_the_same_update_as_the_ragged_batch() -> None:
     padded_model = MLP()
     ragged_model = copy.deepcopy(padded_model)
     ragged_before = copy.deepcopy(padded_model)
-    padded_optimizer = build_optimizer(padded_model, params, CPU)
-    ragged_optimizer = build_optimizer(ragged_model, params, CPU)
+    padded_optimizer = build_optimizer(padded_model, params, CPU, "fixed_shape")
+    ragged_optimizer = build_optimizer(ragged_model, params, CPU, "fixed_shape")
 
     step = FixedShapeStep(padded_model, padded_optimizer, images, labels, 8, label_smoothing=0.1)
     order = torch.arange(13)
@@ -81,7 +84,7 @@ def test_padded_last_batch_gives_the_same_update_as_the_ragged_batch() -> None:
 def test_learning_rate_is_a_tensor_the_scheduler_updates_in_place() -> None:
     params = RunParams(epochs=2, schedule="onecycle")
     model = MLP()
-    optimizer = build_optimizer(model, params, CPU)
+    optimizer = build_optimizer(model, params, CPU, "fixed_shape")
     lr = optimizer.param_groups[0]["lr"]
     scheduler = build_scheduler(optimizer, params, steps_per_epoch=10)
     assert isinstance(lr, torch.Tensor)
@@ -101,7 +104,7 @@ def test_the_step_reads_the_learning_rate_tensor_at_run_time() -> None:
     images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (16,))
     model = MLP()
-    optimizer = build_optimizer(model, params, CPU)
+    optimizer = build_optimizer(model, params, CPU, "fixed_shape")
     init_optimizer_state(optimizer)
     step = FixedShapeStep(model, optimizer, images, labels, 16)
     before = [p.detach().clone() for p in model.parameters()]
@@ -122,7 +125,7 @@ def test_zero_momentum_buffers_equal_the_first_step_rule() -> None:
     fresh.load_state_dict(primed.state_dict())
     models = {"primed": primed, "fresh": fresh}
     for name, model in models.items():
-        optimizer = build_optimizer(model, params, CPU)
+        optimizer = build_optimizer(model, params, CPU, "fixed_shape")
         if name == "primed":
             init_optimizer_state(optimizer)
         for _ in range(3):
@@ -139,7 +142,7 @@ def test_warm_up_steps_leave_the_training_state_as_it_was(optimizer: str) -> Non
     images = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (16,))
     model = MLP()
-    optimizer_ = build_optimizer(model, params, CPU)  # capturable Adam is CUDA-only
+    optimizer_ = build_optimizer(model, params, CPU, "fixed_shape")  # capturable Adam is CUDA-only
     init_optimizer_state(optimizer_)
     step = FixedShapeStep(model, optimizer_, images, labels, 16)
     before = copy.deepcopy(model.state_dict())
@@ -161,7 +164,7 @@ def test_cpu_training_is_eager_deterministic_and_reports_setup(mnist_tensors: di
     assert first.step_kind == "plain" and first.precision == "fp32"
     assert [s.train_loss for s in first.history] == [s.train_loss for s in second.history]
     assert first.history[-1].val_accuracy > 0.8
-    assert first.extra["setup_seconds"] < first.train_seconds  # eager CPU: no capture to set up
+    assert first.setup_seconds < first.train_seconds  # eager CPU: no capture to set up
 
 
 def test_plain_cpu_step_trains_like_the_fixed_shape_step(mnist_tensors: dict[str, torch.Tensor]) -> None:
@@ -169,9 +172,9 @@ def test_plain_cpu_step_trains_like_the_fixed_shape_step(mnist_tensors: dict[str
     (padded, weighted, fused SGD) are two implementations of one update rule: same training, up to rounding."""
     data = small_split(mnist_tensors, 1000)
     params = RunParams(epochs=2, batch_size=96, lr=0.1)  # 4000 / 96 leaves a ragged last batch of 64
-    plain = train_model(data, params, CPU, step_mode="plain")
-    fixed = train_model(data, params, CPU, step_mode="eager")
-    assert (plain.step_kind, fixed.step_kind) == ("plain", "eager")
+    plain = train_model(data, params, CPU, step_kind="plain")
+    fixed = train_model(data, params, CPU, step_kind="fixed_shape")
+    assert (plain.step_kind, fixed.step_kind) == ("plain", "fixed_shape")
     for a, b in zip(plain.history, fixed.history, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
@@ -181,7 +184,7 @@ def test_plain_cpu_step_trains_like_the_fixed_shape_step(mnist_tensors: dict[str
 
 def test_cuda_graph_mode_is_refused_on_cpu(mnist_tensors: dict[str, torch.Tensor]) -> None:
     with pytest.raises(TrainingError, match="CUDA"):
-        train_model(small_split(mnist_tensors, 512), RunParams(epochs=1), CPU, step_mode="cuda_graph")
+        train_model(small_split(mnist_tensors, 512), RunParams(epochs=1), CPU, step_kind="cuda_graph")
 
 
 def test_resume_after_an_interrupted_epoch_matches_an_uninterrupted_run(
@@ -200,6 +203,13 @@ def test_resume_after_an_interrupted_epoch_matches_an_uninterrupted_run(
     assert resumed.history[-1].lr == pytest.approx(straight.history[-1].lr)
 
 
+def test_the_step_is_chosen_by_device_and_cuda_graph_flag() -> None:
+    assert choose_step_kind(RunParams(), CPU) == "plain"
+    assert choose_step_kind(RunParams(cuda_graph=True), torch.device("cuda")) == "cuda_graph"
+    assert choose_step_kind(RunParams(cuda_graph=False), torch.device("cuda")) == "fixed_shape"
+    assert choose_step_kind(RunParams(), torch.device("mps")) == "plain"
+
+
 def test_fast98_preset_is_the_default_recipe() -> None:
     defaults = RunParams()
     for field, value in PRESETS["fast98"].items():
@@ -212,8 +222,8 @@ def test_cuda_graph_training_matches_eager_on_cuda(mnist_tensors: dict[str, torc
     data = {k: v.to(cuda) for k, v in small_split(mnist_tensors, 20000, 1000).items()}
     params = RunParams(epochs=2, batch_size=256, precision="fp32")  # 20000 / 256: ragged tail of 32
     graph = train_model(data, params, cuda)
-    eager = train_model(data, params, cuda, step_mode="eager")
-    assert graph.step_kind == "cuda_graph" and eager.step_kind == "eager"
+    eager = train_model(data, params, cuda, step_kind="fixed_shape")
+    assert graph.step_kind == "cuda_graph" and eager.step_kind == "fixed_shape"
     for g, e in zip(graph.history, eager.history, strict=True):
         assert g.train_loss == pytest.approx(e.train_loss, rel=1e-4)
         assert g.val_accuracy == pytest.approx(e.val_accuracy, abs=2e-3)
@@ -236,8 +246,13 @@ def test_cuda_graph_resume_and_bf16(mnist_tensors: dict[str, torch.Tensor], tmp_
 
 
 @pytest.mark.cuda
-def test_compiled_step_trains_on_cuda(mnist_tensors: dict[str, torch.Tensor]) -> None:
+def test_compiled_step_trains_on_cuda(mnist_tensors: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's torch.compile variant, through train_model's `capture` hook."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))
+    from compiled_step import compile_step
+
     cuda = torch.device("cuda")
     data = {k: v.to(cuda) for k, v in small_split(mnist_tensors, 20000, 1000).items()}
-    result = train_model(data, RunParams(epochs=2, precision="fp32"), cuda, step_mode="compiled")
-    assert result.step_kind == "compiled" and result.history[-1].val_accuracy > 0.9
+    params = RunParams(epochs=2, precision="fp32")
+    result = train_model(data, params, cuda, step_kind="fixed_shape", capture=compile_step)
+    assert result.step_kind == "fixed_shape" and result.history[-1].val_accuracy > 0.9

@@ -1,0 +1,20 @@
+"""torch.compile(mode="reduce-overhead") of the fixed-shape training step: a variant the benchmark compares with
+the CUDA graph (the project trains with the graph; compile is measured, not used)."""
+
+from collections.abc import Callable
+
+import torch
+
+from mnist_core.steps import FixedShapeStep, state_restored
+
+
+def compile_step(step: FixedShapeStep, warmup_steps: int = 3) -> Callable[[], None]:
+    """`step.run` compiled and recorded before it is returned, so that compilation is not counted as training
+    time; training state is left as it was before. Pass it to `train_model(..., capture=compile_step)`."""
+    compiled = torch.compile(step.run, mode="reduce-overhead")
+    with state_restored(step):
+        for _ in range(warmup_steps):
+            compiled()
+        if step.index.device.type == "cuda":
+            torch.cuda.synchronize(step.index.device)
+    return compiled

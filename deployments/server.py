@@ -1,0 +1,125 @@
+"""The one way this project starts a Prefect server: `prefect server start` on loopback (by default) in a new
+session, waited on through Prefect's client, stopped by PID. Used by the stack (deployments/stack.py), the
+benchmark and the tests. Importing this module starts nothing.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+HEALTH_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+
+
+def prefect_executable() -> str:
+    """The `prefect` beside this Python, so servers and workers run with the project's environment."""
+    candidate = Path(sys.executable).parent / "prefect"
+    return str(candidate) if candidate.exists() else "prefect"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on (just released: free until someone binds it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def api_url(host: str, port: int) -> str:
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{client_host}:{port}/api"
+
+
+def start_prefect(args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """`prefect <args>` in a new session, its output appended to `log_path`.
+
+    A new session: the process leads its own group, ignores the caller's terminal signals, and one SIGTERM to the
+    group (`stop_group`) stops it and whatever it started (a worker's flow-run processes)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [prefect_executable(), *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def start_server(host: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A Prefect server on `host:port`; its database is the one `env` configures (SQLite in PREFECT_HOME unless
+    PREFECT_API_DATABASE_CONNECTION_URL is set). Offline machines: analytics are off, or it keeps trying to phone home.
+    """
+    return start_prefect(
+        ["server", "start", "--host", host, "--port", str(port)],
+        {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        log_path,
+    )
+
+
+def server_healthy(url: str, timeout_s: float = 5.0) -> bool:
+    """The server at `url` answers its health check (through Prefect's client, which retries 429/502/503)."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(url, httpx_settings={"timeout": timeout_s}) as client:
+        return client.api_healthcheck() is None
+
+
+def log_tail(log_path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_for(what: str, check: Callable[[], bool], running: Callable[[], bool], log_path: Path,
+             timeout_s: float = HEALTH_TIMEOUT_S) -> None:  # fmt: skip
+    """Poll `check` until it holds; RuntimeError (with the log's tail) if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not running():
+            raise RuntimeError(f"the {what} exited; last lines of its log ({log_path}):\n{log_tail(log_path)}")
+        time.sleep(0.25)
+    raise RuntimeError(f"the {what} was not healthy after {timeout_s:.0f} s; log ({log_path}):\n{log_tail(log_path)}")
+
+
+def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to the process group `pid` leads, SIGKILL if it is still `alive` after `timeout_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.1)
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(home: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A throwaway server on a free loopback port with its own SQLite database in `home`; yields its API URL and
+    stops it (by PID) on exit. For the tests and the benchmark."""
+    home.mkdir(parents=True, exist_ok=True)
+    # Nothing of the caller's server or database: a throwaway server must never touch a real one.
+    private = ("PREFECT_API_", "PREFECT_SERVER_DATABASE_")
+    child_env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith(private)}
+    child_env["PREFECT_HOME"] = str(home)
+    port = free_port()
+    log_path = home / "server.log"
+    server = start_server("127.0.0.1", port, child_env, log_path)
+    try:
+        url = api_url("127.0.0.1", port)
+        wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None, log_path)
+        yield url
+    finally:
+        stop_group(server.pid, lambda: server.poll() is None)
+        server.wait()

@@ -1,0 +1,149 @@
+"""What the stages hand each other: small, frozen, typed records of paths and facts (never tensors or modules).
+
+`download -> Downloaded -> transform -> Prepared -> train -> Trained -> evaluate -> Evaluation -> export -> Exported
+-> promote -> Promotion`. Each fact about a run is written once, in the `ModelCard` that export builds from these;
+the registry row and the champion pointer are derived from the card (see registry.py).
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+PromotionKind = Literal["first", "better", "forced", "replaced", "kept"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetFile(Record):
+    path: Path
+    sha256: str  # of the decompressed IDX content
+    source: str  # the mirror it came from (credentials masked), or "cache"
+
+
+class Downloaded(Record):
+    dataset: str
+    files: dict[str, DatasetFile]  # role (train_images, train_labels, test_images, test_labels) -> file
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        return {role: file.sha256 for role, file in self.files.items()}
+
+
+class Prepared(Record):
+    """The validated, split uint8 tensors, cached in one safetensors file."""
+
+    dataset: str
+    path: Path
+    sizes: dict[str, int]  # split (train, val, test) -> number of images
+
+
+class EpochStats(Record):
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    samples_per_s: float
+
+
+class TrainingSummary(Record):
+    """What a training did, without its weights."""
+
+    history: list[EpochStats]
+    best_epoch: int  # the epoch whose weights are kept (best validation accuracy, then loss)
+    resumed_from_epoch: int = 0
+    train_seconds: float = 0.0  # the epochs' own seconds, this attempt and the ones it resumed
+    setup_seconds: float = 0.0  # warm-up and CUDA-graph capture, apart from training
+    precision: str = "fp32"
+    step_kind: str = "plain"
+    environment: dict[str, str | int | None] = {}
+
+    @property
+    def best(self) -> EpochStats:
+        return next(stats for stats in self.history if stats.epoch == self.best_epoch)
+
+
+class Trained(TrainingSummary):
+    model_path: Path  # the best weights (safetensors), kept in the checkpoint folder until the run completes
+    checkpoint_dir: Path
+
+
+class Evaluation(Record):
+    """Test-set scores of one model."""
+
+    accuracy: float  # a fraction
+    loss: float
+    size: int
+    per_class: list[dict[str, Any]]  # class, precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true class; columns: predicted class
+    class_names: list[str]
+
+
+class DatasetFacts(Record):
+    name: str
+    sha256: dict[str, str]
+    sources: dict[str, str]
+    sizes: dict[str, int]
+
+
+class Timings(Record):
+    train_seconds: float
+    resumed_from_epoch: int
+    warmup_and_capture_seconds: float
+
+
+class Metrics(Record):
+    test_accuracy: float
+    test_loss: float
+    best_epoch: int
+    best_val_accuracy: float
+    best_val_loss: float
+    epochs_run: int
+
+
+class ModelCard(Record):
+    """Everything needed to trust or reproduce a model: written as `model_card.json` in its run folder."""
+
+    run_id: str
+    created_at: str
+    params: dict[str, Any]  # as JSON values, mirror credentials masked
+    training_digest: str
+    dataset: DatasetFacts
+    environment: dict[str, str | int | None]
+    timings: Timings
+    metrics: Metrics
+    files: list[str]
+
+
+class Exported(Record):
+    run_id: str
+    run_dir: Path
+    model: Path
+    report: Path
+    model_card: Path
+    card: ModelCard
+
+
+class Promotion(Record):
+    """The outcome of comparing a run (the challenger) with its dataset's champion. `kind`: first, better, forced,
+    replaced (the champion could not be evaluated) or kept."""
+
+    promoted: bool
+    kind: PromotionKind
+    reason: str
+    challenger_accuracy: float
+    champion_accuracy: float | None
+    champion_run_id: str | None
+    margin: float
+
+
+class RunResult(Record):
+    """What the `mnist` flow returns."""
+
+    exported: Exported
+    promotion: Promotion

@@ -1,0 +1,76 @@
+"""Stage records with made-up figures, for tests of the code that reads them (export, registry)."""
+
+from pathlib import Path
+
+from mnist_core.config import RunParams
+from mnist_core.records import DatasetFacts, EpochStats, Evaluation, Exported, Metrics, ModelCard, Timings
+
+SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
+
+
+def make_history(epochs: int, val_accuracy: float = 0.5) -> list[EpochStats]:
+    return [
+        EpochStats(
+            epoch=epoch,
+            train_loss=1.0,
+            train_accuracy=0.5,
+            val_loss=0.3,
+            val_accuracy=val_accuracy,
+            lr=0.1,
+            seconds=1.0,
+            samples_per_s=1000.0,
+        )  # fmt: skip
+        for epoch in range(1, epochs + 1)
+    ]
+
+
+def make_evaluation(accuracy: float = 0.5) -> Evaluation:
+    return Evaluation(
+        accuracy=accuracy,
+        loss=1.0,
+        size=2,
+        per_class=[{"class": "0", "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}],
+        confusion=[[1]],
+        class_names=["0"],
+    )
+
+
+def make_card(
+    run_id: str,
+    test_accuracy: float = 0.5,
+    dataset: str = "mnist",
+    epochs: int = 1,
+    params_digest: str = "f" * 64,
+    best_val_accuracy: float | None = None,
+) -> ModelCard:
+    return ModelCard(
+        run_id=run_id,
+        created_at="2026-01-01T00:00:00Z",
+        params=RunParams(epochs=epochs).public_dump(),
+        training_digest=params_digest,
+        dataset=DatasetFacts(name=dataset, sha256=SHA, sources={}, sizes={"test": 2}),
+        environment={"torch": "test", "device": "cpu"},
+        timings=Timings(train_seconds=1.0, resumed_from_epoch=0, warmup_and_capture_seconds=0.0),
+        metrics=Metrics(
+            test_accuracy=test_accuracy,
+            test_loss=0.25,
+            best_epoch=epochs,
+            best_val_accuracy=test_accuracy if best_val_accuracy is None else best_val_accuracy,
+            best_val_loss=0.3,
+            epochs_run=epochs,
+        ),
+        files=[],
+    )
+
+
+def make_exported(root: Path, run_id: str, accuracy: float, dataset: str = "mnist") -> Exported:
+    """A run as export hands it to promotion (its folder is not written: the registry only records paths)."""
+    run_dir = root / run_id
+    return Exported(
+        run_id=run_id,
+        run_dir=run_dir,
+        model=run_dir / "model.safetensors",
+        report=run_dir / "report.md",
+        model_card=run_dir / "model_card.json",
+        card=make_card(run_id, accuracy, dataset),
+    )
