@@ -31,8 +31,10 @@ def stage_seconds(flow_run_id: object, timeout_s: float = 60) -> dict[str, float
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         done = {run.task_key.split("-")[0]: run for run in runs if run.state and run.state.is_final()}
-        if set(STAGES) <= set(done) or time.monotonic() > deadline:
-            return {stage: done[stage].total_run_time.total_seconds() for stage in STAGES if stage in done}
+        if set(STAGES) <= set(done):
+            return {stage: done[stage].total_run_time.total_seconds() for stage in STAGES}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no final task-run state after {timeout_s} s for {sorted(set(STAGES) - set(done))}")
         time.sleep(0.5)
 
 

@@ -24,7 +24,7 @@ RAW_NAMES = {role: name.removesuffix(".gz") for role, (name, _) in DATASETS["mni
 def torchvision_root(data_dir: Path, mirror: str) -> Path:
     """A torchvision MNIST root built from the project's verified cache (torchvision's own download rejects
     the re-compressed mirror files by MD5 of the .gz, though their content is identical)."""
-    files = download_dataset("mnist", data_dir, [mirror])
+    files = download_dataset("mnist", data_dir, [mirror]).files
     root = Path(data_dir).expanduser().resolve() / "torchvision"
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def torchvision_root(data_dir: Path, mirror: str) -> Path:
         target = raw / name
         if not target.is_file():
             partial = target.with_suffix(".part")
-            with gzip.open(files[role]["path"], "rb") as source, open(partial, "wb") as sink:
+            with gzip.open(files[role].path, "rb") as source, open(partial, "wb") as sink:
                 shutil.copyfileobj(source, sink)
             partial.replace(target)
     return root

@@ -106,7 +106,7 @@ def run_project(data: dict[str, torch.Tensor], params: RunParams, device: torch.
         "peak_rss_mb": rss,
         "peak_rss_kind": rss_kind,
         "peak_gpu_mb": peak_gpu_mb(device),
-        "step_kind": result.step_kind,
+        "step_kind": result.step_kind + (" + torch.compile" if kwargs.get("capture") else ""),
         "precision": result.precision,
     }
 

@@ -53,22 +53,26 @@ def start_prefect(args: list[str], env: dict[str, str], log_path: Path, cwd: Pat
         )
 
 
-def start_server(host: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_server(host: str, port: int, env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
     """A Prefect server on `host:port`; its database is the one `env` configures (SQLite in PREFECT_HOME unless
-    PREFECT_API_DATABASE_CONNECTION_URL is set). Offline machines: analytics are off, or it keeps trying to phone home.
-    """
+    PREFECT_API_DATABASE_CONNECTION_URL is set). It reads `.env` and `prefect.toml` in `cwd`. Offline machines:
+    analytics are off, or it keeps trying to phone home."""
     return start_prefect(
         ["server", "start", "--host", host, "--port", str(port)],
         {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
         log_path,
+        cwd=cwd,
     )
 
 
 def server_healthy(url: str, timeout_s: float = 5.0) -> bool:
-    """The server at `url` answers its health check (through Prefect's client, which retries 429/502/503)."""
+    """The server at `url` answers its health check now: one try (the caller polls), through Prefect's client."""
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    with SyncPrefectClient(url, httpx_settings={"timeout": timeout_s}) as client:
+    # Without this, a server that is up but slow to answer is retried with back-off for a minute and more.
+    no_retries = temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0})
+    with no_retries, SyncPrefectClient(url, httpx_settings={"timeout": timeout_s}) as client:
         return client.api_healthcheck() is None
 
 
@@ -92,6 +96,15 @@ def wait_for(what: str, check: Callable[[], bool], running: Callable[[], bool], 
     raise RuntimeError(f"the {what} was not healthy after {timeout_s:.0f} s; log ({log_path}):\n{log_tail(log_path)}")
 
 
+def group_alive(pgid: int) -> bool:
+    """Some process of the group `pgid` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM to the process group `pid` leads, SIGKILL if it is still `alive` after `timeout_s`."""
     with contextlib.suppress(ProcessLookupError):
@@ -109,17 +122,23 @@ def running_server(home: Path, env: dict[str, str] | None = None) -> Iterator[st
     """A throwaway server on a free loopback port with its own SQLite database in `home`; yields its API URL and
     stops it (by PID) on exit. For the tests and the benchmark."""
     home.mkdir(parents=True, exist_ok=True)
-    # Nothing of the caller's server or database: a throwaway server must never touch a real one.
-    private = ("PREFECT_API_", "PREFECT_SERVER_DATABASE_")
+    # Nothing of the caller's server, database or profile: a throwaway server must never touch a real one. The
+    # database is named outright (the environment beats profiles and prefect.toml), and it runs in `home`, away
+    # from any .env or prefect.toml of the caller's folder.
+    private = ("PREFECT_API_", "PREFECT_SERVER_DATABASE_", "PREFECT_PROFILE")
     child_env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith(private)}
-    child_env["PREFECT_HOME"] = str(home)
+    child_env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+    )
     port = free_port()
     log_path = home / "server.log"
-    server = start_server("127.0.0.1", port, child_env, log_path)
+    server = start_server("127.0.0.1", port, child_env, log_path, cwd=home)
     try:
         url = api_url("127.0.0.1", port)
         wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None, log_path)
         yield url
     finally:
-        stop_group(server.pid, lambda: server.poll() is None)
+        # The whole group: the server's own children too, even once the server itself has exited.
+        stop_group(server.pid, lambda: server.poll() is None or group_alive(server.pid))
         server.wait()

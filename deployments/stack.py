@@ -174,7 +174,7 @@ class Stack:
             if self.server_healthy():
                 raise SystemExit(f"stack: something else already serves {self.api_url}; pick another --port")
             self.home.mkdir(parents=True, exist_ok=True)
-            server = start_server(self.host, self.port, self.env(), self.log_path("server"))
+            server = start_server(self.host, self.port, self.env(), self.log_path("server"), cwd=PROJECT_ROOT)
             # Until the child has exec'd, /proc shows this script's command line: watch the Popen, not /proc.
             server_pid, server_running = server.pid, partial(is_running, server)
             print(f"server: starting (PID {server_pid}, database {describe_database(self.home)})")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from pydantic import ValidationError
 
 from mnist_core.config import RunParams
 from mnist_core.errors import StorageError
@@ -191,6 +190,10 @@ def export_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return _exported(run_dir, card)
+
+
+def _exported(run_dir: Path, card: ModelCard) -> Exported:
     return Exported(
         run_id=card.run_id,
         run_dir=run_dir,
@@ -208,22 +211,25 @@ def export_trained(
     folder this checkpoint already produced and reuses it, so one training is never exported (or recorded) twice."""
     marker = trained.checkpoint_dir / EXPORTED_MARKER
     earlier = _read_marker(marker)
-    if earlier is not None and earlier.run_dir.is_dir():
-        return earlier
-    card = build_model_card(new_run_id(params.training_digest()), params, downloaded, prepared, trained, evaluation)
+    run_id = earlier["run_id"] if earlier else new_run_id(params.training_digest())
+    # Rebuilt from the same records on a rerun: the same facts as the card in the folder, bar its creation time.
+    card = build_model_card(run_id, params, downloaded, prepared, trained, evaluation)
+    if earlier and Path(earlier["run_dir"]).is_dir():
+        return _exported(Path(earlier["run_dir"]), card)
     exported = export_run(Path(params.output_dir), load_weights(trained.model_path), card, trained.history, evaluation)
-    atomic_write_text(marker, exported.model_dump_json())
+    atomic_write_text(marker, json.dumps({"run_id": exported.run_id, "run_dir": str(exported.run_dir)}))
     return exported
 
 
-def _read_marker(marker: Path) -> Exported | None:
+def _read_marker(marker: Path) -> dict[str, str] | None:
     try:
-        return Exported.model_validate_json(marker.read_text(encoding="utf-8"))
+        earlier = json.loads(marker.read_text(encoding="utf-8"))
+        return {"run_id": str(earlier["run_id"]), "run_dir": str(earlier["run_dir"])}
     except FileNotFoundError:
         return None
-    except (OSError, ValidationError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise StorageError(
-            f"{marker}: unreadable record of this run's export ({error}); delete it to export the run again"
+            f"{marker}: unreadable record of this run's export ({error!r}); delete it to export the run again"
         ) from error
 
 

@@ -146,4 +146,9 @@ class RunResult(Record):
     """What the `mnist` flow returns."""
 
     exported: Exported
-    promotion: Promotion
+    promotion: Promotion  # its champion_run_id is the champion this run was compared with
+
+    @property
+    def champion_run_id(self) -> str | None:
+        """The dataset's champion once this run was recorded: this run if it was promoted."""
+        return self.exported.run_id if self.promotion.promoted else self.promotion.champion_run_id

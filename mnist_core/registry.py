@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from mnist_core.download import ROLES as DATA_ROLES
-from mnist_core.errors import PipelineError
+from mnist_core.errors import DataError, PipelineError
 from mnist_core.files import atomic_write_text, exclusive_lock, temp_files_glob
 from mnist_core.records import Exported, Promotion, PromotionKind, Record
 
@@ -114,12 +115,19 @@ def champion_path(output_root: Path, dataset: str) -> Path:
 
 
 def read_champion(output_root: Path, dataset: str) -> ChampionPointer | None:
-    """The champion pointer of `dataset`, or None when there is none yet."""
+    """The champion pointer of `dataset`, or None when there is none yet; DataError if it is damaged."""
     path = champion_path(output_root, dataset)
     try:
         return ChampionPointer.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the file"
+        raise DataError(
+            f"{path}: damaged champion pointer ({where}: {problem['msg']}); restore it from a backup, or delete it "
+            f"so that the next run becomes {dataset}'s champion (registry.csv lists every run)"
+        ) from error
 
 
 def _registry_text(output_root: Path) -> str:

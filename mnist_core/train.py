@@ -192,24 +192,12 @@ def train_model(
             progress = training.restore(load_checkpoint(checkpoint_path, params))
             logger.info("resumed from %s after epoch %d", checkpoint_path, len(progress.history))
         resumed_from = len(progress.history)
-
-        setup_started = time.perf_counter()  # warm-up and capture are set-up, reported apart from training
-        step = build_step(kind, training, images, labels, batch_size, bf16, capture)
-        setup_seconds = time.perf_counter() - setup_started
-
-        scheduler_step = training.scheduler.step if training.scheduler is not None else _no_op
-        for epoch in range(resumed_from + 1, params.epochs + 1):
-            started = time.perf_counter()
-            step.reset_totals()
-            step.train_epoch(torch.randperm(len(images), device=device, generator=training.shuffle), scheduler_step)
-            stats = _end_epoch(epoch, step, training, data, started, bf16)
-            progress.record(stats, training.model)
-            if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, training.snapshot(progress))
-            _log_epoch(logger, stats, params.epochs)
-            if on_epoch is not None:
-                on_epoch(stats)
-
+        setup_seconds = 0.0
+        if resumed_from < params.epochs:  # else resumed after its last epoch: nothing to set up or train
+            setup_started = time.perf_counter()  # warm-up and capture are set-up, reported apart from training
+            step = build_step(kind, training, images, labels, batch_size, bf16, capture)
+            setup_seconds = time.perf_counter() - setup_started
+            _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, logger)
         training.model.load_state_dict(progress.best_state)
         training.model.eval()
     return TrainResult(
@@ -234,6 +222,32 @@ def _start(params: RunParams, device: torch.device, steps_per_epoch: int, step_k
     scheduler = build_scheduler(optimizer, params, steps_per_epoch)
     shuffle = torch.Generator(device=device).manual_seed(params.seed)
     return _Training(params, device, model, optimizer, scheduler, shuffle)
+
+
+def _run_epochs(
+    step: PlainStep | FixedShapeStep,
+    training: _Training,
+    progress: Progress,
+    data: dict[str, torch.Tensor],
+    bf16: bool,
+    checkpoint_path: Path | None,
+    on_epoch: Callable[[EpochStats], None] | None,
+    logger: Logger,
+) -> None:
+    """The epochs after those `progress` holds: train, validate, keep the best, checkpoint, report."""
+    epochs, num_train = training.params.epochs, len(data["train_images"])
+    scheduler_step = training.scheduler.step if training.scheduler is not None else _no_op
+    for epoch in range(len(progress.history) + 1, epochs + 1):
+        started = time.perf_counter()
+        step.reset_totals()
+        step.train_epoch(torch.randperm(num_train, device=training.device, generator=training.shuffle), scheduler_step)
+        stats = _end_epoch(epoch, step, training, data, started, bf16)
+        progress.record(stats, training.model)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, training.snapshot(progress))
+        _log_epoch(logger, stats, epochs)
+        if on_epoch is not None:
+            on_epoch(stats)
 
 
 def _no_op() -> None:

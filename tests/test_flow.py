@@ -54,13 +54,20 @@ def flow_run(prefect_server, mnist_data_dir: Path, mnist_mirror: Path, tmp_path_
     return state.result(), state.state_details.flow_run_id, output_dir
 
 
-def test_flow_writes_a_complete_run_folder(flow_run) -> None:
+def test_flow_writes_a_complete_run_folder(flow_run, mnist_tensors) -> None:
+    from mnist_core.evaluate import score_model_file
+
     result, _, output_dir = flow_run
     run_dir = result.exported.run_dir
     assert run_dir.parent == output_dir.resolve()
     card = json.loads((run_dir / "model_card.json").read_text())
     assert card["metrics"]["test_accuracy"] > 0.95  # one epoch; chance is 0.10
+    # The card's figure is the exported model's, scored again here on the same test set.
+    test_images, test_labels = mnist_tensors["test_images"], mnist_tensors["test_labels"]
+    assert card["metrics"]["test_accuracy"] == score_model_file(result.exported.model, test_images, test_labels)
     assert card["metrics"]["test_accuracy"] == result.exported.card.metrics.test_accuracy
+    # The first run in an empty output root becomes its champion.
+    assert result.promotion.kind == "first" and result.champion_run_id == result.exported.run_id
     assert set(card["dataset"]["sha256"]) == {"train_images", "train_labels", "test_images", "test_labels"}
     assert card["dataset"]["sizes"] == {"train": 55000, "val": 5000, "test": 10000}
     assert card["environment"]["device"] == "cpu" and card["environment"]["torch"]

@@ -220,3 +220,20 @@ def test_concurrent_runs_cannot_both_win_or_lose_rows(tmp_path: Path) -> None:
     assert read_champion(tmp_path, "mnist").run_id == winner  # type: ignore[union-attr]
     assert (registry.loc[registry["decision"] == "kept", "champion_run_id"] == winner).all()
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".part")]
+
+
+@pytest.mark.parametrize("damage", ["cut", "not-json", "missing-field"])
+def test_damaged_champion_pointer_is_a_clear_error(damage: str, tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.91), 0.0, False, stored_accuracy)
+    pointer = champion_path(tmp_path, "mnist")
+    text = pointer.read_text()
+    damaged = {
+        "cut": text[: len(text) // 2],
+        "not-json": "<html>proxy error</html>",
+        "missing-field": json.dumps({k: v for k, v in json.loads(text).items() if k != "model"}),
+    }[damage]
+    pointer.write_text(damaged)
+    registry_before = (tmp_path / REGISTRY_FILE).read_bytes()
+    with pytest.raises(DataError, match=r"champion-mnist\.json: damaged champion pointer .*delete it"):
+        record_run(tmp_path, make_run(tmp_path, "r2", 0.95), 0.0, False, stored_accuracy)
+    assert pointer.read_text() == damaged and (tmp_path / REGISTRY_FILE).read_bytes() == registry_before

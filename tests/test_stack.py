@@ -79,9 +79,11 @@ def test_api_retries_when_the_server_is_busy(scripted: ScriptedServer, tmp_path:
 
 
 @pytest.mark.parametrize("scripted", [[503, 200]], indirect=True)
-def test_health_check_retries_when_the_server_is_busy(scripted: ScriptedServer, tmp_path: Path) -> None:
-    assert _stack(tmp_path, scripted.port).server_healthy()
-    assert scripted.requests == 2
+def test_health_check_asks_once_per_poll(scripted: ScriptedServer, tmp_path: Path) -> None:
+    """The stack polls health itself (every 0.25 s until its deadline): one request per poll, no back-off inside."""
+    stack = _stack(tmp_path, scripted.port)
+    assert not stack.server_healthy() and scripted.requests == 1
+    assert stack.server_healthy() and scripted.requests == 2
 
 
 @pytest.mark.parametrize("scripted", [[503]], indirect=True)
@@ -125,3 +127,27 @@ def test_describe_database_hides_the_password(
     assert stack_module.describe_database(tmp_path) == shown
     monkeypatch.delenv("PREFECT_API_DATABASE_CONNECTION_URL")
     assert stack_module.describe_database(tmp_path) == f"SQLite at {tmp_path / 'prefect.db'}"
+
+
+def test_a_throwaway_server_never_gets_the_callers_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests and the benchmark start servers of their own: whatever database, profile or API the caller's environment
+    names, theirs is SQLite in their own home, run away from the caller's .env and prefect.toml."""
+    from deployments import server as server_module
+
+    started: dict[str, object] = {}
+
+    def record_and_stop(host: str, port: int, env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        started.update(host=host, env=env, cwd=cwd)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(server_module, "start_server", record_and_stop)
+    caller = {"PATH": "/usr/bin", "PREFECT_API_URL": "http://prod:4200/api", "PREFECT_PROFILE": "prod",
+              "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://prod-db/prefect",
+              "PREFECT_SERVER_DATABASE_CONNECTION_URL": "postgresql+asyncpg://prod-db/prefect"}  # fmt: skip
+    with pytest.raises(RuntimeError, match="stopped by the test"), server_module.running_server(tmp_path, caller):
+        pass
+    env = started["env"]
+    assert isinstance(env, dict) and started["host"] == "127.0.0.1" and started["cwd"] == tmp_path
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    assert env["PREFECT_HOME"] == str(tmp_path) and env["PATH"] == "/usr/bin"
+    assert not [key for key in env if key.startswith(("PREFECT_API_", "PREFECT_PROFILE"))]

@@ -251,8 +251,44 @@ def test_compiled_step_trains_on_cuda(mnist_tensors: dict[str, torch.Tensor], mo
     monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))
     from compiled_step import compile_step
 
+    compiled: list[FixedShapeStep] = []
+
+    def compile_and_record(step: FixedShapeStep) -> Callable[[], None]:
+        compiled.append(step)
+        return compile_step(step)
+
     cuda = torch.device("cuda")
     data = {k: v.to(cuda) for k, v in small_split(mnist_tensors, 20000, 1000).items()}
     params = RunParams(epochs=2, precision="fp32")
-    result = train_model(data, params, cuda, step_kind="fixed_shape", capture=compile_step)
-    assert result.step_kind == "fixed_shape" and result.history[-1].val_accuracy > 0.9
+    result = train_model(data, params, cuda, step_kind="fixed_shape", capture=compile_and_record)
+    assert len(compiled) == 1 and compiled[0].replay is not compiled[0].run
+    assert result.setup_seconds > 0 and result.history[-1].val_accuracy > 0.9
+
+
+def test_capture_is_used_once_and_skipped_when_nothing_is_left_to_train(
+    synthetic_tensors: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """A fixed-shape step replays what `capture` returns; a run resumed after its last epoch captures nothing."""
+    captured: list[FixedShapeStep] = []
+    replays: list[int] = []
+
+    def capture(step: FixedShapeStep) -> Callable[[], None]:
+        captured.append(step)
+
+        def replay() -> None:
+            replays.append(1)
+            step.run()
+
+        return replay
+
+    params = RunParams(epochs=2, batch_size=64, hidden_sizes=[16])
+    checkpoint = tmp_path / "checkpoint.pt"
+    first = train_model(synthetic_tensors, params, CPU, checkpoint, step_kind="fixed_shape", capture=capture)
+    steps_per_epoch = -(-len(synthetic_tensors["train_images"]) // 64)
+    assert len(captured) == 1 and len(replays) == 2 * steps_per_epoch
+    again = train_model(synthetic_tensors, params, CPU, checkpoint, step_kind="fixed_shape", capture=capture)
+    assert len(captured) == 1, "a run with no epoch left to train must not capture (a CUDA graph costs ~1 s)"
+    assert again.resumed_from_epoch == 2 and again.setup_seconds == 0.0
+    assert [s.val_loss for s in again.history] == [s.val_loss for s in first.history]
+    with pytest.raises(TrainingError, match="only a fixed-shape step can be captured"):
+        train_model(synthetic_tensors, params, CPU, step_kind="plain", capture=capture)
