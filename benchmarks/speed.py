@@ -106,7 +106,7 @@ def run_project(data: dict[str, torch.Tensor], params: RunParams, device: torch.
         "peak_rss_mb": rss,
         "peak_rss_kind": rss_kind,
         "peak_gpu_mb": peak_gpu_mb(device),
-        "step_kind": result.step_kind + (" + torch.compile" if kwargs.get("capture") else ""),
+        "step_kind": f"{result.step_kind}, {result.gradients}" + (" + torch.compile" if kwargs.get("capture") else ""),
         "precision": result.precision,
     }
 
@@ -132,17 +132,21 @@ def compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     params = RunParams(preset="seed", epochs=args.epochs, seed=args.seed, precision=args.precision,
                        device=str(device))  # fmt: skip
     data = project_data(args.data_dir, args.mirror, params, device)
-    runs: dict[str, list[dict]] = {"seed": [], "project": []}
+    # "project, autograd": the project's step with autograd's gradients instead of the written-out ones (what the
+    # project ran before them), for the gain they bring, measured in the same run.
+    runs: dict[str, list[dict]] = {"seed": [], "project": [], "project, autograd": []}
     for round_number in range(args.rounds):
-        # Alternate which side goes first, so a slow spell on a shared machine hits both sides alike.
-        order = ("seed", "project") if round_number % 2 == 0 else ("project", "seed")
+        # Alternate the order, so a slow spell on a shared machine hits every side alike.
+        order = list(runs) if round_number % 2 == 0 else list(reversed(runs))
         for side in order:
             print(f"[compare] round {round_number + 1}/{args.rounds}: {side} ({args.epochs} epochs)", flush=True)
+            seeded = params.model_copy(update={"seed": args.seed + round_number})
             if side == "seed":
                 runs[side].append(run_seed(root, device, args.epochs, args.seed + round_number))
+            elif side == "project":
+                runs[side].append(run_project(data, seeded, device))
             else:
-                runs[side].append(run_project(data, params.model_copy(update={"seed": args.seed + round_number}),
-                                              device))  # fmt: skip
+                runs[side].append(run_project(data, seeded, device, gradients="autograd"))
     summary: dict[str, Any] = {"settings": {"batch_size": 64, "optimizer": "sgd", "lr": 0.01, "epochs": args.epochs,
                                             "rounds": args.rounds}}  # fmt: skip
     for side, results in runs.items():
@@ -161,6 +165,9 @@ def compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "runs": results,
         }
     summary["ratio_per_epoch"] = summary["seed"]["epoch_seconds_median"] / summary["project"]["epoch_seconds_median"]
+    summary["ratio_per_epoch_autograd"] = (
+        summary["seed"]["epoch_seconds_median"] / summary["project, autograd"]["epoch_seconds_median"]
+    )
     # The project trains on 55 000 images (5 000 held out for validation), the seed on 60 000: per sample too.
     summary["ratio_per_sample"] = summary["project"]["samples_per_second"] / summary["seed"]["samples_per_second"]
     return summary
@@ -169,6 +176,8 @@ def compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 # --- section 2: the fast98 preset ----------------------------------------------------------------------------
 def preset(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     variants: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("default", {}, {})]
+    if device.type == "cpu":
+        variants.append(("autograd", {}, {"gradients": "autograd"}))
     if device.type == "cuda":
         variants += [
             ("cuda_graph fp32", {"precision": "fp32"}, {"step_kind": "cuda_graph"}),
@@ -276,14 +285,17 @@ def table(report: dict[str, Any]) -> str:
             "| side | s/epoch (median) | samples/s | test acc | peak RSS (MB) | peak GPU (MB) |",
             "|---|---|---|---|---|---|",
         ]
-        for side in ("seed", "project"):
+        for side in ("seed", "project", "project, autograd"):
+            if side not in c:
+                continue
             row = c[side]
             lines.append(
                 f"| {side} | {row['epoch_seconds_median']:.3f} | {row['samples_per_second']:,.0f} | "
                 f"{row['test_accuracy']:.2%} | {row['peak_rss_mb']:.0f} | {fmt(row['peak_gpu_mb'], '{:.0f}')} |"
             )
         lines += ["", f"Ratio seed/project: {c['ratio_per_epoch']:.1f}x per epoch, "
-                      f"{c['ratio_per_sample']:.1f}x per training sample", ""]  # fmt: skip
+                      f"{c['ratio_per_sample']:.1f}x per training sample; with autograd's gradients "
+                      f"{c.get('ratio_per_epoch_autograd', float('nan')):.1f}x per epoch", ""]  # fmt: skip
     if "preset" in report:
         lines += ["fast98 preset (seeds " + ", ".join(map(str, report["preset_seeds"])) + "):", "",
                   "| variant | step | precision | test acc (mean ± std) | train s (median) | warm-up+capture s |",

@@ -72,7 +72,12 @@ def build_model_card(
             sources={role: file.source for role, file in downloaded.files.items()},
             sizes=prepared.sizes,
         ),
-        environment={**trained.environment, "precision": trained.precision, "step": trained.step_kind},
+        environment={
+            **trained.environment,
+            "precision": trained.precision,
+            "step": trained.step_kind,
+            "gradients": trained.gradients,
+        },
         timings=Timings(
             train_seconds=trained.train_seconds,
             resumed_from_epoch=trained.resumed_from_epoch,

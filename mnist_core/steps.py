@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from mnist_core.backprop import loss_and_gradients
+
 StepKind = Literal["plain", "fixed_shape", "cuda_graph"]
 # Turns a fixed-shape step into the callable replayed each step (capture_cuda_graph; the benchmark's torch.compile).
 Capture = Callable[["FixedShapeStep"], Callable[[], None]]
@@ -60,8 +62,11 @@ class _Step:
     batch_size: int
     label_smoothing: float = 0.0
     bf16: bool = False
+    written_out: bool = False  # gradients from backprop.py instead of autograd (not with bf16)
 
     def __post_init__(self) -> None:
+        if self.written_out and self.bf16:
+            raise ValueError("bf16 autocast needs autograd: written-out gradients are fp32 only")
         self.loss_sum = torch.zeros((), device=self.images.device)
         self.correct = torch.zeros((), dtype=torch.long, device=self.images.device)
 
@@ -69,10 +74,9 @@ class _Step:
         self.loss_sum.zero_()
         self.correct.zero_()
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
 
 
 @dataclass(eq=False)
@@ -108,14 +112,18 @@ class FixedShapeStep(_Step):
         # index_select, not images[index]: on the CPU, advanced indexing of a uint8 tensor is ~10x slower.
         batch_x = torch.index_select(self.images, 0, self.index)
         batch_y = torch.index_select(self.labels, 0, self.index)
-        # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
-        with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            logits = self.model(batch_x)
-        per_sample = functional.cross_entropy(
-            logits.float(), batch_y, reduction="none", label_smoothing=self.label_smoothing
-        )
-        weighted = (per_sample * self.weight).sum()
-        self._update(weighted / self.weight.sum())
+        if self.written_out:
+            weighted, logits = loss_and_gradients(self.model, batch_x, batch_y, self.label_smoothing, self.weight)
+        else:
+            # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
+            with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+                logits = self.model(batch_x)
+            per_sample = functional.cross_entropy(
+                logits.float(), batch_y, reduction="none", label_smoothing=self.label_smoothing
+            )
+            weighted = (per_sample * self.weight).sum()
+            self._backward(weighted / self.weight.sum())
+        self.optimizer.step()
         self.loss_sum += weighted.detach()
         self.correct += ((logits.argmax(1) == batch_y) & (self.weight > 0)).sum()
 
@@ -134,11 +142,16 @@ class PlainStep(_Step):
     def run(self, index: torch.Tensor) -> None:
         batch_x = torch.index_select(self.images, 0, index)
         batch_y = torch.index_select(self.labels, 0, index)
-        with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model(batch_x)
-        loss = functional.cross_entropy(logits.float(), batch_y, label_smoothing=self.label_smoothing)
-        self._update(loss)
-        self.loss_sum += loss.detach() * len(index)
+        if self.written_out:
+            loss_sum, logits = loss_and_gradients(self.model, batch_x, batch_y, self.label_smoothing)
+        else:
+            with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(batch_x)
+            loss = functional.cross_entropy(logits.float(), batch_y, label_smoothing=self.label_smoothing)
+            self._backward(loss)
+            loss_sum = loss.detach() * len(index)
+        self.optimizer.step()
+        self.loss_sum += loss_sum
         self.correct += (logits.argmax(1) == batch_y).sum()
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import ConfigDict
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # than 2 on the project's 2-core machine.
 CPU_TRAIN_THREADS = 1
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+Gradients = Literal["written_out", "autograd"]
 
 
 class TrainResult(TrainingSummary):
@@ -47,6 +48,12 @@ def choose_step_kind(params: RunParams, device: torch.device) -> StepKind:
     return "plain"
 
 
+def choose_gradients(bf16: bool) -> Gradients:
+    """How gradients are computed: written out (backprop.py: the same gradients in fewer operations), except
+    under bf16 autocast, which only autograd handles here."""
+    return "autograd" if bf16 else "written_out"
+
+
 def build_step(
     kind: StepKind,
     training: "_Training",
@@ -54,6 +61,7 @@ def build_step(
     labels: torch.Tensor,
     batch_size: int,
     bf16: bool,
+    gradients: Gradients,
     capture: Capture | None = None,
 ) -> PlainStep | FixedShapeStep:
     """The step of `kind`; a fixed-shape step is made replayable by `capture` (default: a CUDA graph for
@@ -62,7 +70,7 @@ def build_step(
         raise TrainingError("only a fixed-shape step can be captured; pass step_kind='fixed_shape' with capture")
     step_class = PlainStep if kind == "plain" else FixedShapeStep
     step = step_class(training.model, training.optimizer, images, labels, batch_size,
-                      training.params.label_smoothing, bf16)  # fmt: skip
+                      training.params.label_smoothing, bf16, written_out=gradients == "written_out")  # fmt: skip
     if capture is None and kind == "cuda_graph":
         capture = capture_cuda_graph
     if capture is not None:
@@ -169,18 +177,23 @@ def train_model(
     on_epoch: Callable[[EpochStats], None] | None = None,
     step_kind: StepKind | None = None,
     capture: Capture | None = None,
+    gradients: Gradients | None = None,
     logger: Logger = log,
 ) -> TrainResult:
     """Train the MLP on `data` (uint8 tensors already on `device`); keep the best-validation weights.
 
     Resumes from `checkpoint_path` when it exists (and `params.resume`), and writes it after every epoch.
-    `step_kind` and `capture` override the step `choose_step_kind` picks and how a fixed-shape step is captured
-    (tests and the benchmark). Each epoch is logged to `logger`, then passed to `on_epoch`.
+    `step_kind`, `capture` and `gradients` override the step `choose_step_kind` picks, how a fixed-shape step is
+    captured and how gradients are computed (tests and benchmarks). Each epoch is logged to `logger`, then passed
+    to `on_epoch`.
     """
     kind = step_kind or choose_step_kind(params, device)
     if kind == "cuda_graph" and device.type != "cuda":
         raise TrainingError(f"step_kind='cuda_graph' needs a CUDA device; device is {device}")
     bf16 = use_bf16(params.precision, device)
+    gradients = gradients or choose_gradients(bf16)
+    if gradients == "written_out" and bf16:
+        raise TrainingError("written-out gradients are fp32 only; bf16 autocast needs gradients='autograd'")
     images, labels = data["train_images"], data["train_labels"].long()
     batch_size = min(params.batch_size, len(images))
     with training_threads(device):
@@ -195,7 +208,7 @@ def train_model(
         setup_seconds = 0.0
         if resumed_from < params.epochs:  # else resumed after its last epoch: nothing to set up or train
             setup_started = time.perf_counter()  # warm-up and capture are set-up, reported apart from training
-            step = build_step(kind, training, images, labels, batch_size, bf16, capture)
+            step = build_step(kind, training, images, labels, batch_size, bf16, gradients, capture)
             setup_seconds = time.perf_counter() - setup_started
             _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, logger)
         training.model.load_state_dict(progress.best_state)
@@ -209,6 +222,7 @@ def train_model(
         setup_seconds=setup_seconds,
         precision="bf16" if bf16 else "fp32",
         step_kind=kind,
+        gradients=gradients,
         environment=environment,
     )
 

@@ -1,0 +1,152 @@
+"""The written-out forward and backward (mnist_core/backprop.py) against autograd: same loss, same gradients, same
+updates, same training."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn import functional
+
+from mnist_core.backprop import loss_and_gradients
+from mnist_core.config import RunParams
+from mnist_core.model import MLP
+from mnist_core.optim import build_optimizer, init_optimizer_state
+from mnist_core.steps import FixedShapeStep, PlainStep
+from mnist_core.train import choose_gradients, train_model
+
+CPU = torch.device("cpu")
+
+
+def autograd_loss_and_gradients(
+    model: MLP, images: torch.Tensor, labels: torch.Tensor, smoothing: float, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the autograd steps compute: the summed (weighted) loss and the logits; gradients of the mean in .grad."""
+    model.zero_grad(set_to_none=True)
+    logits = model(images)
+    per_sample = functional.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
+    if weight is None:
+        functional.cross_entropy(logits, labels, label_smoothing=smoothing).backward()
+        return per_sample.sum().detach(), logits.detach()
+    weighted = (per_sample * weight).sum()
+    (weighted / weight.sum()).backward()
+    return weighted.detach(), logits.detach()
+
+
+def batch(size: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (size,), generator=generator)
+    # uint8 images are what training feeds (float32); float images in [0, 1] let float64 check to 1e-12.
+    return (pixels if dtype == torch.float32 else pixels.to(dtype) / 255), labels
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 70),
+    hidden=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    dropout=st.sampled_from([0.0, 0.3]),
+    smoothing=st.sampled_from([0.0, 0.1, 0.37]),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_gradients_equal_autograds(
+    size: int, hidden: list[int], dropout: float, smoothing: float, weighted: bool, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    model = MLP(hidden, dropout).double()
+    images, labels = batch(size, seed, torch.float64)
+    weight = None
+    if weighted:  # a padded batch: some rows weigh 0, at least one does not
+        weight = (torch.rand(size, dtype=torch.float64) > 0.3).double()
+        weight[0] = 1.0
+    written = copy.deepcopy(model)
+
+    torch.manual_seed(seed + 1)  # the same dropout masks on both paths
+    expected_loss, expected_logits = autograd_loss_and_gradients(model, images, labels, smoothing, weight)
+    torch.manual_seed(seed + 1)
+    loss, logits = loss_and_gradients(written, images, labels, smoothing, weight)
+
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
+    for (name, param), reference in zip(written.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(param.grad, reference.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+        {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        {"optimizer": "adam", "lr": 3e-3},
+        {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+    ],
+)
+@pytest.mark.parametrize("step_class", [PlainStep, FixedShapeStep])
+def test_steps_update_the_weights_as_autograd_does(overrides: dict, step_class: type) -> None:
+    """Three optimizer steps in float32 (uint8 images, as training feeds them), a ragged or padded last batch."""
+    params = RunParams(label_smoothing=0.1, **overrides)
+    images, labels = batch(40, 7, torch.float32)
+    torch.manual_seed(0)
+    models = {"autograd": MLP([32, 16]), "written_out": None}
+    models["written_out"] = copy.deepcopy(models["autograd"])
+    for name, model in models.items():
+        kind = "plain" if step_class is PlainStep else "fixed_shape"
+        optimizer = build_optimizer(model, params, CPU, kind)
+        init_optimizer_state(optimizer)
+        step = step_class(model, optimizer, images, labels, 16, 0.1, written_out=name == "written_out")
+        step.train_epoch(torch.arange(40), lambda: None)  # batches of 16, 16 and 8 (padded to 16)
+        models[name] = (model, step)
+    (reference, reference_step), (model, step) = models["autograd"], models["written_out"]
+    for (name, param), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if params.optimizer == "sgd":
+            torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6, msg=name)
+            continue
+        # Adam divides by the gradient's own magnitude: where a gradient is ~0, float32 rounding (either path's)
+        # decides its sign, and that one weight moves by up to lr per step. Everywhere else: equal.
+        difference = (param - expected).abs()
+        assert (difference > 1e-6).float().mean() < 1e-3, name
+        assert difference.max() <= 3 * params.lr, name
+    torch.testing.assert_close(step.loss_sum, reference_step.loss_sum, rtol=1e-5, atol=1e-5)
+    assert step.correct.item() == reference_step.correct.item()
+
+
+@pytest.mark.parametrize("step_kind", ["plain", "fixed_shape"])
+def test_training_curves_match_autograds(mnist_tensors: dict[str, torch.Tensor], step_kind: str) -> None:
+    data = {
+        "train_images": mnist_tensors["train_images"][:6000],
+        "train_labels": mnist_tensors["train_labels"][:6000],
+        "val_images": mnist_tensors["val_images"][:1000],
+        "val_labels": mnist_tensors["val_labels"][:1000],
+    }
+    params = RunParams(epochs=3, batch_size=100, dropout=0.1)  # the default recipe, with dropout
+    autograd = train_model(data, params, CPU, step_kind=step_kind, gradients="autograd")
+    written = train_model(data, params, CPU, step_kind=step_kind, gradients="written_out")
+    assert (autograd.gradients, written.gradients) == ("autograd", "written_out")
+    for a, b in zip(autograd.history, written.history, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-3)
+        assert b.val_accuracy == pytest.approx(a.val_accuracy, abs=0.005)
+
+
+def test_gradients_are_written_out_except_under_bf16() -> None:
+    assert choose_gradients(bf16=False) == "written_out" and choose_gradients(bf16=True) == "autograd"
+    images, labels = batch(8, 0, torch.float32)
+    model = MLP([8])
+    optimizer = build_optimizer(model, RunParams(), CPU, "plain")
+    with pytest.raises(ValueError, match="bf16 autocast needs autograd"):
+        PlainStep(model, optimizer, images, labels, 8, bf16=True, written_out=True)
+
+
+@pytest.mark.cuda
+def test_written_out_gradients_in_a_cuda_graph_train_like_autograd(mnist_tensors: dict[str, torch.Tensor]) -> None:
+    cuda = torch.device("cuda")
+    data = {key: tensor[:20000].to(cuda) for key, tensor in mnist_tensors.items() if key.startswith(("train", "val"))}
+    params = RunParams(epochs=2, precision="fp32")
+    autograd = train_model(data, params, cuda, gradients="autograd")
+    written = train_model(data, params, cuda, gradients="written_out")
+    assert (autograd.step_kind, written.step_kind) == ("cuda_graph", "cuda_graph")
+    for a, b in zip(autograd.history, written.history, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
+        assert b.val_accuracy == pytest.approx(a.val_accuracy, abs=0.005)
