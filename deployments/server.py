@@ -15,6 +15,11 @@ from pathlib import Path
 
 HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class ServerError(RuntimeError):
+    """A Prefect server (or worker) did not become healthy, or exited."""
 
 
 def prefect_executable() -> str:
@@ -35,11 +40,32 @@ def api_url(host: str, port: int) -> str:
     return f"http://{client_host}:{port}/api"
 
 
-def start_prefect(args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has Linux send the child SIGTERM when the process that started it dies, even by SIGKILL
+    (`prctl(PR_SET_PDEATHSIG)`); None elsewhere. Looked up before the fork: the child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call: nobody would stop this child
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
+def start_prefect(
+    args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None, outlive_caller: bool = True
+) -> subprocess.Popen:
     """`prefect <args>` in a new session, its output appended to `log_path`.
 
     A new session: the process leads its own group, ignores the caller's terminal signals, and one SIGTERM to the
-    group (`stop_group`) stops it and whatever it started (a worker's flow-run processes)."""
+    group (`stop_group`) stops it and whatever it started (a worker's flow-run processes). Unless it is to
+    `outlive_caller` (the stack's server and worker), it is stopped when the caller dies, however it dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -50,18 +76,22 @@ def start_prefect(args: list[str], env: dict[str, str], log_path: Path, cwd: Pat
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if outlive_caller else _die_with_parent(),  # noqa: PLW1509 - only a prctl call
         )
 
 
-def start_server(host: str, port: int, env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
+def start_server(
+    host: str, port: int, env: dict[str, str], log_path: Path, cwd: Path, outlive_caller: bool = True
+) -> subprocess.Popen:
     """A Prefect server on `host:port`; its database is the one `env` configures (SQLite in PREFECT_HOME unless
-    PREFECT_API_DATABASE_CONNECTION_URL is set). It reads `.env` and `prefect.toml` in `cwd`. Offline machines:
-    analytics are off, or it keeps trying to phone home."""
+    PREFECT_API_DATABASE_CONNECTION_URL is set). It reads `.env` and `prefect.toml` in `cwd`. Analytics are off
+    unless `env` turns them on: offline, the server keeps trying to phone home and logs an ERROR each time."""
     return start_prefect(
         ["server", "start", "--host", host, "--port", str(port)],
-        {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env},  # unless the user turned them on
         log_path,
         cwd=cwd,
+        outlive_caller=outlive_caller,
     )
 
 
@@ -85,15 +115,15 @@ def log_tail(log_path: Path, lines: int = 30) -> str:
 
 def wait_for(what: str, check: Callable[[], bool], running: Callable[[], bool], log_path: Path,
              timeout_s: float = HEALTH_TIMEOUT_S) -> None:  # fmt: skip
-    """Poll `check` until it holds; RuntimeError (with the log's tail) if the process exits or time runs out."""
+    """Poll `check` until it holds; ServerError (with the log's tail) if the process exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
         if not running():
-            raise RuntimeError(f"the {what} exited; last lines of its log ({log_path}):\n{log_tail(log_path)}")
+            raise ServerError(f"the {what} exited; last lines of its log ({log_path}):\n{log_tail(log_path)}")
         time.sleep(0.25)
-    raise RuntimeError(f"the {what} was not healthy after {timeout_s:.0f} s; log ({log_path}):\n{log_tail(log_path)}")
+    raise ServerError(f"the {what} was not healthy after {timeout_s:.0f} s; log ({log_path}):\n{log_tail(log_path)}")
 
 
 def group_alive(pgid: int) -> bool:
@@ -118,6 +148,22 @@ def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIME
 
 
 @contextlib.contextmanager
+def serving(env: dict[str, str], log_path: Path, cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A server on a free loopback port, run with `env` in `cwd`, once healthy: yields its API URL and process, and
+    stops its whole group (by PID) on exit, the server's own children too, even once the server itself has exited.
+    If this process dies without stopping it (SIGKILL), Linux stops it."""
+    port = free_port()
+    server = start_server("127.0.0.1", port, env, log_path, cwd=cwd, outlive_caller=False)
+    try:
+        url = api_url("127.0.0.1", port)
+        wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None, log_path)
+        yield url, server
+    finally:
+        stop_group(server.pid, lambda: server.poll() is None or group_alive(server.pid))
+        server.wait()
+
+
+@contextlib.contextmanager
 def running_server(home: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """A throwaway server on a free loopback port with its own SQLite database in `home`; yields its API URL and
     stops it (by PID) on exit. For the tests and the benchmark."""
@@ -131,14 +177,5 @@ def running_server(home: Path, env: dict[str, str] | None = None) -> Iterator[st
         PREFECT_HOME=str(home),
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
     )
-    port = free_port()
-    log_path = home / "server.log"
-    server = start_server("127.0.0.1", port, child_env, log_path, cwd=home)
-    try:
-        url = api_url("127.0.0.1", port)
-        wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None, log_path)
+    with serving(child_env, home / "server.log", cwd=home) as (url, _):
         yield url
-    finally:
-        # The whole group: the server's own children too, even once the server itself has exited.
-        stop_group(server.pid, lambda: server.poll() is None or group_alive(server.pid))
-        server.wait()

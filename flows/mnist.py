@@ -5,8 +5,10 @@ import sys
 from collections.abc import Sequence
 
 from prefect import flow
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+from prefect.exceptions import TerminationSignal
 
+from deployments.server import ServerError
+from flows.local import RESUME_HINT, local_run
 from mnist_core.checkpoint import checkpoint_lock, discard_checkpoint
 from mnist_core.cli import parse_params
 from mnist_core.config import RunParams
@@ -14,10 +16,6 @@ from mnist_core.errors import PipelineError
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult
 from tasks import download, evaluate, export, promote, train, transform
-
-# Prefect's temporary server is given 20 s to answer. Its first start creates and migrates a new database, which on a
-# busy 2-core machine took longer (a CI run failed at exactly 20 s), so the command line waits longer unless told to.
-TEMPORARY_SERVER_STARTUP_S = 120
 
 
 @flow(name="mnist", log_prints=True)
@@ -41,18 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = parse_params(RunParams, argv, description=__doc__)
     try:
         # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
-        # before a temporary Prefect server is started.
+        # before a Prefect server is started.
         preflight(params)
-        # A default only: a value the user set (environment, profile or prefect.toml) wins.
-        patience = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: TEMPORARY_SERVER_STARTUP_S}
-        with temporary_settings(set_defaults=patience):
+        with local_run():
             result = mnist(params)
-    except (PipelineError, OSError) as error:  # OSError: the environment (disk, permissions), not a bug to trace
+    except (PipelineError, OSError, ServerError) as error:  # the environment or the data, not a bug to trace
         print(f"mnist: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mnist: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"mnist: interrupted (Ctrl-C); {RESUME_HINT}", file=sys.stderr)
         return 130
+    except TerminationSignal:
+        print(f"mnist: terminated (SIGTERM); {RESUME_HINT}", file=sys.stderr)
+        return 143
     card = result.exported.card
     print(f"\nTest accuracy: {card.metrics.test_accuracy:.2%}")
     print(f"Report: {result.exported.report}")

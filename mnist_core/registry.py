@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mnist_core.download import ROLES as DATA_ROLES
-from mnist_core.errors import DataError, PipelineError
+from mnist_core.errors import DataError, PipelineError, StorageError
 from mnist_core.files import atomic_write_text, exclusive_lock, temp_files_glob
 from mnist_core.records import Exported, Promotion, PromotionKind, Record
 
@@ -65,6 +65,9 @@ class ChampionPointer(Record):
     promoted_at: str
     decision: PromotionKind
     previous_run_id: str | None
+    # The decision in full, so a registry row that failed to be written after the pointer can be written later
+    # (absent from pointers written before it was kept).
+    promotion: Promotion | None = None
 
 
 def decide(
@@ -130,18 +133,53 @@ def read_champion(output_root: Path, dataset: str) -> ChampionPointer | None:
         ) from error
 
 
-def _registry_text(output_root: Path) -> str:
-    path = Path(output_root) / REGISTRY_FILE
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
+def _registry_text(output_root: Path) -> str | None:
+    """The registry's text, None when there is none yet."""
+    try:
+        return (Path(output_root) / REGISTRY_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
-def _parse_registry(text: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(text)) if text else pd.DataFrame(columns=COLUMNS)
+def _damaged(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"{path}: damaged registry: {problem}. This project writes it whole or not at all, so it was cut short or "
+        "edited by hand: restore it from a backup, or fix or delete the line named (the decision of that run is "
+        "then no longer recorded; the champion pointer beside it still names the champion). Nothing was changed."
+    )
+
+
+def _parse_registry(path: Path, text: str | None) -> pd.DataFrame:
+    """The registry's rows, checked line by line: a damaged file is an error, never rows merged or dropped."""
+    if text is None:
+        return pd.DataFrame(columns=COLUMNS)
+    if not text.endswith("\n"):
+        line = text.count("\n") + 1
+        problem = "the file is empty" if not text else f"line {line}, its last, ends without a line break"
+        raise _damaged(path, problem)
+    try:
+        rows = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as error:
+        raise _damaged(path, f"not valid CSV ({error})") from error
+    if rows[0] != COLUMNS:
+        raise _damaged(path, f"line 1 is not the header {','.join(COLUMNS)}")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(COLUMNS):
+            raise _damaged(path, f"line {number} has {len(row)} fields instead of {len(COLUMNS)}")
+    return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "champion_run_id": str})
 
 
 def read_registry(output_root: Path) -> pd.DataFrame:
-    """Every recorded run, oldest first (an empty frame with the registry's columns if none yet)."""
-    return _parse_registry(_registry_text(output_root))
+    """Every recorded run, oldest first (an empty frame with the registry's columns if none yet); DataError, naming
+    the file, the line and how to repair it, if the file is damaged."""
+    root = Path(output_root)
+    return _parse_registry(root / REGISTRY_FILE, _registry_text(root))
+
+
+def check_registry(output_root: Path, dataset: str) -> None:
+    """Read the registry and the dataset's champion pointer, so that a damaged one fails a run before it trains."""
+    read_registry(output_root)
+    read_champion(output_root, dataset)
 
 
 def registry_lock(output_root: Path) -> AbstractContextManager[None]:
@@ -155,14 +193,21 @@ def _remove_stale_temp_files(root: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _append_row(root: Path, existing: str, row: dict[str, Any]) -> None:
-    """Write the registry as `existing` (its current text, read under the lock) plus `row`."""
+def _write(path: Path, text: str) -> None:
+    try:
+        atomic_write_text(path, text)
+    except OSError as error:
+        raise StorageError(f"{path}: could not write it ({error}); the previous file is intact") from error
+
+
+def _append_row(root: Path, existing: str | None, row: dict[str, Any]) -> None:
+    """Write the registry as `existing` (its current text, read and checked under the lock) plus `row`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if not existing:
+    if existing is None:
         writer.writeheader()
     writer.writerow(row)
-    atomic_write_text(root / REGISTRY_FILE, existing + buffer.getvalue())
+    _write(root / REGISTRY_FILE, (existing or "") + buffer.getvalue())
 
 
 def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[str, Any]:
@@ -203,6 +248,7 @@ def champion_pointer(
         promoted_at=promoted_at,
         decision=promotion.kind,
         previous_run_id=previous.run_id if previous else None,
+        promotion=promotion,
     )
 
 
@@ -220,22 +266,29 @@ def record_run(
     was deleted) and the run replaces it.
 
     The pointer is replaced before the registry row is written: a crash before the replace leaves the old
-    champion and registry untouched; a crash between the two leaves a valid champion whose row is missing.
+    champion and registry untouched; a crash between the two leaves a valid champion whose row is missing, which
+    the run's retry (or rerun) writes from the decision the pointer holds.
     """
     root = Path(output_root).expanduser().resolve()
     with registry_lock(root):
         _remove_stale_temp_files(root)
         existing = _registry_text(root)
-        recorded = _parse_registry(existing)
+        recorded = _parse_registry(root / REGISTRY_FILE, existing)
         earlier = recorded.loc[recorded["run_id"] == run.run_id]
         if len(earlier):  # a retried promotion: the first attempt's decision stands, recorded once
             return _promotion_from_row(earlier.iloc[-1])
         champion = read_champion(root, run.card.dataset.name)
+        if champion is not None and champion.run_id == run.run_id:
+            # An earlier attempt made this run champion, then failed before writing its row (a crash, a full disk
+            # between the two writes): that decision stands, and its row is written now.
+            promotion = champion.promotion or _promotion_from_pointer(champion, margin)
+            _append_row(root, existing, registry_row(run, promotion, champion.promoted_at))
+            return promotion
         promotion = _compare(run, champion, margin, force, champion_accuracy)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if promotion.promoted:
             pointer = champion_pointer(run, promotion, now, champion)
-            atomic_write_text(champion_path(root, pointer.dataset), pointer.model_dump_json(indent=2) + "\n")
+            _write(champion_path(root, pointer.dataset), pointer.model_dump_json(indent=2) + "\n")
         _append_row(root, existing, registry_row(run, promotion, now))
     return promotion
 
@@ -275,6 +328,20 @@ def _promotion_from_row(row: pd.Series) -> Promotion:
         champion_accuracy=None if champion_accuracy is None else float(champion_accuracy),
         champion_run_id=optional(row["champion_run_id"]),
         margin=float(row["margin"]),
+    )
+
+
+def _promotion_from_pointer(champion: ChampionPointer, margin: float) -> Promotion:
+    """The decision recorded by a pointer that does not hold it in full (written before it was kept)."""
+    return Promotion(
+        promoted=True,
+        kind=champion.decision,
+        reason=f"promoted ({champion.decision}) at {champion.promoted_at}, as champion-{champion.dataset}.json "
+        "records; the figures it was compared with were not kept.",
+        challenger_accuracy=champion.test_accuracy,
+        champion_accuracy=None,
+        champion_run_id=champion.previous_run_id,
+        margin=margin,
     )
 
 

@@ -6,6 +6,7 @@ from mnist_core.config import RunParams
 from mnist_core.evaluate import confusion_frame
 from mnist_core.export import CARD_FILE, MODEL_FILE, REPORT_FILE, TORCHSCRIPT_FILE, export_trained, history_frame
 from mnist_core.records import Downloaded, Evaluation, Exported, Prepared, Trained
+from tasks.publish import BestEffort
 
 
 def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluation) -> None:
@@ -42,6 +43,8 @@ def export(
 ) -> Exported:
     """Write the run folder (once per checkpoint) and publish the artifacts."""
     exported = export_trained(params, downloaded, prepared, trained, evaluation)
-    publish_artifacts(exported, trained, evaluation)
-    get_run_logger().info("run folder: %s", exported.run_dir)
+    logger = get_run_logger()
+    with BestEffort(logger).attempt(f"the artifacts of {exported.run_dir}"):
+        publish_artifacts(exported, trained, evaluation)
+    logger.info("run folder: %s", exported.run_dir)
     return exported

@@ -8,6 +8,7 @@ from mnist_core.export import append_to_report
 from mnist_core.prepare import load_prepared
 from mnist_core.records import Exported, Prepared, Promotion
 from mnist_core.registry import ChampionPointer, promotion_markdown, record_run
+from tasks.publish import BestEffort
 
 
 @task(name="promote", cache_policy=NO_CACHE, persist_result=False)
@@ -21,6 +22,8 @@ def promote(exported: Exported, prepared: Prepared, params: RunParams, device: s
     promotion = record_run(params.output_dir, exported, params.promotion_margin, params.force_promote, rescore)
     section = promotion_markdown(promotion, params.dataset)
     append_to_report(exported.report, section)
-    create_markdown_artifact(key=f"{params.dataset}-promotion", markdown=section, description="Promotion decision")
-    get_run_logger().info("%s", promotion.reason)
+    logger = get_run_logger()
+    with BestEffort(logger).attempt("the promotion decision"):
+        create_markdown_artifact(key=f"{params.dataset}-promotion", markdown=section, description="Promotion decision")
+    logger.info("%s", promotion.reason)
     return promotion

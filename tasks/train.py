@@ -13,15 +13,17 @@ from mnist_core.model import save_weights
 from mnist_core.prepare import load_prepared
 from mnist_core.records import EpochStats, Prepared, Trained
 from mnist_core.train import train_model
+from tasks.publish import BestEffort
 
 BEST_WEIGHTS_FILE = "model.safetensors"
 
 
 def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:
-    """Retry crashes from the environment (I/O, a lost device); a PipelineError (divergence, a foreign
-    checkpoint, bad data) would only fail the same way again. A retry resumes from the last checkpoint."""
+    """Retry failures from the environment (I/O, a lost device); a PipelineError (divergence, a foreign
+    checkpoint, bad data) would only fail the same way again, and an interrupt (Ctrl-C, SIGTERM, a cancel) is
+    the user stopping the run. A retry resumes from the last checkpoint."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, BaseException) and not isinstance(error, PipelineError)
+    return isinstance(error, Exception) and not isinstance(error, PipelineError)
 
 
 @task(name="train", retries=1, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE, persist_result=False)
@@ -35,12 +37,19 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
         progress=0.0, key=f"{params.dataset}-training-progress", description=f"Epochs done of {params.epochs}"
     )
 
+    publisher = BestEffort(logger)
+
     def report_progress(stats: EpochStats) -> None:
-        update_progress_artifact(artifact_id=progress_id, progress=100.0 * stats.epoch / params.epochs)
+        # One try per epoch, none for a while after one failed: a progress bar is not worth holding training up.
+        if publisher.resting():
+            return
+        with publisher.attempt("the training progress", retries=0):
+            update_progress_artifact(artifact_id=progress_id, progress=100.0 * stats.epoch / params.epochs)
 
     result = train_model(data, params, torch.device(device), work_dir / CHECKPOINT_FILE, report_progress, logger=logger)
     # Also when the run resumed after its last epoch, so no epoch was reported here.
-    update_progress_artifact(artifact_id=progress_id, progress=100.0)
+    with publisher.attempt("the training progress", retries=0):
+        update_progress_artifact(artifact_id=progress_id, progress=100.0)
     model_path = work_dir / BEST_WEIGHTS_FILE
     save_weights(result.model, model_path)
     return Trained(**result.model_dump(exclude={"model"}), model_path=model_path, checkpoint_dir=work_dir)

@@ -28,6 +28,8 @@ import pytest
 
 from deployments.server import free_port, log_tail
 from deployments.stack import DEFAULT_POOL, Stack
+from mnist_core.checkpoint import load_checkpoint
+from mnist_core.config import RunParams
 from mnist_core.registry import read_champion, read_registry
 from tests.conftest import PROJECT_ROOT
 
@@ -281,6 +283,74 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     assert final is not None and final.run_id == forced_run and final.previous_run_id == champion.run_id
     assert "promoted (forced)" in stack.artifacts(forced_id)["mnist-promotion"]["data"]
     assert (registry["sha256_test_images"] == champion.sha256["test_images"]).all()
+
+
+def run_folders(output_dir: Path) -> set[str]:
+    return {path.name for path in output_dir.iterdir() if path.is_dir() and not path.name.startswith(".")}
+
+
+def _wait_for_file(path: Path, stack: StackHandle, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout_s} s:\n{stack.worker_log()}"
+        time.sleep(0.1)
+
+
+def _wait_for_final_state(stack: StackHandle, flow_run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (state := stack.flow_run(flow_run_id)["state_type"]) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, f"{flow_run_id} still {state} after {timeout_s} s:\n{stack.worker_log()}"
+        time.sleep(0.25)
+    return state
+
+
+# Long enough (an epoch takes ~1 s here) that the run is surely still training when it is cancelled or the server
+# restarts; small enough that a regression which lets it run on costs a minute, not ten.
+LONG_RUN = {"epochs": 60, "batch_size": 64, "hidden_sizes": [32]}
+
+
+def test_cancelling_a_deployment_run_stops_training_promptly(stack: StackHandle) -> None:
+    """`prefect flow-run cancel` (what the UI's Cancel does): the flow-run process stops mid-training, the run ends
+    Cancelled, and the checkpoint it had written is intact (a new run with the same parameters resumes it)."""
+    params = {**stack.base_params, **LONG_RUN, "run_name": "cancelled"}
+    checkpoint = stack.output_dir / ".checkpoints" / "cancelled" / "checkpoint.pt"
+    rows_before, folders_before = len(read_registry(stack.output_dir)), run_folders(stack.output_dir)
+    flow_run_id = stack.submit(params)
+    _wait_for_file(checkpoint, stack)
+    started = time.monotonic()
+    cancel = stack.prefect("flow-run", "cancel", flow_run_id, timeout=60)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    state = _wait_for_final_state(stack, flow_run_id, timeout_s=60)
+    seconds = time.monotonic() - started
+    print(f"\ncancel to Cancelled: {seconds:.1f} s")
+    assert state == "CANCELLED" and seconds < 30, (state, seconds, stack.worker_log())
+    epoch = load_checkpoint(checkpoint, RunParams(**params))["epoch"]
+    time.sleep(3)
+    assert load_checkpoint(checkpoint, RunParams(**params))["epoch"] == epoch < LONG_RUN["epochs"], "still training"
+    assert len(read_registry(stack.output_dir)) == rows_before and run_folders(stack.output_dir) == folders_before
+
+
+def test_a_run_goes_on_through_a_restart_of_the_stacks_server(stack: StackHandle) -> None:
+    """The stack's server stops and starts again mid-training (`make stack-up` after it died, an upgrade): the
+    run's calls to the API wait for it (Prefect's client retries), training goes on, and the run completes."""
+    params = {**stack.base_params, **LONG_RUN, "epochs": 8, "run_name": "server-restarted"}
+    rows_before = len(read_registry(stack.output_dir))
+    flow_run_id = stack.submit(params)
+    _wait_for_file(stack.output_dir / ".checkpoints" / "server-restarted" / "checkpoint.pt", stack)
+    started = time.monotonic()
+    server_pid = json.loads((stack.state_dir / "stack.json").read_text())["server_pid"]
+    assert stack.stack.stop(server_pid, "server")
+    assert not stack.stack.server_healthy()
+    up = stack.stack_command("up")
+    assert up.returncode == 0 and "server: starting" in up.stdout, up.stdout + up.stderr
+    restarted = time.monotonic() - started
+    state = _wait_for_final_state(stack, flow_run_id)
+    print(
+        f"\nserver down and up again in {restarted:.1f} s; the run ended {state} {time.monotonic() - started:.1f} s "
+        "after the server was stopped"
+    )
+    assert state == "COMPLETED", stack.worker_log()
+    assert len(read_registry(stack.output_dir)) == rows_before + 1
 
 
 def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:

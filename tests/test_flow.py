@@ -157,7 +157,7 @@ def test_invalid_parameters_fail_before_any_work(prefect_server, tmp_path: Path)
 
 
 def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> None:
-    """`python flows/mnist.py` as a user runs it: Prefect's temporary server, flags, the closing summary."""
+    """`python flows/mnist.py` as a user runs it: the Prefect server it starts, flags, the closing summary."""
     env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "1", "--batch-size", "128",
@@ -171,34 +171,24 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> Non
     assert accuracy > 0.95
 
 
-@pytest.mark.parametrize(("configured_s", "expected_s"), [(None, 120), (20, 20), (45, 45)])
-def test_the_command_line_gives_the_temporary_server_time_to_start(
-    configured_s: int | None, expected_s: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_the_command_line_uses_the_users_server_when_one_is_set(
+    prefect_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Prefect's 20 s default is raised (a CI run timed out there); a value the user set is kept, even 20."""
-    from contextlib import nullcontext
-
-    from prefect.settings import (
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-        get_current_settings,
-        temporary_settings,
-    )
+    """With PREFECT_API_URL set, `python flows/mnist.py` starts no server of its own (without it,
+    tests/test_interrupt.py and test_readme_command_runs_the_flow above run the one it starts)."""
+    from prefect.settings import PREFECT_API_URL
 
     import flows.mnist as flow_module
     from mnist_core.errors import DataError
 
-    if configured_s is None and "startup_timeout_seconds" in get_current_settings().server.ephemeral.model_fields_set:
-        pytest.skip("this environment sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS itself")
-    seen: list[int] = []
+    seen: list[str] = []
 
-    def flow_that_records_the_timeout(params: RunParams) -> dict[str, Any]:
-        seen.append(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    def flow_that_records_the_api(params: RunParams) -> None:
+        seen.append(PREFECT_API_URL.value())
         raise DataError("stopped by the test")
 
-    monkeypatch.setattr(flow_module, "mnist", flow_that_records_the_timeout)
-    user_setting = temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: configured_s})
-    with user_setting if configured_s is not None else nullcontext():
-        before = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
-        code = flow_module.main(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
-        assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == before  # restored afterwards
-    assert code == 1 and seen == [expected_s]
+    monkeypatch.setattr(flow_module, "mnist", flow_that_records_the_api)
+    code = flow_module.main(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
+    output = capsys.readouterr()
+    assert code == 1 and seen == [prefect_server]
+    assert "starting a Prefect server" not in output.out and "mnist: error: stopped by the test" in output.err

@@ -237,3 +237,89 @@ def test_damaged_champion_pointer_is_a_clear_error(damage: str, tmp_path: Path) 
     with pytest.raises(DataError, match=r"champion-mnist\.json: damaged champion pointer .*delete it"):
         record_run(tmp_path, make_run(tmp_path, "r2", 0.95), 0.0, False, stored_accuracy)
     assert pointer.read_text() == damaged and (tmp_path / REGISTRY_FILE).read_bytes() == registry_before
+
+
+def _three_runs(root: Path) -> None:
+    for run_id, accuracy in (("r1", 0.90), ("r2", 0.93), ("r3", 0.92)):
+        record_run(root, make_run(root, run_id, accuracy), 0.0, False, stored_accuracy)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_registry_cut_at_any_byte_is_refused_never_merged(seed: int, tmp_path: Path) -> None:
+    """A registry cut at a random byte (a full disk, a sync tool): the next run refuses it, naming the file and
+    the line, and changes nothing; cut exactly at a line end, it is a shorter valid registry and rows stay apart."""
+    import random
+
+    _three_runs(tmp_path)
+    path, pointer = tmp_path / REGISTRY_FILE, champion_path(tmp_path, "mnist")
+    text = path.read_text()
+    cut = random.Random(seed).randrange(0, len(text))
+    path.write_text(text[:cut])
+    damaged, pointer_before = path.read_bytes(), pointer.read_bytes()
+    header_end = text.index("\n") + 1
+    if cut >= header_end and text[cut - 1] == "\n":  # whole rows dropped, by whoever cut it: nothing to tell
+        record_run(tmp_path, make_run(tmp_path, "r4", 0.99), 0.0, False, stored_accuracy)
+        rows = read_registry(tmp_path)
+        assert rows["run_id"].tolist()[-1] == "r4" and rows["decision"].tolist()[-1] == "better"
+        assert len(rows) == text[:cut].count("\n")  # the header plus each complete row, and r4's
+        return
+    with pytest.raises(DataError, match=r"registry\.csv: damaged registry: .*(line \d+|empty|not valid CSV)"):
+        record_run(tmp_path, make_run(tmp_path, "r4", 0.99), 0.0, False, stored_accuracy)
+    with pytest.raises(DataError, match="restore it from a backup, or fix or delete the line named"):
+        read_registry(tmp_path)
+    assert path.read_bytes() == damaged and pointer.read_bytes() == pointer_before
+    # The repair the message names: drop the incomplete last line (or the whole file, cut inside its header).
+    repaired = text[: text.rfind("\n", 0, cut) + 1] if cut >= header_end else ""
+    if repaired:
+        path.write_text(repaired)
+    else:
+        path.unlink()
+    assert record_run(tmp_path, make_run(tmp_path, "r4", 0.99), 0.0, False, stored_accuracy).promoted
+    assert read_registry(tmp_path)["run_id"].tolist()[-1] == "r4"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_champion_pointer_cut_at_any_byte_is_refused(seed: int, tmp_path: Path) -> None:
+    import random
+
+    _three_runs(tmp_path)
+    pointer = champion_path(tmp_path, "mnist")
+    text = pointer.read_text()
+    pointer.write_text(text[: random.Random(seed).randrange(0, len(text) - 2)])  # "}\n" ends it: cut before
+    registry_before = (tmp_path / REGISTRY_FILE).read_bytes()
+    with pytest.raises(DataError, match=r"champion-mnist\.json: damaged champion pointer .*delete it"):
+        record_run(tmp_path, make_run(tmp_path, "r4", 0.99), 0.0, False, stored_accuracy)
+    assert (tmp_path / REGISTRY_FILE).read_bytes() == registry_before
+
+
+def test_a_row_lost_to_a_full_disk_is_written_by_the_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up between the two writes of a promotion: the pointer names the new champion, its row is not
+    written. The error names the file; the retry writes the row of the same decision, once."""
+    import errno
+
+    from mnist_core import registry as registry_module
+    from mnist_core.errors import StorageError
+
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.90), 0.0, False, stored_accuracy)
+    real_write = registry_module.atomic_write_text
+
+    def full_for_the_registry(path: Path, text: str) -> None:
+        if path.name == REGISTRY_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(registry_module, "atomic_write_text", full_for_the_registry)
+    with pytest.raises(
+        StorageError, match=r"registry\.csv: could not write it .*No space left.*previous file is intact"
+    ):
+        record_run(tmp_path, make_run(tmp_path, "r2", 0.95), 0.0, False, stored_accuracy)
+    assert read_champion(tmp_path, "mnist").run_id == "r2"  # type: ignore[union-attr]
+    assert read_registry(tmp_path)["run_id"].tolist() == ["r1"]
+
+    monkeypatch.undo()
+    for _ in range(2):  # the retry, then a second one: one row, the same decision
+        promotion = record_run(tmp_path, make_run(tmp_path, "r2", 0.95), 0.0, False, stored_accuracy)
+        assert (promotion.kind, promotion.champion_run_id, promotion.champion_accuracy) == ("better", "r1", 0.90)
+    registry = read_registry(tmp_path)
+    assert registry["run_id"].tolist() == ["r1", "r2"] and registry["decision"].tolist() == ["first", "better"]
+    assert registry.iloc[1]["champion_run_id"] == "r1"

@@ -76,7 +76,7 @@ def _flow_command(mnist_data_dir: Path, mnist_mirror: Path, output: Path) -> lis
 
 def _flow_env(prefect_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    # No PREFECT_API_URL: each process starts its own temporary server, as a user's `python flows/mnist.py` does.
+    # No PREFECT_API_URL: each process starts its own server, as a user's `python flows/mnist.py` does.
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1")
     return env
 
@@ -106,14 +106,14 @@ def test_killed_flow_resumes_from_checkpoint(
         try:
             _wait_for(checkpoint.is_file, first, 180, "first checkpoint")
         finally:
-            # The whole process group: the flow and the temporary Prefect server it started.
+            # The flow's whole process group (its server, in a session of its own, goes with it: test_interrupt.py).
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL
     killed_after = load_checkpoint(checkpoint, _params(output_dir=output))["epoch"]
     assert 1 <= killed_after < 3, "the kill did not land mid-run"
     assert not _run_folders(output), "a killed run must not leave a run folder"
-    assert "http://127.0.0.1:" in (tmp_path / "first.log").read_text(), "the temporary server is not on loopback"
+    assert "http://127.0.0.1:" in (tmp_path / "first.log").read_text(), "the run's server is not on loopback"
 
     second = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
                             start_new_session=True)  # fmt: skip

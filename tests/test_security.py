@@ -203,7 +203,7 @@ def test_prefect_server_binds_to_loopback_by_default(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("PREFECT_SERVER_API_HOST", raising=False)
     assert Settings().server.api.host == "127.0.0.1"
     # What runs by default (README documents an opt-in MNIST_STACK_HOST=0.0.0.0; that is the user's choice).
-    # The temporary server of `python flows/mnist.py` is checked live in test_resume.py.
+    # The server `python flows/mnist.py` starts is checked live in test_resume.py and test_interrupt.py.
     for path in (PROJECT_ROOT / "Makefile", PROJECT_ROOT / ".ci" / "run"):
         if path.is_file():
             assert "0.0.0.0" not in path.read_text(), f"{path.name} binds a service to every interface"

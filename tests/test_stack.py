@@ -136,8 +136,10 @@ def test_a_throwaway_server_never_gets_the_callers_database(tmp_path: Path, monk
 
     started: dict[str, object] = {}
 
-    def record_and_stop(host: str, port: int, env: dict[str, str], log_path: Path, cwd: Path) -> None:
-        started.update(host=host, env=env, cwd=cwd)
+    def record_and_stop(
+        host: str, port: int, env: dict[str, str], log_path: Path, cwd: Path, outlive_caller: bool
+    ) -> None:
+        started.update(host=host, env=env, cwd=cwd, outlive_caller=outlive_caller)
         raise RuntimeError("stopped by the test")
 
     monkeypatch.setattr(server_module, "start_server", record_and_stop)
@@ -148,6 +150,7 @@ def test_a_throwaway_server_never_gets_the_callers_database(tmp_path: Path, monk
         pass
     env = started["env"]
     assert isinstance(env, dict) and started["host"] == "127.0.0.1" and started["cwd"] == tmp_path
+    assert started["outlive_caller"] is False  # stopped by Linux if the tests are killed
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
     assert env["PREFECT_HOME"] == str(tmp_path) and env["PATH"] == "/usr/bin"
     assert not [key for key in env if key.startswith(("PREFECT_API_", "PREFECT_PROFILE"))]

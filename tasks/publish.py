@@ -1,0 +1,42 @@
+"""Artifacts are a view of what the run wrote to disk: publishing them must never fail or hold up the run."""
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+# A busy server (503) gets a second and third try, 2 and 4 s apart; a server that is gone costs ~6 s, not the
+# client's default back-off of about a minute per call.
+PUBLISH_RETRIES = 2
+# Even one try costs ~1.5 s against a server that is gone (the HTTP transport's own connect retries): after a
+# failure, frequent publications (per-epoch progress) wait this long before the next try.
+REST_AFTER_FAILURE_S = 30.0
+
+
+class BestEffort:
+    """`with publisher.attempt("the report"):` publishes what is inside; if the API does not answer, the rest of
+    the block is skipped (its calls would fail the same way), a warning is logged the first time, and the run
+    goes on."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.logger = logger
+        self.failures = 0
+        self.failed_at = -float("inf")
+
+    def resting(self) -> bool:
+        """True for REST_AFTER_FAILURE_S after a failure: skip what can wait (the next one catches up)."""
+        return time.monotonic() - self.failed_at < REST_AFTER_FAILURE_S
+
+    @contextlib.contextmanager
+    def attempt(self, what: str, retries: int = PUBLISH_RETRIES) -> Iterator[None]:
+        try:
+            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: retries}):
+                yield
+        except Exception as error:  # noqa: BLE001 - whatever the client raised, the run goes on
+            if not self.failures:
+                self.logger.warning("could not publish %s to the Prefect API (%s); the run goes on", what, error)
+            self.failures += 1
+            self.failed_at = time.monotonic()
