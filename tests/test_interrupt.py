@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -116,16 +116,20 @@ class FlowProcess:
             httpx.get(f"{url}/api/health", timeout=2)
 
 
-def _start(tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path) -> FlowProcess:
-    flow = FlowProcess(mnist_data_dir, mnist_mirror, tmp_path / "runs", prefect_home, tmp_path / "flow.log")
-    flow.wait_for_checkpoint()
-    return flow
+@pytest.fixture
+def flow(tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path) -> Iterator[FlowProcess]:
+    """A run started and past its first checkpoint, mid-training; killed (its group) if a test leaves it running."""
+    running = FlowProcess(mnist_data_dir, mnist_mirror, tmp_path / "runs", prefect_home, tmp_path / "flow.log")
+    try:
+        running.wait_for_checkpoint()
+        yield running
+    finally:
+        if running.process.poll() is None:
+            os.killpg(running.process.pid, signal.SIGKILL)
+            running.process.wait()
 
 
-def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(
-    tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path
-) -> None:
-    flow = _start(tmp_path, mnist_data_dir, mnist_mirror, prefect_home)
+def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(flow: FlowProcess) -> None:
     url = flow.server_url()
     code, seconds = flow.signal_and_time((signal.SIGINT, True))
     epoch = flow.assert_stopped_cleanly(code, 130, seconds, "interrupted (Ctrl-C)")
@@ -139,10 +143,7 @@ def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(
     assert f'"resumed_from_epoch": {epoch}' in (run_dir / "model_card.json").read_text()
 
 
-def test_sigterm_to_the_flow_process_stops_the_run(
-    tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path
-) -> None:
-    flow = _start(tmp_path, mnist_data_dir, mnist_mirror, prefect_home)
+def test_sigterm_to_the_flow_process_stops_the_run(flow: FlowProcess) -> None:
     url = flow.server_url()
     code, seconds = flow.signal_and_time((signal.SIGTERM, False))
     flow.assert_stopped_cleanly(code, 143, seconds, "terminated (SIGTERM)")
@@ -150,10 +151,7 @@ def test_sigterm_to_the_flow_process_stops_the_run(
     print(f"\nSIGTERM: exit 143 after {seconds:.1f} s")
 
 
-def test_a_second_ctrl_c_stops_at_once(
-    tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path
-) -> None:
-    flow = _start(tmp_path, mnist_data_dir, mnist_mirror, prefect_home)
+def test_a_second_ctrl_c_stops_at_once(flow: FlowProcess) -> None:
     url = flow.server_url()
     code, seconds = flow.signal_and_time((signal.SIGINT, True), (signal.SIGINT, True))
     output = flow.output_text()
@@ -165,22 +163,16 @@ def test_a_second_ctrl_c_stops_at_once(
     print(f"\ntwo Ctrl-C 0.2 s apart: exit 130 after {seconds:.1f} s ({message})")
 
 
-def test_the_run_stops_when_its_server_dies(
-    tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path
-) -> None:
-    flow = _start(tmp_path, mnist_data_dir, mnist_mirror, prefect_home)
+def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:
     server = flow.server_pid()
     code, seconds = flow.stop_and_time(lambda: os.killpg(server, signal.SIGKILL))
     epoch = flow.assert_stopped_cleanly(code, 1, seconds, f"the Prefect server of this run (PID {server}) exited")
     print(f"\nserver killed after epoch {epoch}: exit 1 after {seconds:.1f} s")
 
 
-def test_a_killed_run_takes_its_server_with_it(
-    tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path
-) -> None:
+def test_a_killed_run_takes_its_server_with_it(flow: FlowProcess) -> None:
     """SIGKILL leaves the run no time to stop its server: the kernel does (the server asked to be sent SIGTERM when
     its parent dies). Nothing is left running, and the checkpoint is intact."""
-    flow = _start(tmp_path, mnist_data_dir, mnist_mirror, prefect_home)
     url, server = flow.server_url(), flow.server_pid()
     code, _ = flow.stop_and_time(lambda: os.killpg(flow.process.pid, signal.SIGKILL))
     assert code == -signal.SIGKILL
