@@ -32,34 +32,79 @@ from deployments.server import serving
 WATCH_INTERVAL_S = 0.5
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 RESUME_HINT = "the last checkpoint is intact: rerun the same command to resume from it"
+# Prefect's temporary server runs only what one run needs; a standing server's services (scheduling deployments'
+# runs, marking late runs, watching workers, ...) would act on PREFECT_HOME's database for nothing. The user's own
+# settings win.
+STANDING_SERVER_SERVICES = ("scheduler", "late_runs", "foreman", "cancellation_cleanup", "pause_expirations",
+                            "repossessor", "cleanup_reconciler")  # fmt: skip
 
 
-def stop_now(message: str, code: int, server_pid: int | None) -> NoReturn:
-    """Exit at once: nothing more can be recorded, and the checkpoint on disk is whole (written atomically)."""
-    os.write(sys.stderr.fileno(), f"mnist: {message}\n".encode())  # not print(): Prefect captures it in a flow
-    if server_pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server_pid, signal.SIGTERM)
-    os._exit(code)
+class LocalRun:
+    """A command-line run: its server (if it started one), the signals received, whether the flow has returned.
+    The signal handlers and the server's watchdog decide from this how to stop."""
 
+    def __init__(self) -> None:
+        self.api_url = ""
+        self.server: subprocess.Popen | None = None
+        self.signals: list[signal.Signals] = []
+        self.completed = False
 
-@contextlib.contextmanager
-def signals_stop_the_run(server_pid: list[int]) -> Iterator[None]:
-    """SIGINT and SIGTERM end the run through an exception (so Prefect records the run as crashed and everything
-    is cleaned up); a second one, while that happens, exits at once."""
-    received: list[signal.Signals] = []
+    def finish(self) -> None:
+        """The flow has returned: from here on, a signal only cuts the clean-up short, and the exit status is 0."""
+        self.completed = True
 
-    def handle(number: int, frame: FrameType | None) -> None:
+    def stop_now(self, message: str, code: int) -> NoReturn:
+        """Exit at once: nothing more can be recorded, and the checkpoint on disk is whole (written atomically)."""
+        os.write(sys.stderr.fileno(), f"mnist: {message}\n".encode())  # not print(): Prefect captures it in a flow
+        if self.server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server.pid, signal.SIGTERM)
+        os._exit(code)
+
+    def handle(self, number: int, frame: FrameType | None) -> None:
+        """SIGINT and SIGTERM end the run through an exception, so Prefect records it as crashed and everything
+        is cleaned up; a second signal, while that happens, exits at once.
+
+        While a flow runs, Prefect's engine has its own SIGTERM handler (it raises TerminationSignal too); once it
+        has recorded the run, it passes the signal on here, with its TerminationSignal still propagating: that is
+        the first signal, not a second. A second SIGTERM that reaches Prefect's handler is Prefect's to handle."""
         which = signal.Signals(number)
-        if received:
-            pid = server_pid[0] if server_pid else None
-            stop_now(f"{which.name} again: stopping now; {RESUME_HINT}", EXIT_CODES[which], pid)
-        received.append(which)
+        if self.completed:
+            self.stop_now(f"{which.name}: the run had completed; its Prefect server is being stopped", 0)
+        handling = sys.exc_info()[1]
+        if not self.signals and which == signal.SIGTERM and isinstance(handling, TerminationSignal):
+            self.signals.append(which)
+            return
+        if self.signals or isinstance(handling, (KeyboardInterrupt, TerminationSignal)):
+            first = self.signals[0] if self.signals else signal.SIGTERM
+            if not self.signals and isinstance(handling, KeyboardInterrupt):
+                first = signal.SIGINT
+            self.stop_now(f"{which.name} again: stopping now; {RESUME_HINT}", EXIT_CODES[first])
+        self.signals.append(which)
         if which == signal.SIGINT:
             raise KeyboardInterrupt
         raise TerminationSignal(number)
 
-    previous = {which: signal.signal(which, handle) for which in EXIT_CODES}
+    def server_exited(self, log_path: Path) -> None:
+        """The watchdog's verdict when the server has exited while the run goes on."""
+        if self.completed:
+            return
+        assert self.server is not None
+        if self.signals:  # the same signal reached the server (a service manager stops the whole cgroup)
+            which = self.signals[0]
+            self.stop_now(f"{which.name}: stopping now (the Prefect server stopped too); {RESUME_HINT}",
+                          EXIT_CODES[which])  # fmt: skip
+        self.stop_now(
+            f"error: the Prefect server of this run (PID {self.server.pid}) exited with status "
+            f"{self.server.returncode}; the run cannot record anything any more and stops here; {RESUME_HINT}. "
+            f"Server log: {log_path}",
+            1,
+        )
+
+
+@contextlib.contextmanager
+def signals_handled(run: LocalRun) -> Iterator[None]:
+    previous = {which: signal.signal(which, run.handle) for which in EXIT_CODES}
     try:
         yield
     finally:
@@ -68,47 +113,48 @@ def signals_stop_the_run(server_pid: list[int]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def watched(server: subprocess.Popen, log_path: Path) -> Iterator[None]:
-    """Stop the run at once if the server exits before the run is over."""
-    done = threading.Event()
+def watched(run: LocalRun, log_path: Path) -> Iterator[None]:
+    """Stop the run at once if its server exits before the run is over."""
+    assert run.server is not None
+    server, done = run.server, threading.Event()
 
     def watch() -> None:
         while not done.wait(WATCH_INTERVAL_S):
             if server.poll() is not None:
-                stop_now(
-                    f"error: the Prefect server of this run (PID {server.pid}) exited with status {server.returncode}; "
-                    f"the run cannot record anything any more and stops here; {RESUME_HINT}. Server log: {log_path}",
-                    1,
-                    None,
-                )
+                run.server_exited(log_path)
+                return
 
     watcher = threading.Thread(target=watch, name="mnist-server-watch", daemon=True)
-    watcher.start()
     try:
+        watcher.start()
         yield
     finally:
         done.set()
-        watcher.join()
+        if watcher.is_alive():
+            watcher.join()
 
 
 @contextlib.contextmanager
-def local_run() -> Iterator[str]:
-    """The API for this command-line run, signals handled; yields the API URL."""
-    server_pid: list[int] = []
-    with signals_stop_the_run(server_pid):
+def local_run() -> Iterator[LocalRun]:
+    """The API for this command-line run (PREFECT_API_URL, or a server of its own), signals handled."""
+    run = LocalRun()
+    with signals_handled(run):
         configured = PREFECT_API_URL.value()
         if configured:
-            yield configured
+            run.api_url = configured
+            yield run
             return
         home = Path(PREFECT_HOME.value()).expanduser()
         log_path = home / "logs" / "mnist-run-server.log"
+        env = {**{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false" for name in STANDING_SERVER_SERVICES},
+               **os.environ}  # fmt: skip
         print("mnist: starting a Prefect server for this run (set PREFECT_API_URL to use your own)", flush=True)
-        with serving(dict(os.environ), log_path, cwd=Path.cwd()) as (url, server):
-            server_pid.append(server.pid)
+        with serving(env, log_path, cwd=Path.cwd()) as (url, server):
+            run.server, run.api_url = server, url
             print(f"mnist: Prefect server of this run: {url.removesuffix('/api')} (log: {log_path})", flush=True)
             try:
-                with watched(server, log_path), temporary_settings({PREFECT_API_URL: url}):
-                    yield url
+                with watched(run, log_path), temporary_settings({PREFECT_API_URL: url}):
+                    yield run
             finally:
                 send_what_is_queued()
 

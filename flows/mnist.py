@@ -41,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
         # before a Prefect server is started.
         preflight(params)
-        with local_run():
+        with local_run() as run:
             result = mnist(params)
+            run.finish()
+            print_summary(result)
     except (PipelineError, OSError, ServerError) as error:  # the environment or the data, not a bug to trace
         print(f"mnist: error: {error}", file=sys.stderr)
         return 1
@@ -52,13 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TerminationSignal:
         print(f"mnist: terminated (SIGTERM); {RESUME_HINT}", file=sys.stderr)
         return 143
-    card = result.exported.card
-    print(f"\nTest accuracy: {card.metrics.test_accuracy:.2%}")
+    return 0
+
+
+def print_summary(result: RunResult) -> None:
+    print(f"\nTest accuracy: {result.exported.card.metrics.test_accuracy:.2%}")
     print(f"Report: {result.exported.report}")
     print(f"Model:  {result.exported.model}")
     print(f"Run folder: {result.exported.run_dir}")
-    print(f"Champion: {result.promotion.reason}")
-    return 0
+    print(f"Champion: {result.promotion.reason}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ form (softmax minus the smoothed one-hot target), and each layer's gradients are
 straight into its parameters' `.grad`. On this CPU the step is matmul-bound, and autograd's bookkeeping and
 its layouts for the weight gradients cost about a quarter of it (benchmarks: README, Performance).
 
-Dropout draws its masks exactly as `nn.Dropout` does (`bernoulli_(1 - p)` on a tensor of the activation's shape,
-scaled by `1 / (1 - p)`), so a seed gives the same masks on both paths. No host sync, fixed shapes for a fixed
+Dropout draws its masks as `nn.Dropout` does on a CPU (`bernoulli_(1 - p)` on a tensor of the activation's shape,
+scaled by `1 / (1 - p)`), so there a seed gives the same masks on both paths (on CUDA, `nn.Dropout` uses a fused
+kernel that draws its own). No host sync, fixed shapes for a fixed
 batch: the same code can be captured in a CUDA graph. bf16 autocast is not written out: those steps use autograd.
 """
 

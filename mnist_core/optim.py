@@ -17,7 +17,8 @@ def build_optimizer(model: nn.Module, params: RunParams, device: torch.device, s
     rate and keeps no step counter, so it is graph-safe as it is (the foreach path would call .item() on a tensor
     rate). Adam's `capturable` form exists on CUDA only, so it is used where a graph is really captured.
 
-    The plain step keeps PyTorch's default foreach SGD with a float learning rate, measured faster on the CPU.
+    The plain step keeps PyTorch's default SGD (on a CPU, a loop over the parameters) with a float learning rate,
+    measured faster there.
     """
     if params.optimizer == "sgd":
         fused = step != "plain" and device.type in ("cpu", "cuda")

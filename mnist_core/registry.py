@@ -124,8 +124,8 @@ def read_champion(output_root: Path, dataset: str) -> ChampionPointer | None:
         return ChampionPointer.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except ValidationError as error:
-        problem = error.errors()[0]
+    except (ValidationError, UnicodeDecodeError) as error:
+        problem = error.errors()[0] if isinstance(error, ValidationError) else {"loc": (), "msg": str(error)}
         where = ".".join(str(part) for part in problem["loc"]) or "the file"
         raise DataError(
             f"{path}: damaged champion pointer ({where}: {problem['msg']}); restore it from a backup, or delete it "
@@ -135,10 +135,13 @@ def read_champion(output_root: Path, dataset: str) -> ChampionPointer | None:
 
 def _registry_text(output_root: Path) -> str | None:
     """The registry's text, None when there is none yet."""
+    path = Path(output_root) / REGISTRY_FILE
     try:
-        return (Path(output_root) / REGISTRY_FILE).read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as error:  # e.g. cut inside a multi-byte character of a path
+        raise _damaged(path, f"not UTF-8 text at byte {error.start}") from error
 
 
 def _damaged(path: Path, problem: str) -> DataError:
@@ -206,7 +209,8 @@ def _append_row(root: Path, existing: str | None, row: dict[str, Any]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     if existing is None:
         writer.writeheader()
-    writer.writerow(row)
+    # The csv writer quotes a field with "\n" but not a lone "\r", which its reader then refuses.
+    writer.writerow({key: value.replace("\r", " ") if isinstance(value, str) else value for key, value in row.items()})
     _write(root / REGISTRY_FILE, (existing or "") + buffer.getvalue())
 
 
@@ -267,7 +271,8 @@ def record_run(
 
     The pointer is replaced before the registry row is written: a crash before the replace leaves the old
     champion and registry untouched; a crash between the two leaves a valid champion whose row is missing, which
-    the run's retry (or rerun) writes from the decision the pointer holds.
+    the run's retry (or rerun) writes from the decision the pointer holds. (If another run is promoted over it
+    before that retry, the pointer no longer holds that decision: the retry then compares the run afresh.)
     """
     root = Path(output_root).expanduser().resolve()
     with registry_lock(root):

@@ -9,32 +9,35 @@ from mnist_core.records import Downloaded, Evaluation, Exported, Prepared, Train
 from tasks.publish import BestEffort
 
 
-def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluation) -> None:
+def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluation, publisher: BestEffort) -> None:
     """Stable keys (one per dataset) so the UI shows each artifact's history across runs."""
     dataset, run_dir = exported.card.dataset.name, exported.run_dir
-    create_markdown_artifact(
-        key=f"{dataset}-report", markdown=exported.report.read_text(encoding="utf-8"), description="Run report"
-    )
-    create_table_artifact(
-        key=f"{dataset}-epoch-metrics",
-        table=history_frame(trained.history).to_dict(orient="records"),
-        description="Per-epoch metrics",
-    )
-    create_table_artifact(key=f"{dataset}-per-class", table=evaluation.per_class, description="Per-class test metrics")
-    create_table_artifact(
-        key=f"{dataset}-confusion-matrix",
-        table=confusion_frame(evaluation).reset_index().to_dict(orient="records"),
-        description="Confusion matrix on the test set (rows: true class, columns: predicted)",
-    )
-    for key, name, text in (
-        ("model", MODEL_FILE, "Model weights (safetensors)"),
-        ("torchscript", TORCHSCRIPT_FILE, "TorchScript model"),
-        ("report-file", REPORT_FILE, "Report (markdown)"),
-        ("model-card", CARD_FILE, "Model card (JSON)"),
-    ):
-        create_link_artifact(key=f"{dataset}-{key}", link=(run_dir / name).as_uri(), link_text=text)
+    report = exported.report.read_text(encoding="utf-8")
+    epochs = history_frame(trained.history).to_dict(orient="records")
+    confusion = confusion_frame(evaluation).reset_index().to_dict(orient="records")
+    links = [
+        (f"{dataset}-{key}", (run_dir / name).as_uri(), text)
+        for key, name, text in (
+            ("model", MODEL_FILE, "Model weights (safetensors)"),
+            ("torchscript", TORCHSCRIPT_FILE, "TorchScript model"),
+            ("report-file", REPORT_FILE, "Report (markdown)"),
+            ("model-card", CARD_FILE, "Model card (JSON)"),
+        )
+    ]
     # Not the bare path as link text: "[/path]" reads as a Rich closing tag and breaks `prefect artifact ls -o json`.
-    create_link_artifact(key=f"{dataset}-run-folder", link=run_dir.as_uri(), link_text=f"Run folder {run_dir}")
+    links.append((f"{dataset}-run-folder", run_dir.as_uri(), f"Run folder {run_dir}"))
+    with publisher.attempt(f"the artifacts of {run_dir}"):
+        create_markdown_artifact(key=f"{dataset}-report", markdown=report, description="Run report")
+        create_table_artifact(key=f"{dataset}-epoch-metrics", table=epochs, description="Per-epoch metrics")
+        create_table_artifact(key=f"{dataset}-per-class", table=evaluation.per_class,
+                              description="Per-class test metrics")  # fmt: skip
+        create_table_artifact(
+            key=f"{dataset}-confusion-matrix",
+            table=confusion,
+            description="Confusion matrix on the test set (rows: true class, columns: predicted)",
+        )
+        for key, link, text in links:
+            create_link_artifact(key=key, link=link, link_text=text)
 
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)
@@ -44,7 +47,6 @@ def export(
     """Write the run folder (once per checkpoint) and publish the artifacts."""
     exported = export_trained(params, downloaded, prepared, trained, evaluation)
     logger = get_run_logger()
-    with BestEffort(logger).attempt(f"the artifacts of {exported.run_dir}"):
-        publish_artifacts(exported, trained, evaluation)
+    publish_artifacts(exported, trained, evaluation, BestEffort(logger))
     logger.info("run folder: %s", exported.run_dir)
     return exported

@@ -1,5 +1,6 @@
 import json
 from typing import Any
+from uuid import UUID
 
 import torch
 from prefect import State, get_run_logger, task
@@ -33,23 +34,24 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
     logger.info("parameters: %s", json.dumps(params.public_dump()))
     data = load_prepared(prepared.path, device)
     work_dir = checkpoint_dir(params)
-    progress_id = create_progress_artifact(
-        progress=0.0, key=f"{params.dataset}-training-progress", description=f"Epochs done of {params.epochs}"
-    )
-
     publisher = BestEffort(logger)
+    progress_id: list[UUID] = []
+    with publisher.attempt("the training progress"):
+        progress_id.append(create_progress_artifact(
+            progress=0.0, key=f"{params.dataset}-training-progress", description=f"Epochs done of {params.epochs}"
+        ))  # fmt: skip
+
+    def show_progress(percent: float) -> None:
+        # One try, none for a while after one failed: a progress bar is not worth holding training up.
+        if progress_id and not publisher.resting():
+            with publisher.attempt("the training progress", retries=0):
+                update_progress_artifact(artifact_id=progress_id[0], progress=percent)
 
     def report_progress(stats: EpochStats) -> None:
-        # One try per epoch, none for a while after one failed: a progress bar is not worth holding training up.
-        if publisher.resting():
-            return
-        with publisher.attempt("the training progress", retries=0):
-            update_progress_artifact(artifact_id=progress_id, progress=100.0 * stats.epoch / params.epochs)
+        show_progress(100.0 * stats.epoch / params.epochs)
 
     result = train_model(data, params, torch.device(device), work_dir / CHECKPOINT_FILE, report_progress, logger=logger)
-    # Also when the run resumed after its last epoch, so no epoch was reported here.
-    with publisher.attempt("the training progress", retries=0):
-        update_progress_artifact(artifact_id=progress_id, progress=100.0)
+    show_progress(100.0)  # also when the run resumed after its last epoch, so no epoch was reported here
     model_path = work_dir / BEST_WEIGHTS_FILE
     save_weights(result.model, model_path)
     return Trained(**result.model_dump(exclude={"model"}), model_path=model_path, checkpoint_dir=work_dir)

@@ -24,11 +24,12 @@ def _registry_of_three_runs(root: Path) -> None:
 
 
 def _cut_inside_a_line(path: Path, seed: int) -> int:
-    """Cut `path` at a random byte that is not a line end (a cut there leaves a shorter, valid file)."""
+    """Cut `path` at a random byte that is not a line end (a cut there leaves a shorter, valid file), nor just
+    before the last one (a pointer's JSON is whole without its final line break)."""
     data = path.read_bytes()
     rng = random.Random(seed)
     while True:
-        cut = rng.randrange(1, len(data))
+        cut = rng.randrange(1, len(data) - 1)
         if data[cut - 1 : cut] != b"\n":
             path.write_bytes(data[:cut])
             return cut

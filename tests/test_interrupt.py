@@ -57,16 +57,15 @@ class FlowProcess:
             time.sleep(0.05)
 
     def signal_and_time(self, *signals: tuple[signal.Signals, bool]) -> tuple[int, float]:
-        """Send each (signal, to the whole group?) 0.2 s apart; the exit status and the seconds since the first."""
+        """Send each (signal, to the whole group?); the exit status and the seconds since the first."""
         pid = self.process.pid
         return self.stop_and_time(*[lambda s=s: (os.killpg if s[1] else os.kill)(pid, s[0]) for s in signals])
 
     def stop_and_time(self, *actions: Callable[[], None]) -> tuple[int, float]:
-        """Do each action 0.2 s apart; the exit status and the seconds since the first."""
+        """Do each action in turn; the exit status and the seconds since the first."""
         started = time.monotonic()
         for action in actions:
             action()
-            time.sleep(0.2)
         try:
             code = self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -77,6 +76,12 @@ class FlowProcess:
 
     def output_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output_text():
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout_s} s:\n{self.output_text()[-3000:]}"
+            time.sleep(0.02)
 
     def server_url(self) -> str:
         line = next(line for line in self.output_text().splitlines() if "Prefect server of this run:" in line)
@@ -147,20 +152,38 @@ def test_sigterm_to_the_flow_process_stops_the_run(flow: FlowProcess) -> None:
     url = flow.server_url()
     code, seconds = flow.signal_and_time((signal.SIGTERM, False))
     flow.assert_stopped_cleanly(code, 143, seconds, "terminated (SIGTERM)")
+    assert "Finished in state Crashed" in flow.output_text(), "the run's end was not recorded"
     flow.assert_server_gone(url)
     print(f"\nSIGTERM: exit 143 after {seconds:.1f} s")
 
 
 def test_a_second_ctrl_c_stops_at_once(flow: FlowProcess) -> None:
+    """The impatient user: Ctrl-C, and again while the first is being handled (the run is recorded as crashed,
+    then its server is stopped): the second exits at once."""
     url = flow.server_url()
-    code, seconds = flow.signal_and_time((signal.SIGINT, True), (signal.SIGINT, True))
-    output = flow.output_text()
-    # Either the first Ctrl-C had already ended the run, or the second one cut its clean-up short.
-    message = "SIGINT again: stopping now" if "SIGINT again" in output else "interrupted (Ctrl-C)"
-    flow.assert_stopped_cleanly(code, 130, seconds, message)
+    code, seconds = flow.stop_and_time(
+        lambda: os.killpg(flow.process.pid, signal.SIGINT),
+        lambda: flow.wait_for_output("Finished in state Crashed"),
+        lambda: os.killpg(flow.process.pid, signal.SIGINT),
+    )
+    flow.assert_stopped_cleanly(code, 130, seconds, "SIGINT again: stopping now")
     time.sleep(1)  # the server was sent SIGTERM on the way out; it takes a moment
     flow.assert_server_gone(url)
-    print(f"\ntwo Ctrl-C 0.2 s apart: exit 130 after {seconds:.1f} s ({message})")
+    print(f"\ntwo Ctrl-C: exit 130 after {seconds:.1f} s")
+
+
+def test_ctrl_c_once_the_run_has_completed_only_cuts_the_clean_up_short(flow: FlowProcess) -> None:
+    """Ctrl-C after the summary is printed, while the run's server is being stopped: the run stands (exit 0)."""
+    code, seconds = flow.stop_and_time(
+        lambda: flow.wait_for_output("Champion: "), lambda: os.killpg(flow.process.pid, signal.SIGINT)
+    )
+    output = flow.output_text()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output and "rerun" not in output
+    if "SIGINT: the run had completed" not in output:  # the signal came after the clean-up: nothing to cut short
+        assert flow.process.returncode == 0
+    [run_dir] = [path for path in flow.output.iterdir() if path.is_dir() and not path.name.startswith(".")]
+    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.csv").is_file()
 
 
 def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:

@@ -1,4 +1,5 @@
-"""Publishing artifacts is best effort: an API that does not answer is logged once, never fatal, never slow."""
+"""Publishing artifacts is best effort: an API that does not answer is logged once, never fatal, and costs
+seconds, not the client's minute of back-off."""
 
 import logging
 
@@ -43,3 +44,29 @@ def test_a_publisher_rests_only_after_a_failure(monkeypatch: pytest.MonkeyPatch)
 def test_an_interrupt_is_never_swallowed() -> None:
     with pytest.raises(KeyboardInterrupt), BestEffort(logging.getLogger("test-publish")).attempt("anything"):
         raise KeyboardInterrupt
+
+
+@pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow or task run:FutureWarning")
+def test_publishing_to_a_server_that_is_gone_costs_seconds_not_minutes(caplog: pytest.LogCaptureFixture) -> None:
+    """Against a closed port, through Prefect's real client: one try at progress, the default two retries at the
+    rest. Without the cap, the client backs off for about a minute per call."""
+    import time
+    import uuid
+
+    from prefect.artifacts import create_markdown_artifact, update_progress_artifact
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.server import free_port
+
+    publisher = BestEffort(logging.getLogger("test-publish"))
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        started = time.monotonic()
+        with publisher.attempt("the training progress", retries=0):
+            update_progress_artifact(artifact_id=uuid.uuid4(), progress=50.0)
+        one_try = time.monotonic() - started
+        started = time.monotonic()
+        with publisher.attempt("the report"):
+            create_markdown_artifact(key="gone", markdown="# a report")
+        with_retries = time.monotonic() - started
+    assert publisher.failures == 2
+    assert one_try < 5 and with_retries < 20, (one_try, with_retries)
