@@ -14,7 +14,7 @@ from mnist_core.model import save_weights
 from mnist_core.prepare import load_prepared
 from mnist_core.records import EpochStats, Prepared, Trained
 from mnist_core.train import train_model
-from tasks.publish import BestEffort
+from tasks.publish import PUBLISH_RETRIES, BestEffort
 
 BEST_WEIGHTS_FILE = "model.safetensors"
 
@@ -41,17 +41,19 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
             progress=0.0, key=f"{params.dataset}-training-progress", description=f"Epochs done of {params.epochs}"
         ))  # fmt: skip
 
-    def show_progress(percent: float) -> None:
-        # One try, none for a while after one failed: a progress bar is not worth holding training up.
-        if progress_id and not publisher.resting():
-            with publisher.attempt("the training progress", retries=0):
+    def show_progress(percent: float, retries: int) -> None:
+        if progress_id:
+            with publisher.attempt("the training progress", retries=retries):
                 update_progress_artifact(artifact_id=progress_id[0], progress=percent)
 
     def report_progress(stats: EpochStats) -> None:
-        show_progress(100.0 * stats.epoch / params.epochs)
+        # One try per epoch, none for a while after one failed: a progress bar is not worth holding training up.
+        if not publisher.resting():
+            show_progress(100.0 * stats.epoch / params.epochs, retries=0)
 
     result = train_model(data, params, torch.device(device), work_dir / CHECKPOINT_FILE, report_progress, logger=logger)
-    show_progress(100.0)  # also when the run resumed after its last epoch, so no epoch was reported here
+    # The last word, with retries, whatever happened to the epochs' (and when the run resumed after its last epoch).
+    show_progress(100.0, retries=PUBLISH_RETRIES)
     model_path = work_dir / BEST_WEIGHTS_FILE
     save_weights(result.model, model_path)
     return Trained(**result.model_dump(exclude={"model"}), model_path=model_path, checkpoint_dir=work_dir)
