@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -149,18 +150,52 @@ def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIME
 
 @contextlib.contextmanager
 def serving(env: dict[str, str], log_path: Path, cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A server on a free loopback port, run with `env` in `cwd`, once healthy: yields its API URL and process, and
-    stops its whole group (by PID) on exit, the server's own children too, even once the server itself has exited.
-    If this process dies without stopping it (SIGKILL), Linux stops it."""
+    """A server on a free loopback port, run with `env` in `cwd`, once healthy: yields its API URL and process. On
+    exit, this process's queued logs and events are sent to it, then its whole group is stopped (by PID), the
+    server's own children too, even once the server itself has exited. If this process dies without stopping it
+    (SIGKILL), Linux stops it."""
     port = free_port()
     server = start_server("127.0.0.1", port, env, log_path, cwd=cwd, outlive_caller=False)
     try:
         url = api_url("127.0.0.1", port)
         wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None, log_path)
-        yield url, server
+        try:
+            yield url, server
+        finally:
+            if server.poll() is None:
+                send_what_is_queued()
     finally:
         stop_group(server.pid, lambda: server.poll() is None or group_alive(server.pid))
         server.wait()
+
+
+def send_what_is_queued() -> None:
+    """Send the logs and events this process's Prefect client still queues, while the server is up (as Prefect's
+    own test harness does before it stops its server): at exit, Prefect would retry sending them to a server that
+    is gone, for a minute and more, and print "Error logging to API"."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all()
+
+
+def finished_task_runs(flow_run_id: object, names: Iterable[str], timeout_s: float = 60) -> dict[str, Any]:
+    """A flow run's task runs by task name, once each of `names` has its final state in the API (task states reach
+    the server as events, recorded a moment after the flow returns); ServerError if one has none by `timeout_s`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    wanted, deadline = set(names), time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        done = {run.task_key.split("-")[0]: run for run in runs if run.state and run.state.is_final()}
+        if wanted <= set(done):
+            return done
+        if time.monotonic() > deadline:
+            raise ServerError(f"no final task-run state after {timeout_s} s for {sorted(wanted - set(done))}")
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager

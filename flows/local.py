@@ -44,7 +44,6 @@ class LocalRun:
     The signal handlers and the server's watchdog decide from this how to stop."""
 
     def __init__(self) -> None:
-        self.api_url = ""
         self.server: subprocess.Popen | None = None
         self.signals: list[signal.Signals] = []
         self.completed = False
@@ -141,7 +140,6 @@ def local_run() -> Iterator[LocalRun]:
     with signals_handled(run):
         configured = PREFECT_API_URL.value()
         if configured:
-            run.api_url = configured
             yield run
             return
         home = Path(PREFECT_HOME.value()).expanduser()
@@ -150,20 +148,7 @@ def local_run() -> Iterator[LocalRun]:
                **os.environ}  # fmt: skip
         print("mnist: starting a Prefect server for this run (set PREFECT_API_URL to use your own)", flush=True)
         with serving(env, log_path, cwd=Path.cwd()) as (url, server):
-            run.server, run.api_url = server, url
+            run.server = server
             print(f"mnist: Prefect server of this run: {url.removesuffix('/api')} (log: {log_path})", flush=True)
-            try:
-                with watched(run, log_path), temporary_settings({PREFECT_API_URL: url}):
-                    yield run
-            finally:
-                send_what_is_queued()
-
-
-def send_what_is_queued() -> None:
-    """Send the logs and events Prefect still queues, while the server is up: at exit, Prefect would retry
-    sending them to a server that is gone, for a minute and more (as Prefect's own test harness does)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    EventsWorker.drain_all()
+            with watched(run, log_path), temporary_settings({PREFECT_API_URL: url}):
+                yield run

@@ -22,14 +22,6 @@ def linear_layers(model: MLP) -> list[nn.Linear]:
     return [layer for layer in model.layers if isinstance(layer, nn.Linear)]
 
 
-def normalized_input(model: MLP, images: torch.Tensor) -> torch.Tensor:
-    """The first layer's input: as `MLP.forward` computes it, in place on a fresh copy."""
-    x = images.flatten(1)
-    if x.dtype == torch.uint8:
-        return x.to(torch.float32).mul_(1.0 / 255.0).sub_(model.mean).div_(model.std)
-    return (x - model.mean) / model.std
-
-
 def _gradient_buffer(param: nn.Parameter) -> torch.Tensor:
     if param.grad is None:
         param.grad = torch.empty_like(param)
@@ -53,7 +45,7 @@ def loss_and_gradients(
     layers = linear_layers(model)
     inputs: list[torch.Tensor] = []  # each layer's input, kept for its weight gradient
     masks: list[torch.Tensor] = []  # dropout's scaled masks, one per hidden layer
-    hidden = normalized_input(model, images)
+    hidden = model.normalize(images)
     for number, layer in enumerate(layers):
         inputs.append(hidden)
         hidden = torch.addmm(layer.bias, hidden, layer.weight.t())

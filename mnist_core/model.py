@@ -44,10 +44,14 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.normalize(images))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: flattened, uint8 scaled to 0-1, standardized with the model's mean and std."""
         x = images.flatten(1)
-        if x.dtype == torch.uint8:
-            x = x.to(torch.float32) * (1.0 / 255.0)
-        return self.layers((x - self.mean) / self.std)
+        if x.dtype == torch.uint8:  # a fresh float copy: normalized in place
+            return x.to(torch.float32).mul_(1.0 / 255.0).sub_(self.mean).div_(self.std)
+        return (x - self.mean) / self.std
 
 
 def save_weights(model: MLP, path: Path) -> None:

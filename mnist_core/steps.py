@@ -74,9 +74,27 @@ class _Step:
         self.loss_sum.zero_()
         self.correct.zero_()
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def _loss_and_gradients(
+        self, batch_x: torch.Tensor, batch_y: torch.Tensor, weight: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's summed loss (weighted by `weight`, if given) and its logits; the gradient of the mean loss
+        (the weighted mean) in each parameter's `.grad`. Written out, or through autograd under bf16."""
+        if self.written_out:
+            return loss_and_gradients(self.model, batch_x, batch_y, self.label_smoothing, weight)
+        # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
+        with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            logits = self.model(batch_x)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if weight is None:
+            loss = functional.cross_entropy(logits.float(), batch_y, label_smoothing=self.label_smoothing)
+            loss.backward()
+            return loss.detach() * len(batch_y), logits
+        per_sample = functional.cross_entropy(
+            logits.float(), batch_y, reduction="none", label_smoothing=self.label_smoothing
+        )
+        weighted = (per_sample * weight).sum()
+        (weighted / weight.sum()).backward()
+        return weighted.detach(), logits
 
 
 @dataclass(eq=False)
@@ -112,19 +130,9 @@ class FixedShapeStep(_Step):
         # index_select, not images[index]: on the CPU, advanced indexing of a uint8 tensor is ~10x slower.
         batch_x = torch.index_select(self.images, 0, self.index)
         batch_y = torch.index_select(self.labels, 0, self.index)
-        if self.written_out:
-            weighted, logits = loss_and_gradients(self.model, batch_x, batch_y, self.label_smoothing, self.weight)
-        else:
-            # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
-            with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-                logits = self.model(batch_x)
-            per_sample = functional.cross_entropy(
-                logits.float(), batch_y, reduction="none", label_smoothing=self.label_smoothing
-            )
-            weighted = (per_sample * self.weight).sum()
-            self._backward(weighted / self.weight.sum())
+        weighted, logits = self._loss_and_gradients(batch_x, batch_y, self.weight)
         self.optimizer.step()
-        self.loss_sum += weighted.detach()
+        self.loss_sum += weighted
         self.correct += ((logits.argmax(1) == batch_y) & (self.weight > 0)).sum()
 
 
@@ -142,14 +150,7 @@ class PlainStep(_Step):
     def run(self, index: torch.Tensor) -> None:
         batch_x = torch.index_select(self.images, 0, index)
         batch_y = torch.index_select(self.labels, 0, index)
-        if self.written_out:
-            loss_sum, logits = loss_and_gradients(self.model, batch_x, batch_y, self.label_smoothing)
-        else:
-            with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(batch_x)
-            loss = functional.cross_entropy(logits.float(), batch_y, label_smoothing=self.label_smoothing)
-            self._backward(loss)
-            loss_sum = loss.detach() * len(index)
+        loss_sum, logits = self._loss_and_gradients(batch_x, batch_y, None)
         self.optimizer.step()
         self.loss_sum += loss_sum
         self.correct += (logits.argmax(1) == batch_y).sum()

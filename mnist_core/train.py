@@ -108,18 +108,24 @@ class Progress:
 
     best_state: dict[str, torch.Tensor]
     history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
-    best_key: tuple[float, float] = (-1.0, -math.inf)  # (val accuracy, -val loss): higher is better
+    best_epoch: int = 0  # 0: none yet
 
     @classmethod
     def start(cls, model: torch.nn.Module) -> "Progress":
         return cls(best_state=_copy_state(model))
 
+    @property
+    def best_key(self) -> tuple[float, float]:
+        """What "best" ranks by: (validation accuracy, -validation loss), higher is better."""
+        if not self.best_epoch:
+            return (-1.0, -math.inf)
+        best = self.history[self.best_epoch - 1]
+        return (best.val_accuracy, -best.val_loss)
+
     def record(self, stats: EpochStats, model: torch.nn.Module) -> None:
+        if (stats.val_accuracy, -stats.val_loss) > self.best_key:
+            self.best_epoch, self.best_state = stats.epoch, _copy_state(model)
         self.history.append(stats)
-        key = (stats.val_accuracy, -stats.val_loss)
-        if key > self.best_key:
-            self.best_key, self.best_epoch, self.best_state = key, stats.epoch, _copy_state(model)
 
 
 def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -148,7 +154,7 @@ class _Training:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "best_state": progress.best_state,
             "best_epoch": progress.best_epoch,
-            "best_key": list(progress.best_key),
+            "best_key": list(progress.best_key),  # derivable; kept so format-2 readers find it
             "history": [stats.model_dump() for stats in progress.history],
             "rng": rng_state(self.shuffle, self.device),
             "torch_version": str(torch.__version__),
@@ -165,7 +171,6 @@ class _Training:
             best_state={name: tensor.to(self.device) for name, tensor in payload["best_state"].items()},
             history=[EpochStats(**entry) for entry in payload["history"]],
             best_epoch=payload["best_epoch"],
-            best_key=tuple(payload["best_key"]),
         )
 
 

@@ -35,16 +35,16 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
     data = load_prepared(prepared.path, device)
     work_dir = checkpoint_dir(params)
     publisher = BestEffort(logger)
-    progress_id: list[UUID] = []
+    progress_id: UUID | None = None
     with publisher.attempt("the training progress"):
-        progress_id.append(create_progress_artifact(
+        progress_id = create_progress_artifact(
             progress=0.0, key=f"{params.dataset}-training-progress", description=f"Epochs done of {params.epochs}"
-        ))  # fmt: skip
+        )
 
     def show_progress(percent: float, retries: int) -> None:
-        if progress_id:
+        if progress_id is not None:
             with publisher.attempt("the training progress", retries=retries):
-                update_progress_artifact(artifact_id=progress_id[0], progress=percent)
+                update_progress_artifact(artifact_id=progress_id, progress=percent)
 
     def report_progress(stats: EpochStats) -> None:
         # One try per epoch, none for a while after one failed: a progress bar is not worth holding training up.

@@ -92,13 +92,7 @@ def synthetic_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
 def prefect_server() -> Iterator[str]:
     """One Prefect server for the whole session (~10 s to start), on loopback with its own database, stopped by
     PID at the end; flows called in this process report to it. Yields its API URL."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with running_server(_SESSION_HOME / "server") as api_url, temporary_settings({PREFECT_API_URL: api_url}):
         yield api_url
-        # As Prefect's own test harness does before it stops its server: send the logs and events still queued,
-        # or they fail at exit ("Error logging to API") against a server that is gone.
-        APILogHandler().flush()
-        EventsWorker.drain_all()

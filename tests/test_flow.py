@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +24,6 @@ def read_artifacts(flow_run_id) -> dict[str, Any]:
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     return {artifact.key: artifact for artifact in artifacts if artifact.key}
-
-
-def read_finished_task_runs(flow_run_id, names: set[str], timeout_s: float = 60) -> dict[str, Any]:
-    """The flow run's task runs by task name, once each of `names` has a final state in the API (task states
-    reach the server as events, recorded a moment after the flow returns)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        by_name = {run.task_key.split("-")[0]: run for run in runs if run.state and run.state.is_final()}
-        if names <= set(by_name) or time.monotonic() > deadline:
-            return by_name
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +63,12 @@ def test_flow_writes_a_complete_run_folder(flow_run, mnist_tensors) -> None:
 def test_every_stage_is_a_task_run_with_its_duration_in_prefect(flow_run) -> None:
     """Stage durations are Prefect's own records of the task runs, not timed by hand."""
     result, flow_run_id, _ = flow_run
-    stages = {"download", "transform", "train", "evaluate", "export", "promote"}
-    task_runs = read_finished_task_runs(flow_run_id, stages)
-    assert stages <= set(task_runs), sorted(task_runs)
+    from deployments.server import finished_task_runs
+    from tasks import __all__ as stages
+
+    task_runs = finished_task_runs(flow_run_id, stages)
+    assert set(stages) == {"download", "transform", "train", "evaluate", "export", "promote"}
+    assert set(stages) <= set(task_runs), sorted(task_runs)
     for name in stages:
         assert task_runs[name].state.is_completed(), (name, task_runs[name].state)
         assert task_runs[name].total_run_time.total_seconds() > 0, name
