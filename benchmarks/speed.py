@@ -33,7 +33,8 @@ from deployments.server import running_server
 from mnist_core.config import RunParams
 from mnist_core.device import resolve_device
 from mnist_core.download import download_dataset
-from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.evaluate import evaluate_model
+from mnist_core.idx import CLASS_NAMES
 from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.train import train_model
 

@@ -14,7 +14,8 @@ import torch
 from speed import project_data
 
 from mnist_core.config import RunParams
-from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.evaluate import evaluate_model
+from mnist_core.idx import CLASS_NAMES
 from mnist_core.train import train_model
 
 

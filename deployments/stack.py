@@ -159,6 +159,7 @@ class Stack:
             f"  UI:     {self.api_url.removesuffix('/api')}\n"
             f"  API:    {self.api_url}   (source {env_file} to point the prefect CLI at it)\n"
             f"  Run:    prefect deployment run mnist/train --watch\n"
+            f'          prefect deployment run mnist-predict/batch --param \'params={{"inputs": ["DIR"]}}\' --watch\n'
             f"  Logs:   {self.log_dir}\n"
             f"  Stop:   make stack-down   (or: {sys.executable} deployments/stack.py down)"
         )

@@ -23,11 +23,19 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def build_parser(model: type[BaseModel], description: str) -> argparse.ArgumentParser:
-    """One flag per field. Values stay strings: the model validates and converts them, as it does for Python."""
+def build_parser(
+    model: type[BaseModel], description: str, prog: str | None = None, positional: str | None = None
+) -> argparse.ArgumentParser:
+    """One flag per field (`positional` names a list field taken as the positional arguments instead). Values stay
+    strings: the model validates and converts them, as it does for Python."""
     # No abbreviations: a misspelt flag such as --epoch must be refused, not silently read as --epochs.
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False
+    )
     for name, info in model.model_fields.items():
+        if name == positional:
+            parser.add_argument(name, nargs="+", metavar=name.upper().removesuffix("S"), help=info.description)
+            continue
         annotation = _unwrap_optional(info.annotation)
         origin = typing.get_origin(annotation)
         default = info.get_default(call_default_factory=True)
@@ -61,9 +69,15 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_params(model: type[ModelT], argv: Sequence[str] | None, description: str) -> ModelT:
+def parse_params(
+    model: type[ModelT],
+    argv: Sequence[str] | None,
+    description: str,
+    prog: str | None = None,
+    positional: str | None = None,
+) -> ModelT:
     """Parse and validate; a bad value exits with status 2 and a short message, not a traceback."""
-    parser = build_parser(model, description)
+    parser = build_parser(model, description, prog, positional)
     values = vars(parser.parse_args(argv))
     try:
         return model.model_validate(values)

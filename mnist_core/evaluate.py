@@ -11,12 +11,6 @@ from mnist_core.model import load_weights
 from mnist_core.records import Evaluation
 
 EVAL_CHUNK = 10_000
-CLASS_NAMES: dict[str, list[str]] = {
-    "mnist": [str(digit) for digit in range(10)],
-    "fashion-mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    ],
-}  # fmt: skip
 
 
 @torch.no_grad()

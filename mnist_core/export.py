@@ -7,7 +7,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -30,21 +29,31 @@ from mnist_core.records import (
     Timings,
     Trained,
 )
+from mnist_core.runtimes import (
+    CARD_FILE,
+    EXPORTED_PROGRAM_FILE,
+    IMAGES,
+    LOGITS,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    describe_model_files,
+)
 
-MODEL_FILE = "model.safetensors"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
+MODEL_FILE = WEIGHTS_FILE
 METRICS_FILE = "metrics.csv"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 REPORT_FILE = "report.md"
-CARD_FILE = "model_card.json"
-RUN_FILES = [MODEL_FILE, TORCHSCRIPT_FILE, METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, REPORT_FILE, CARD_FILE]
+RUN_FILES = [MODEL_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE, METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, REPORT_FILE,
+             CARD_FILE]  # fmt: skip
 # In the checkpoint folder: the run folder this training produced, so a rerun after a later failure reuses it.
 EXPORTED_MARKER = "exported.json"
 
-# torch.jit.script is not thread-safe: two threads scripting at once fail with "Can't redefine method: forward" (its
-# type cache), or, on CPython 3.11, a SystemError from ast.parse (gh-106905). Prefect runs flows and tasks in threads.
-_SCRIPTING_LOCK = threading.Lock()
+# torch.export traces with Dynamo, whose caches and global state are not thread-safe; Prefect runs flows and tasks
+# in threads, so two runs in one process export one at a time.
+_EXPORT_LOCK = threading.Lock()
+# Any batch size at inference; the trace needs an example batch of at least 2 or it specializes the dimension to 1.
+_EXAMPLE_BATCH = 4
 
 
 def new_run_id(training_digest: str) -> str:
@@ -110,7 +119,7 @@ def _table(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
 
 
 def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evaluation, run_dir: Path) -> str:
-    metrics, timings = card.metrics, card.timings
+    metrics, timings, models = card.metrics, card.timings, card.model_files
     resumed = f" (resumed after epoch {timings.resumed_from_epoch})" if timings.resumed_from_epoch else ""
     lines = [
         f"# {card.dataset.name} run {card.run_id}",
@@ -122,6 +131,14 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         f"Run folder: `{run_dir}`",
         "",
         *[f"- `{name}`" for name in card.files],
+        "",
+        "## Model files",
+        "Each takes `images`, uint8 of shape batch x 28 x 28 (0-255, MNIST form: white ink on black), and gives "
+        "`logits`, float32 of shape batch x 10; normalization is inside the model.",
+        "",
+        "| file | format | load with | SHA-256 |",
+        "|---|---|---|---|",
+        *[f"| `{name}` | {file.format} | `{file.load_with}` | `{file.sha256}` |" for name, file in models.items()],
         "",
         "## Timings",
         f"- training: {timings.train_seconds:.2f} s over {metrics.epochs_run} epochs{resumed}",
@@ -149,25 +166,41 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
     return "\n".join(lines)
 
 
-def save_torchscript(model: MLP, path: Path) -> None:
-    with _SCRIPTING_LOCK, warnings.catch_warnings():
-        # TorchScript is deprecated upstream but remains the format C++ and mobile runtimes load.
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(model).save(str(path))
+def save_portable(model: MLP, folder: Path) -> None:
+    """`model.pt2` (torch.export) and `model.onnx` (the Dynamo exporter, one self-contained file), both taking
+    uint8 images of any batch size (IMAGES) and giving logits (LOGITS)."""
+    example = torch.zeros(_EXAMPLE_BATCH, *IMAGES.shape[1:], dtype=torch.uint8)
+    dynamic_shapes = ({0: torch.export.Dim(str(IMAGES.shape[0]))},)
+    with _EXPORT_LOCK:
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+        torch.export.save(program, folder / EXPORTED_PROGRAM_FILE)
+        torch.onnx.export(
+            model,
+            (example,),
+            folder / ONNX_FILE,
+            dynamo=True,
+            input_names=[IMAGES.name],
+            output_names=[LOGITS.name],
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, history: list[EpochStats],
-                 evaluation: Evaluation) -> None:  # fmt: skip
+                 evaluation: Evaluation) -> ModelCard:  # fmt: skip
     cpu_model = MLP(model.hidden_sizes, model.dropout)
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     cpu_model.eval()
     save_weights(cpu_model, folder / MODEL_FILE)
-    save_torchscript(cpu_model, folder / TORCHSCRIPT_FILE)
+    save_portable(cpu_model, folder)
+    card = card.model_copy(update={"model_files": describe_model_files(folder)})
     history_frame(history).to_csv(folder / METRICS_FILE, index=False)
     pd.DataFrame(evaluation.per_class).to_csv(folder / PER_CLASS_FILE, index=False)
     confusion_frame(evaluation).to_csv(folder / CONFUSION_FILE)
     (folder / REPORT_FILE).write_text(render_report(card, history, evaluation, run_dir), encoding="utf-8")
     (folder / CARD_FILE).write_text(card.model_dump_json(indent=2), encoding="utf-8")
+    return card
 
 
 def export_run(
@@ -186,7 +219,7 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise FileExistsError(f"run folder {run_dir} already exists; refusing to overwrite it")
     try:
-        _write_files(staging, run_dir, model, card, history, evaluation)
+        card = _write_files(staging, run_dir, model, card, history, evaluation)
         staging.chmod(0o755)  # mkdtemp makes it 0700; a run folder is meant to be read by the team
         os.rename(staging, run_dir)
     except OSError as error:
@@ -220,7 +253,8 @@ def export_trained(
     # Rebuilt from the same records on a rerun: the same facts as the card in the folder, bar its creation time.
     card = build_model_card(run_id, params, downloaded, prepared, trained, evaluation)
     if earlier and Path(earlier["run_dir"]).is_dir():
-        return _exported(Path(earlier["run_dir"]), card)
+        run_dir = Path(earlier["run_dir"])
+        return _exported(run_dir, card.model_copy(update={"model_files": describe_model_files(run_dir)}))
     exported = export_run(Path(params.output_dir), load_weights(trained.model_path), card, trained.history, evaluation)
     atomic_write_text(marker, json.dumps({"run_id": exported.run_id, "run_dir": str(exported.run_dir)}))
     return exported

@@ -13,10 +13,17 @@ IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
+CLASS_NAMES: dict[str, list[str]] = {
+    "mnist": [str(digit) for digit in range(NUM_CLASSES)],
+    "fashion-mnist": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ],
+}  # fmt: skip
 
 
-def read_bytes(path: Path) -> bytes:
-    """The decompressed content of `path` (gzip detected by its magic bytes)."""
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The decompressed content of `path` (gzip detected by its magic bytes); DataError past `limit` bytes, so a
+    small gzip bomb cannot fill the memory."""
     try:
         raw = Path(path).read_bytes()
     except OSError as error:
@@ -26,7 +33,15 @@ def read_bytes(path: Path) -> bytes:
             raise DataError(f"{path}: not a gzip file (starts with {raw[:16]!r}); an error page from a mirror?")
         return raw
     try:
-        return gzip.decompress(raw)
+        if limit is None:
+            return gzip.decompress(raw)
+        stream = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip.decompress has no bound
+        content = stream.decompress(raw, limit + 1)
+        if len(content) > limit:
+            raise DataError(f"{path}: decompresses to more than {limit} bytes; refused")
+        if not stream.eof:
+            raise EOFError("the gzip stream ends early")
+        return content
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: corrupt or truncated gzip data ({error})") from error
 

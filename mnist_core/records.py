@@ -107,6 +107,23 @@ class Metrics(Record):
     epochs_run: int
 
 
+class TensorSpec(Record):
+    name: str
+    dtype: str
+    shape: list[str | int]  # "batch" for the dynamic dimension
+    values: str
+
+
+class ModelFile(Record):
+    """One model file of a run folder: what it is, how to load it, what it takes and gives, its SHA-256."""
+
+    format: str
+    load_with: str
+    sha256: str
+    input: TensorSpec
+    output: TensorSpec
+
+
 class ModelCard(Record):
     """Everything needed to trust or reproduce a model: written as `model_card.json` in its run folder."""
 
@@ -119,6 +136,7 @@ class ModelCard(Record):
     timings: Timings
     metrics: Metrics
     files: list[str]
+    model_files: dict[str, ModelFile] = {}  # file name -> contract and SHA-256 (filled in once the files exist)
 
 
 class Exported(Record):

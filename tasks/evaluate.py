@@ -1,7 +1,8 @@
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.evaluate import evaluate_model
+from mnist_core.idx import CLASS_NAMES
 from mnist_core.model import load_weights
 from mnist_core.prepare import load_prepared
 from mnist_core.records import Evaluation, Prepared, Trained

@@ -4,8 +4,9 @@ from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
 from mnist_core.evaluate import confusion_frame
-from mnist_core.export import CARD_FILE, MODEL_FILE, REPORT_FILE, TORCHSCRIPT_FILE, export_trained, history_frame
+from mnist_core.export import CARD_FILE, MODEL_FILE, REPORT_FILE, export_trained, history_frame
 from mnist_core.records import Downloaded, Evaluation, Exported, Prepared, Trained
+from mnist_core.runtimes import EXPORTED_PROGRAM_FILE, ONNX_FILE
 from tasks.publish import BestEffort
 
 
@@ -19,7 +20,8 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
         (f"{dataset}-{key}", (run_dir / name).as_uri(), text)
         for key, name, text in (
             ("model", MODEL_FILE, "Model weights (safetensors)"),
-            ("torchscript", TORCHSCRIPT_FILE, "TorchScript model"),
+            ("onnx", ONNX_FILE, "ONNX model (uint8 images N x 28 x 28 -> logits)"),
+            ("pt2", EXPORTED_PROGRAM_FILE, "torch.export program (uint8 images N x 28 x 28 -> logits)"),
             ("report-file", REPORT_FILE, "Report (markdown)"),
             ("model-card", CARD_FILE, "Model card (JSON)"),
         )

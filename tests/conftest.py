@@ -96,3 +96,18 @@ def prefect_server() -> Iterator[str]:
 
     with running_server(_SESSION_HOME / "server") as api_url, temporary_settings({PREFECT_API_URL: api_url}):
         yield api_url
+
+
+@pytest.fixture(scope="session")
+def trained_run(
+    prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    """The real `mnist` flow run once per session (1 epoch) into its own output root, which it leaves with a
+    champion: (RunResult, flow run id, output root). Read only."""
+    from flows.mnist import mnist
+
+    output_dir = tmp_path_factory.mktemp("runs")
+    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=output_dir, mirror=[str(mnist_mirror)])
+    state = mnist(params, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state.state_details.flow_run_id, output_dir

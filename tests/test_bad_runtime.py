@@ -22,7 +22,7 @@ from mnist_core.config import RunParams
 from mnist_core.device import resolve_device
 from mnist_core.download import download_dataset
 from mnist_core.errors import DeviceError, DownloadError, StorageError, TrainingError
-from mnist_core.export import CARD_FILE, MODEL_FILE, TORCHSCRIPT_FILE, export_run, new_run_id
+from mnist_core.export import CARD_FILE, MODEL_FILE, ONNX_FILE, export_run, new_run_id
 from mnist_core.model import MLP, load_weights
 from mnist_core.preflight import ensure_writable_dir, preflight
 from mnist_core.prepare import load_prepared, prepare_dataset
@@ -309,27 +309,27 @@ def test_two_exports_to_the_same_root_at_once(tmp_path: Path) -> None:
         load_weights(run_dir / MODEL_FILE)
 
 
-def test_parallel_exports_script_the_model_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # torch.jit.script races with itself ("Can't redefine method", or a SystemError from ast on 3.11): CI hit it once.
-    original_script = torch.jit.script
+def test_parallel_exports_trace_the_model_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dynamo's state is process-wide (torch.jit.script, before it, raced with itself on CI once).
+    original_export = torch.export.export
     active, most_at_once = [0], [0]
     counter_lock = threading.Lock()
 
-    def slow_script(module: Any) -> Any:
+    def slow_export(*args: Any, **kwargs: Any) -> Any:
         with counter_lock:
             active[0] += 1
             most_at_once[0] = max(most_at_once[0], active[0])
         time.sleep(0.05)  # wide enough that unserialized calls would overlap
         try:
-            return original_script(module)
+            return original_export(*args, **kwargs)
         finally:
             with counter_lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(torch.jit, "script", slow_script)
+    monkeypatch.setattr(torch.export, "export", slow_export)
     run_dirs = _in_parallel(4, lambda i: _export(tmp_path / "runs"))
     assert most_at_once[0] == 1
-    assert all((run_dir / TORCHSCRIPT_FILE).is_file() for run_dir in run_dirs)
+    assert all((run_dir / ONNX_FILE).is_file() for run_dir in run_dirs)
 
 
 def test_two_runs_share_a_data_cache_at_once(synthetic_dataset, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ also when a test fails.
 """
 
 import asyncio
+import hashlib
 import json
 import os
 import pwd
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -76,11 +78,11 @@ class StackHandle:
         env = {**self.env, "PREFECT_API_URL": self.stack.api_url}
         return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
-    def run_deployment(self, params: dict[str, Any]) -> tuple[str, float]:
-        """`prefect deployment run mnist/train --param ... --watch`; returns the flow run id and the latency."""
+    def run_deployment(self, params: dict[str, Any], name: str = "mnist/train") -> tuple[str, float]:
+        """`prefect deployment run NAME --param ... --watch`; returns the flow run id and the latency."""
         started = time.monotonic()
         result = self.prefect(
-            "deployment", "run", "mnist/train", "--param", f"params={json.dumps(params)}",
+            "deployment", "run", name, "--param", f"params={json.dumps(params)}",
             "--watch", "--watch-timeout", str(RUN_TIMEOUT_S),
         )  # fmt: skip
         seconds = time.monotonic() - started
@@ -283,6 +285,44 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     assert final is not None and final.run_id == forced_run and final.previous_run_id == champion.run_id
     assert "promoted (forced)" in stack.artifacts(forced_id)["mnist-promotion"]["data"]
     assert (registry["sha256_test_images"] == champion.sha256["test_images"]).all()
+
+
+def test_batch_inference_deployment_predicts_with_the_champion(stack: StackHandle, tmp_path: Path) -> None:
+    """`prefect deployment run mnist-predict/batch` on the worker: every input predicted or reported, a CSV, and
+    artifacts naming the champion's run id and model SHA-256."""
+    from mnist_core.idx import read_images, read_labels
+
+    if read_champion(stack.output_dir, "mnist") is None:  # run alone (-k): train the champion first
+        stack.run_deployment(stack.base_params)
+    champion = read_champion(stack.output_dir, "mnist")
+    mirror = Path(stack.env["MNIST_MIRROR"])
+    images, labels = (
+        read_images(mirror / "t10k-images-idx3-ubyte.gz"),
+        read_labels(mirror / "t10k-labels-idx1-ubyte.gz"),
+    )
+    np_images = tmp_path / "digits.npy"
+    np.save(np_images, images[:200])
+    (tmp_path / "not-an-image.png").write_text("hello")
+    output = tmp_path / "predictions.csv"
+    params = {"inputs": [str(np_images), str(tmp_path / "not-an-image.png")], "output_dir": str(stack.output_dir),
+              "output": str(output), "threshold": 0.5}  # fmt: skip
+    flow_run_id, seconds = stack.run_deployment(params, name="mnist-predict/batch")
+    print(f"\nbatch inference (deployment run --watch, 201 inputs): {seconds:.1f} s")
+
+    predictions = pd.read_csv(output, keep_default_na=False)
+    assert len(predictions) == 201
+    predicted = predictions.iloc[:200]
+    assert (predicted["error"] == "").all()
+    assert (predicted["predicted_class"].astype(int) == labels[:200]).mean() > 0.9
+    assert "not-an-image.png" in predictions.iloc[200]["error"]
+    artifacts = stack.artifacts(flow_run_id)
+    assert {"mnist-predictions", "mnist-prediction-summary", "mnist-predictions-csv"} <= set(artifacts)
+    summary = artifacts["mnist-prediction-summary"]["data"]
+    onnx_file = champion.run_dir / "model.onnx"
+    assert champion.run_id in summary and hashlib.sha256(onnx_file.read_bytes()).hexdigest() in summary
+    assert "failed inputs: 1" in summary and "slowest part:" in summary
+    assert len(json.loads(artifacts["mnist-predictions"]["data"])) == 100
+    assert output.as_uri() in artifacts["mnist-predictions-csv"]["data"]
 
 
 def run_folders(output_dir: Path) -> set[str]:

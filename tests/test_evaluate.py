@@ -6,13 +6,13 @@ import torch
 
 from mnist_core.errors import DataError
 from mnist_core.evaluate import (
-    CLASS_NAMES,
     confusion_frame,
     confusion_matrix,
     evaluate_model,
     per_class_table,
     score_model_file,
 )
+from mnist_core.idx import CLASS_NAMES
 from mnist_core.model import MLP, save_weights
 
 

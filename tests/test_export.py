@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pandas as pd
@@ -6,8 +7,9 @@ import torch
 
 from mnist_core import export as export_module
 from mnist_core.config import RunParams
-from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.evaluate import evaluate_model
 from mnist_core.export import RUN_FILES, export_run
+from mnist_core.idx import CLASS_NAMES
 from mnist_core.model import load_weights
 from mnist_core.records import ModelCard
 from mnist_core.train import train_model
@@ -23,7 +25,8 @@ def exported_run(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: pytes
     card = make_card("run-1", evaluation.accuracy).model_copy(update={"files": RUN_FILES})
     output_root = tmp_path_factory.mktemp("out")
     exported = export_run(output_root, result.model, card, result.history, evaluation)
-    assert exported.card == card and exported.model == exported.run_dir / export_module.MODEL_FILE
+    assert exported.card == card.model_copy(update={"model_files": exported.card.model_files})
+    assert exported.model == exported.run_dir / export_module.MODEL_FILE
     return exported.run_dir, evaluation
 
 
@@ -31,7 +34,8 @@ def test_run_folder_has_every_file(exported_run) -> None:
     run_dir, _ = exported_run
     names = {item.name for item in run_dir.iterdir()}
     assert names == {
-        export_module.MODEL_FILE, export_module.TORCHSCRIPT_FILE, export_module.METRICS_FILE,
+        export_module.MODEL_FILE, export_module.ONNX_FILE, export_module.EXPORTED_PROGRAM_FILE,
+        export_module.METRICS_FILE,
         export_module.PER_CLASS_FILE, export_module.CONFUSION_FILE, export_module.REPORT_FILE, export_module.CARD_FILE,
     }  # fmt: skip
     assert not [item for item in run_dir.parent.iterdir() if item.name.endswith(".part")]
@@ -54,13 +58,17 @@ def test_reloaded_weights_give_the_same_test_accuracy(exported_run, mnist_tensor
     assert again.loss == pytest.approx(evaluation.loss, rel=1e-6)
 
 
-def test_torchscript_predicts_like_the_model(exported_run, mnist_tensors) -> None:
+def test_the_card_states_each_model_files_contract_and_sha256(exported_run) -> None:
     run_dir, _ = exported_run
-    scripted = torch.jit.load(str(run_dir / export_module.TORCHSCRIPT_FILE))
-    model = load_weights(run_dir / export_module.MODEL_FILE).eval()
-    images = mnist_tensors["test_images"][:256]
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(images), model(images))
+    card = ModelCard.model_validate_json((run_dir / export_module.CARD_FILE).read_text())
+    assert set(card.model_files) == {"model.safetensors", "model.onnx", "model.pt2"}
+    for name, described in card.model_files.items():
+        assert described.sha256 == hashlib.sha256((run_dir / name).read_bytes()).hexdigest(), name
+        assert described.output.shape == ["batch", 10] and described.output.dtype == "float32"
+    assert card.model_files["model.onnx"].input.dtype == "uint8"
+    assert card.model_files["model.onnx"].input.shape == ["batch", 28, 28]
+    report = (run_dir / export_module.REPORT_FILE).read_text()
+    assert all(described.sha256 in report for described in card.model_files.values())
 
 
 def test_existing_run_folder_is_never_overwritten(exported_run) -> None:

@@ -26,15 +26,9 @@ def read_artifacts(flow_run_id) -> dict[str, Any]:
     return {artifact.key: artifact for artifact in artifacts if artifact.key}
 
 
-@pytest.fixture(scope="module")
-def flow_run(prefect_server, mnist_data_dir: Path, mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory):
-    from flows.mnist import mnist
-
-    output_dir = tmp_path_factory.mktemp("runs")
-    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=output_dir, mirror=[str(mnist_mirror)])
-    state = mnist(params, return_state=True)
-    assert state.is_completed(), state.message
-    return state.result(), state.state_details.flow_run_id, output_dir
+@pytest.fixture
+def flow_run(trained_run):
+    return trained_run
 
 
 def test_flow_writes_a_complete_run_folder(flow_run, mnist_tensors) -> None:

@@ -19,8 +19,9 @@ import torch
 from mnist_core.checkpoint import load_checkpoint
 from mnist_core.config import RunParams
 from mnist_core.errors import TrainingError
-from mnist_core.evaluate import CLASS_NAMES, evaluate_model
+from mnist_core.evaluate import evaluate_model
 from mnist_core.export import CARD_FILE, METRICS_FILE
+from mnist_core.idx import CLASS_NAMES
 from mnist_core.train import TrainResult, train_model
 from tests.conftest import PROJECT_ROOT
 

@@ -115,7 +115,11 @@ def test_no_source_file_can_unpickle() -> None:
                     flag = keywords.get("weights_only")
                     if not (isinstance(flag, ast.Constant) and flag.value is True):
                         problems.append(f"{where}:{call.lineno}: torch.load without weights_only=True")
-                if name.endswith("jit.load") or name.endswith("np.load") and "allow_pickle" in keywords:
+                pickle_flag = keywords.get("allow_pickle")
+                allows_pickle = pickle_flag is not None and not (
+                    isinstance(pickle_flag, ast.Constant) and pickle_flag.value is False
+                )
+                if name.endswith("jit.load") or name.endswith("np.load") and allows_pickle:
                     problems.append(f"{where}:{call.lineno}: {name} can execute or unpickle")
     assert not problems, "\n".join(problems)
     assert loads >= 1, "the scan found no torch.load at all: is it looking at the right files?"

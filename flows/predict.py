@@ -1,0 +1,43 @@
+"""The `mnist-predict` flow: batch inference with the champion (or any trained model), written to a CSV.
+Run `python flows/predict.py --help`."""
+
+import sys
+from collections.abc import Sequence
+
+from prefect import flow
+
+from deployments.server import ServerError
+from flows.local import local_run
+from mnist_core.cli import parse_params
+from mnist_core.errors import PipelineError
+from mnist_core.predict import PredictParams
+from tasks.predict import PredictionSummary, predict_batch
+
+
+@flow(name="mnist-predict", log_prints=True)
+def predict(params: PredictParams) -> PredictionSummary:
+    """Predict the class of every input (images, folders, globs, .npy or IDX files) with the chosen model; a bad
+    input is a row with its error, never the end of the batch. The CSV goes to `output` (default: under
+    <output_dir>/predictions/)."""
+    return predict_batch(params)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    params = parse_params(PredictParams, argv, __doc__, positional="inputs")
+    try:
+        with local_run() as run:
+            summary = predict(params)
+            run.finish()
+    except (PipelineError, OSError, ServerError) as error:
+        print(f"mnist-predict: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(f"\n{summary.count} predictions ({summary.failed} failed, {summary.for_review} for review)")
+    print(f"Predictions: {summary.predictions_csv}")
+    print(f"Model: {summary.model} (SHA-256 {summary.model_sha256})", flush=True)
+    return 3 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from mnist_core.main import main
+
+sys.exit(main())

@@ -1,0 +1,227 @@
+"""Turning what a user hands the CLI (image files, folders, globs, .npy, IDX) into MNIST-form 28x28 images.
+
+Only the standard library, numpy and Pillow: a CLI that predicts with ONNX Runtime must start without torch.
+"""
+
+import glob
+import os
+import stat
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy_format
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_core.errors import DataError
+from mnist_core.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, parse_idx, read_bytes
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# Checked from the header before decoding; below Pillow's own limit (~89 M) so a CLI never decodes gigapixels.
+MAX_PIXELS: int = 40_000_000
+# An IDX file of images, decompressed: about 680,000 digits; a gzip bomb is refused before it fills the memory.
+MAX_IDX_BYTES = 512 * 1024 * 1024
+MIN_SIDE = 8  # smaller than this cannot show a recognisable digit
+DIGIT_BOX = 20  # MNIST fits each digit's longer side into 20 px, then centres its mass in 28x28
+MIN_CONTRAST = 32  # grey levels between paper and ink below which we call the image blank
+SPECK_MASS = 1e-4  # share of the ink's mass a row or column may hold and still be left out of the digit's box
+NOISE_SIGMAS = 6.0  # background noise above paper level kept out of the ink, in robust standard deviations
+
+
+@dataclass(frozen=True)
+class LoadedInput:
+    """One input of a batch; a failure is a row, not an exception, so one bad file never costs the others."""
+
+    name: str
+    image: np.ndarray | None
+    error: str | None
+
+
+def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Float grey levels 0-255, transparency composited on white paper (a PNG's transparent area is no ink)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[2] in (3, 4) and image.dtype == np.uint8:
+            return _grayscale(Image.fromarray(image))
+        if image.ndim != 2 or not (image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)):
+            raise DataError(f"array of shape {image.shape} and dtype {image.dtype} is not a grey or RGB(A) image")
+        gray = image.astype(np.float32)
+        if not np.isfinite(gray).all() or gray.min() < 0 or gray.max() > 255:
+            raise DataError(f"array values must be finite and within 0-255 (or 0-1), not {gray.min()}-{gray.max()}")
+        return gray * 255 if image.dtype != np.uint8 and gray.max() <= 1 else gray
+    if image.mode.startswith("I"):  # 16/32-bit integer grey: scale 16-bit samples down to 8 bits
+        gray = np.asarray(image, dtype=np.float32)
+        return gray / 257 if image.mode.startswith("I;16") or gray.max() > 255 else gray
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0, 255)
+    try:
+        rgba = image.convert("RGBA")
+    except ValueError as error:
+        raise DataError(f"cannot convert image mode {image.mode} to grey ({error})") from error
+    paper = Image.new("RGBA", rgba.size, "white")
+    return np.asarray(ImageOps.grayscale(Image.alpha_composite(paper, rgba)), dtype=np.float32)
+
+
+def _extent(profile: np.ndarray) -> tuple[int, int]:
+    """Start and end of the ink along one axis, leaving out the last 0.01% of its mass at either side: a fleck of dust
+    or a noise pixel far from the digit must not stretch the box the digit is scaled to."""
+    mass = np.cumsum(profile)
+    start = int(np.searchsorted(mass, mass[-1] * SPECK_MASS, side="right"))
+    return start, max(start + 1, int(np.searchsorted(mass, mass[-1] * (1 - SPECK_MASS))) + 1)
+
+
+def _offset(profile: np.ndarray) -> int:
+    """Where to paste so the centre of mass lands on pixel 14, where MNIST's own digits have it on average."""
+    centre = np.average(np.arange(len(profile)), weights=profile)
+    return int(np.clip(round(IMAGE_SIDE / 2 - centre), 0, IMAGE_SIDE - len(profile)))
+
+
+def to_mnist_form(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Bring a digit as a person makes it (dark ink on light paper, any size, anywhere, colour, JPEG noise) into the
+    form MNIST itself was made in, so the model sees what it was trained on: white ink on black, longer side 20 px,
+    centre of mass at the centre of 28x28."""
+    gray = _grayscale(image)
+    height, width = gray.shape
+    if min(height, width) < MIN_SIDE:
+        raise DataError(f"{width}x{height} px is too small to hold a digit (need at least {MIN_SIDE} px a side)")
+    ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    if np.median(ring) > 127:  # the border is paper: light paper means dark ink, MNIST wants the opposite
+        gray, ring = 255 - gray, 255 - ring
+    paper = float(np.median(ring))
+    # Robust standard deviation of the paper, plus half a level: 8-bit samples make the median deviation a whole level.
+    noise = 1.4826 * float(np.median(np.abs(ring - paper))) + 0.5
+    ink = np.clip(gray - (paper + NOISE_SIGMAS * noise), 0, None)
+    if float(gray.max()) - paper < MIN_CONTRAST or not ink.any():
+        raise DataError("no ink found: the image is blank")
+    ink *= 255 / np.percentile(ink[ink > 0], 95)  # stroke cores saturate as in MNIST
+    (top, bottom), (left, right) = _extent(ink.sum(axis=1)), _extent(ink.sum(axis=0))
+    crop = ink[top:bottom, left:right]
+    scale = DIGIT_BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    digit = np.clip(np.asarray(Image.fromarray(np.ascontiguousarray(crop), "F").resize(size, Image.LANCZOS)), 0, 255)
+    top, left = _offset(digit.sum(axis=1)), _offset(digit.sum(axis=0))
+    out = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
+    out[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return np.rint(out).astype(np.uint8)
+
+
+def _failed(name: str, problem: str) -> LoadedInput:
+    return LoadedInput(name, None, f"{name}: {problem}")
+
+
+def _load_image(path: Path) -> LoadedInput:
+    """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'."""
+    name = str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
+                img.load()
+                img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return _failed(name, f"refused as a decompression bomb ({error})")
+    except UnidentifiedImageError:
+        return _failed(name, "not an image file Pillow can read")
+    except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
+        return _failed(name, f"corrupt or truncated image ({type(error).__name__}: {error})")
+    try:
+        return LoadedInput(name, to_mnist_form(img), None)
+    except DataError as error:
+        return _failed(name, str(error))
+
+
+def _load_array(path: Path) -> list[LoadedInput]:
+    """A .npy of digits already in MNIST form, used as is: N x 28 x 28 (or one 28 x 28), uint8 or float in [0, 1].
+    Shape and dtype are checked from the header first, so a wrong file is named precisely and never unpickled."""
+    name = str(path)
+    try:
+        with open(path, "rb") as file:
+            version = npy_format.read_magic(file)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read_header(file)
+    except (OSError, ValueError, EOFError) as error:
+        return [_failed(name, f"not a readable .npy file ({error})")]
+    what = f"shape {shape} dtype {dtype}"
+    if shape == (IMAGE_SIDE, IMAGE_SIDE):
+        shape = (1, *shape)
+    if len(shape) != 3 or shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or shape[0] == 0:
+        return [_failed(name, f"{what}: expected N x 28 x 28 or 28 x 28 images")]
+    if dtype not in (np.uint8, np.float32, np.float64):
+        return [_failed(name, f"{what}: expected uint8, or float32/float64 within [0, 1]")]
+    try:
+        array = np.load(path, allow_pickle=False).reshape(shape)
+    except (OSError, ValueError, EOFError) as error:
+        return [_failed(name, f"{what}: cannot read the data ({error})")]
+    if dtype != np.uint8:
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            return [_failed(name, f"{what}: float values must be finite and within [0, 1]")]
+        array = np.rint(array * 255).astype(np.uint8)
+    return [LoadedInput(f"{name}[{i}]", image, None) for i, image in enumerate(array)]
+
+
+def _load_idx(path: Path) -> list[LoadedInput]:
+    name = str(path)
+    try:
+        content = read_bytes(path, limit=MAX_IDX_BYTES)
+        if content[:4] == LABEL_MAGIC.to_bytes(4, "big"):
+            return [_failed(name, "is an IDX labels file: it holds labels, not images")]
+        images = parse_idx(content, name, IMAGE_MAGIC)
+    except DataError as error:
+        return [LoadedInput(name, None, str(error))]
+    if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        return [_failed(name, f"IDX images are {images.shape[1]}x{images.shape[2]}, expected 28x28")]
+    return [LoadedInput(f"{name}[{i}]", image, None) for i, image in enumerate(images)]
+
+
+def _load_file(path: Path) -> list[LoadedInput]:
+    """Dispatch on content, not name: an IDX file is often named without a suffix."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return [_failed(str(path), "not a regular file")]
+        with open(path, "rb") as file:
+            head = file.read(6)
+    except OSError as error:
+        return [_failed(str(path), f"cannot read ({error.strerror or error})")]
+    if path.suffix.lower() == ".npy" or head.startswith(b"\x93NUMPY"):
+        return _load_array(path)
+    if head[:2] == b"\x1f\x8b" or head[:4] in (IMAGE_MAGIC.to_bytes(4, "big"), LABEL_MAGIC.to_bytes(4, "big")):
+        return _load_idx(path)
+    return [_load_image(path)]
+
+
+def _looks_like_input(path: Path) -> bool:
+    name = path.name.lower()
+    return path.suffix.lower() in IMAGE_SUFFIXES | {".npy", ".idx"} or "idx" in name or "ubyte" in name
+
+
+def _expand(spec: str) -> tuple[list[Path], str | None]:
+    """The files a spec names, or why it names none."""
+    path = Path(spec)
+    if os.path.isdir(path):
+        try:
+            found = sorted(p for p in path.iterdir() if p.is_file() and _looks_like_input(p))
+        except OSError as error:
+            return [], f"cannot list folder ({error.strerror or error})"
+        return found, None if found else f"no images in folder {spec}"
+    if os.path.lexists(path):
+        return [path], None
+    if any(char in spec for char in "*?["):
+        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        found = [p for p in found if _looks_like_input(p)]
+        return found, None if found else f"no images match the pattern {spec}"
+    return [], "no such file or folder"
+
+
+def load_inputs(specs: Sequence[str | Path]) -> list[LoadedInput]:
+    """Every input a user named, in order, each image or failure its own row: one bad file never loses the rest."""
+    loaded: list[LoadedInput] = []
+    for spec in specs:
+        files, problem = _expand(str(spec))
+        if problem:
+            loaded.append(_failed(str(spec), problem))
+        for path in files:
+            loaded.extend(_load_file(path))
+    return loaded

@@ -1,0 +1,54 @@
+"""The `mnist` command (also `python -m mnist_core`): `mnist predict INPUT...` predicts with the champion or any
+trained model. Exit status: 0 every input predicted, 1 nothing predicted (no model, bad model), 2 bad usage,
+3 some inputs failed (their rows say why; the others are predicted and written)."""
+
+import sys
+from collections.abc import Sequence
+
+from mnist_core.cli import parse_params
+from mnist_core.errors import PipelineError
+from mnist_core.predict import PredictionBatch, PredictParams, format_table, predict, write_csv
+
+USAGE = "usage: mnist predict INPUT... [--model champion|RUN|FILE] [--threshold P] [--output FILE.csv]  (-h for more)"
+SOME_FAILED = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__ + "\n\n" + USAGE)
+        return 0 if args else 2
+    if args[0] != "predict":
+        print(f"mnist: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    params = parse_params(PredictParams, args[1:], __doc__, prog="mnist predict", positional="inputs")
+    try:
+        batch = predict(params)
+        print_batch(batch, params.threshold)
+        if params.output is not None:
+            write_csv(batch.predictions, params.output)
+            print(f"Wrote {params.output} ({len(batch.predictions)} rows)")
+    except (PipelineError, OSError) as error:
+        print(f"mnist predict: error: {error}", file=sys.stderr)
+        return 1
+    return SOME_FAILED if batch.failed else 0
+
+
+def print_batch(batch: PredictionBatch, threshold: float) -> None:
+    model = batch.model
+    source = f"run {model.run_id}" if model.run_id else "a model file"
+    print(f"Model: {source}, {model.path} ({batch.runtime}, SHA-256 {batch.sha256[:16]}…)\n")
+    print(format_table(batch.predictions))
+    total = len(batch.predictions)
+    if batch.for_review:
+        print(f"\nFor review, confidence below {threshold:.2f}: {len(batch.for_review)} of {total}")
+        print(format_table(batch.for_review))
+    if batch.failed:
+        print(f"\nFailed: {len(batch.failed)} of {total}", file=sys.stderr)
+        for row in batch.failed:
+            print(f"  {row.error}", file=sys.stderr)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

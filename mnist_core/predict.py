@@ -1,0 +1,201 @@
+"""Predictions with a trained model: which model (the champion, a run, a file), the inputs brought to MNIST form,
+and a table of predictions in which a bad input is a row with its error, never the end of the batch.
+
+Never imports torch itself: with an `.onnx` model (the default runtime) a prediction runs on ONNX Runtime alone.
+"""
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mnist_core.config import DatasetName
+from mnist_core.errors import DataError
+from mnist_core.files import atomic_write_text
+from mnist_core.idx import CLASS_NAMES
+from mnist_core.images import LoadedInput, load_inputs
+from mnist_core.registry import read_champion
+from mnist_core.runtimes import CARD_FILE, RUNTIME_FILES, Predictor, RuntimeName, load_predictor
+
+BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
+CSV_COLUMNS = ["input", "predicted_class", "class_name", "confidence", "top3", "needs_review", "error"]
+
+
+class PredictParams(BaseModel):
+    """What to predict and with which model. Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(
+        min_length=1, description="Image files, folders, globs, .npy arrays (N x 28 x 28) or IDX image files."
+    )
+    model: str = Field(
+        "champion",
+        min_length=1,
+        description="'champion' (of --dataset), a run folder, a run id under --output-dir, or a model file "
+        "(.onnx, .pt2, .safetensors).",
+    )
+    dataset: DatasetName = Field("mnist", description="Whose champion, and the class names for a bare model file.")
+    output_dir: Path = Field(Path("runs"), description="The training output root: champions and run folders.")
+    runtime: RuntimeName = Field(
+        "onnx", description="Which of a run's model files to use: onnx (no torch needed), torch-export or pytorch."
+    )
+    threshold: float = Field(0.0, ge=0, le=1, description="Predictions less confident than this are marked for review.")
+    output: Path | None = Field(None, description="Write the predictions to this CSV file.")
+
+
+@dataclass(frozen=True)
+class ChosenModel:
+    path: Path
+    run_id: str | None  # None for a model file outside any run folder
+    dataset: str
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    input: str
+    predicted_class: int | None = None
+    class_name: str = ""
+    confidence: float | None = None
+    top3: str = ""
+    needs_review: bool = False
+    error: str | None = None
+
+
+@dataclass
+class PredictionBatch:
+    model: ChosenModel
+    runtime: str
+    sha256: str
+    predictions: list[Prediction]
+    seconds: dict[str, float] = field(default_factory=dict)  # part (load model, read inputs, predict) -> seconds
+
+    @property
+    def failed(self) -> list[Prediction]:
+        return [row for row in self.predictions if row.error]
+
+    @property
+    def for_review(self) -> list[Prediction]:
+        return [row for row in self.predictions if row.needs_review]
+
+
+def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName) -> ChosenModel:
+    """The model file `spec` names: 'champion', a run folder, a run id, or a model file; DataError if none."""
+    output_dir = Path(output_dir).expanduser()
+    if spec == "champion":
+        champion = read_champion(output_dir, dataset)
+        if champion is None:
+            raise DataError(
+                f"no {dataset} champion in {output_dir.resolve()} yet: train one (`make run`) or pass --model"
+            )
+        return _in_run_folder(Path(champion.run_dir), runtime, f"champion {champion.run_id}'s run folder")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _in_run_folder(path, runtime, "run folder")
+    if not path.exists() and (output_dir / spec).is_dir():
+        return _in_run_folder(output_dir / spec, runtime, "run folder")
+    if not path.exists():
+        raise DataError(f"{spec}: no such model file, run folder, or run id under {output_dir.resolve()}")
+    card = _read_card(path.parent)
+    model_dataset = card["dataset"]["name"] if card else dataset
+    return ChosenModel(path, card["run_id"] if card else None, model_dataset, CLASS_NAMES[model_dataset])
+
+
+def _read_card(folder: Path) -> dict | None:
+    try:
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        return card if card["dataset"]["name"] in CLASS_NAMES and isinstance(card["run_id"], str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenModel:
+    card = _read_card(run_dir)
+    if card is None:
+        raise DataError(f"{run_dir}: not a run folder ({CARD_FILE} missing or unreadable)")
+    path = run_dir / RUNTIME_FILES[runtime]
+    if not path.is_file():
+        raise DataError(f"{path}: {what} has no {runtime} model; pick another --runtime")
+    return ChosenModel(path, card["run_id"], card["dataset"]["name"], CLASS_NAMES[card["dataset"]["name"]])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def predict_loaded(
+    loaded: list[LoadedInput], predictor: Predictor, class_names: list[str], threshold: float
+) -> list[Prediction]:
+    """One row per input, in input order: its prediction, or its error."""
+    good = [index for index, item in enumerate(loaded) if item.image is not None]
+    rows = [Prediction(input=item.name, error=item.error) for item in loaded]
+    if not good:
+        return rows
+    images = np.stack([loaded[index].image for index in good])
+    probabilities = np.concatenate(
+        [softmax(predictor.logits(images[start : start + BATCH])) for start in range(0, len(images), BATCH)]
+    )
+    ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
+    for index, probs, top in zip(good, probabilities, ranked, strict=True):
+        best = int(top[0])
+        rows[index] = Prediction(
+            input=loaded[index].name,
+            predicted_class=best,
+            class_name=class_names[best],
+            confidence=float(probs[best]),
+            top3=" ".join(f"{class_names[int(k)]}:{probs[k]:.3f}" for k in top),
+            needs_review=bool(probs[best] < threshold),
+        )
+    return rows
+
+
+def predict(params: PredictParams) -> PredictionBatch:
+    """Predict every input of `params` with the model it names. A bad model raises DataError; a bad input is a
+    row with its error."""
+    started = time.perf_counter()
+    chosen = choose_model(params.model, params.output_dir, params.dataset, params.runtime)
+    predictor = load_predictor(chosen.path)
+    loaded_at = time.perf_counter()
+    loaded = load_inputs(params.inputs)
+    read_at = time.perf_counter()
+    rows = predict_loaded(loaded, predictor, chosen.class_names, params.threshold)
+    done = time.perf_counter()
+    seconds = {"load the model": loaded_at - started, "read the inputs": read_at - loaded_at, "predict": done - read_at}
+    return PredictionBatch(chosen, predictor.runtime, predictor.sha256, rows, seconds)
+
+
+def csv_text(rows: list[Prediction]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: "" if value is None else value for column, value in asdict(row).items()})
+    return buffer.getvalue()
+
+
+def write_csv(rows: list[Prediction], path: Path) -> None:
+    atomic_write_text(Path(path).expanduser(), csv_text(rows))
+
+
+def format_table(rows: list[Prediction]) -> str:
+    """The predicted rows as aligned text (errors and the review list are printed apart)."""
+    header = ("input", "class", "confidence", "top-3")
+    cells = [(row.input, row.class_name, f"{row.confidence:.3f}", row.top3) for row in rows if row.error is None]
+    widths = [max([len(header[i])] + [len(cell[i]) for cell in cells]) for i in range(len(header))]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+                     for line in [header, *cells])  # fmt: skip
+
+
+def class_counts(rows: list[Prediction], class_names: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(class_names, 0)
+    for row in rows:
+        if row.error is None:
+            counts[row.class_name] += 1
+    return counts

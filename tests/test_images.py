@@ -1,0 +1,407 @@
+"""User inputs to MNIST-form images: the preparation matches how MNIST was made, and no bad file costs the batch."""
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFile
+
+from mnist_core import images
+from mnist_core.errors import DataError
+from mnist_core.images import MAX_PIXELS, LoadedInput, load_inputs, to_mnist_form
+from tests.photos import make_photo, write_photos
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def draw_seven(size: tuple[int, int] = (300, 200), at: tuple[int, int] = (40, 30), scale: float = 1.0,
+               ink: str = "black", paper: str = "white", mode: str = "RGB") -> Image.Image:  # fmt: skip
+    """A '7' drawn with a thick pen: 100x140 px at scale 1, its top-left corner at `at`."""
+    image = Image.new(mode, size, paper)
+    x, y = at
+    draw = ImageDraw.Draw(image)
+    draw.line([(x, y), (x + 100 * scale, y), (x + 40 * scale, y + 140 * scale)], fill=ink, width=round(12 * scale))
+    return image
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    weights = image.astype(np.float64)
+    return tuple(float(np.average(np.arange(28), weights=weights.sum(axis=1 - axis))) for axis in (0, 1))
+
+
+def ink_box(image: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
+
+
+def best_shift_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation at the best of the nine one-pixel shifts: centring by mass may round either way."""
+    return max(correlation(np.roll(a, (dy, dx), (0, 1)), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (with a valid CRC) and whose data is a tiny image."""
+    image = Image.new("L", (8, 8), 255)
+    content = _save_bytes(image, "PNG")  # signature, IHDR length, b"IHDR", width, height, 5 bytes, CRC, ...
+    ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + content[24:29]
+    return content[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + content[33:]
+
+
+def _save_bytes(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int = 0x00000803) -> Path:
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    content = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
+    return path
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good" / "seven.png"
+    path.parent.mkdir()
+    draw_seven().save(path)
+    return path
+
+
+# ---------------------------------------------------------------- to_mnist_form
+
+
+def test_mnist_form_of_a_drawing() -> None:
+    out = to_mnist_form(draw_seven(size=(640, 480), at=(400, 250), ink="#203080", paper="#e8e0c8"))
+    assert out.dtype == np.uint8 and out.shape == (28, 28)
+    row, col = centre_of_mass(out)
+    assert 13.5 <= row <= 14.5 and 13.5 <= col <= 14.5
+    assert max(ink_box(out)) in (19, 20)
+    assert np.median(out) == 0 and out[0, 0] == 0  # inverted: black background, white ink
+    assert out.max() >= 250
+
+
+def test_same_digit_whatever_its_size_place_and_colours() -> None:
+    reference = to_mnist_form(draw_seven(size=(150, 200), at=(10, 10)))
+    for variant in [
+        draw_seven(size=(1200, 900), at=(700, 100), scale=4, ink=(90, 20, 20), paper=(210, 220, 235)),
+        draw_seven(size=(300, 400), at=(5, 200), scale=1.2, ink="white", paper="black"),  # already light on dark
+        draw_seven(mode="L", ink=40, paper=215),
+    ]:
+        assert best_shift_correlation(to_mnist_form(variant), reference) > 0.9
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_background_is_paper(mode: str) -> None:
+    clear = (0,) * len(mode)  # transparent *black*: read without alpha it would be a black page with black ink
+    out = to_mnist_form(draw_seven(mode=mode, ink=(0,) * (len(mode) - 1) + (255,), paper=clear))
+    assert out.max() >= 250 and out[0].max() == 0
+
+
+def test_palette_with_transparency_and_16_bit() -> None:
+    reference = to_mnist_form(draw_seven(mode="L"))
+    palette = draw_seven(mode="L").convert("P")
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    assert correlation(to_mnist_form(palette), reference) > 0.99
+    sixteen = Image.fromarray(np.asarray(draw_seven(mode="L"), dtype=np.uint16) * 257)
+    assert sixteen.mode.startswith("I;16")
+    assert correlation(to_mnist_form(sixteen), reference) > 0.99
+
+
+def test_arrays_are_accepted() -> None:
+    gray = np.asarray(draw_seven(mode="L"))
+    reference = to_mnist_form(gray)
+    assert correlation(to_mnist_form(gray / 255.0), reference) > 0.99
+    assert correlation(to_mnist_form(np.asarray(draw_seven(ink="navy"))), reference) > 0.95
+    with pytest.raises(DataError, match="shape"):
+        to_mnist_form(np.zeros((28, 28, 5), dtype=np.uint8))
+
+
+def test_jpeg_noise_and_paper_texture_are_not_ink() -> None:
+    rng = np.random.default_rng(0)
+    paper = np.clip(225 + rng.normal(0, 4, (300, 400)), 0, 255).astype(np.uint8)
+    noisy = Image.open(io.BytesIO(_save_bytes(Image.fromarray(paper), "JPEG", quality=85)))
+    with pytest.raises(DataError, match="no ink found: the image is blank"):
+        to_mnist_form(noisy)
+    drawing = np.minimum(paper, np.asarray(draw_seven(size=(400, 300), mode="L")))
+    out = to_mnist_form(drawing)
+    assert correlation(out, to_mnist_form(draw_seven(mode="L"))) > 0.95
+    assert max(ink_box(out)) in (19, 20)  # noise far from the digit did not stretch its box
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (Image.new("RGB", (200, 100), "white"), "no ink found: the image is blank"),
+        (Image.new("L", (64, 64), 0), "no ink found: the image is blank"),
+        (Image.new("L", (64, 64), 128), "no ink found: the image is blank"),
+        (Image.new("L", (1, 1), 0), "1x1 px is too small to hold a digit"),
+        (Image.new("L", (30, 5), 0), "30x5 px is too small to hold a digit"),
+    ],
+)
+def test_what_holds_no_digit_is_refused(image: Image.Image, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        to_mnist_form(image)
+
+
+def test_mnist_digits_come_out_as_themselves(mnist_tensors: dict) -> None:
+    digits = mnist_tensors["test_images"][:300].numpy()
+    for digit in digits:
+        assert best_shift_correlation(to_mnist_form(digit), digit) > 0.97
+
+
+def test_photos_of_mnist_digits_come_back_as_the_digits(mnist_tensors: dict, tmp_path: Path) -> None:
+    """Dark ink on light, tinted, noisy paper, 3-8x larger and off-centre, PNG and JPEG: prepared, they must match
+    the original digits. (Accuracy of a trained model on them is measured elsewhere.)"""
+    digits = mnist_tensors["test_images"][:500].numpy()
+    started = time.perf_counter()
+    paths = write_photos(digits, tmp_path / "photos", seed=0)
+    loaded = load_inputs([tmp_path / "photos"])
+    assert [row.name for row in loaded] == [str(path) for path in paths]
+    assert [row.error for row in loaded] == [None] * len(digits)
+    scores = np.array([correlation(row.image, digit) for row, digit in zip(loaded, digits, strict=True)])
+    print(f"photo->MNIST correlation over {len(digits)} digits: mean {scores.mean():.3f}, "
+          f"5th percentile {np.percentile(scores, 5):.3f} ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    assert scores.mean() > 0.85, scores.mean()
+    assert np.percentile(scores, 5) > 0.6
+    one = to_mnist_form(make_photo(digits[0], np.random.default_rng(1)))
+    assert correlation(one, digits[0]) > 0.8
+
+
+# ---------------------------------------------------------------- load_inputs: bad inputs
+
+
+def _text_as_png(tmp: Path) -> tuple[Path, str]:
+    (tmp / "notes.png").write_text("these are my notes, not a picture\n")
+    return tmp / "notes.png", "not an image file"
+
+
+def _random_bytes(tmp: Path) -> tuple[Path, str]:
+    (tmp / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    return tmp / "noise.jpg", "not an image file"
+
+
+def _tiny(tmp: Path) -> tuple[Path, str]:
+    Image.new("L", (1, 1), 0).save(tmp / "dot.png")
+    return tmp / "dot.png", "1x1 px is too small to hold a digit"
+
+
+def _white(tmp: Path) -> tuple[Path, str]:
+    Image.new("RGB", (200, 200), "white").save(tmp / "white.png")
+    return tmp / "white.png", "no ink found: the image is blank"
+
+
+def _bomb_for_pillow(tmp: Path) -> tuple[Path, str]:
+    (tmp / "bomb.png").write_bytes(png_header(50_000, 50_000))
+    return tmp / "bomb.png", "decompression bomb"
+
+
+def _bomb_warning(tmp: Path) -> tuple[Path, str]:  # over Pillow's warning limit, under its error limit
+    (tmp / "big.png").write_bytes(png_header(10_000, 10_000))
+    return tmp / "big.png", "decompression bomb"
+
+
+def _over_our_limit(tmp: Path) -> tuple[Path, str]:  # under Pillow's limits: only our own check stops it
+    (tmp / "large.png").write_bytes(png_header(7_000, 6_000))
+    return tmp / "large.png", f"7000x6000 px is over the limit of {MAX_PIXELS} pixels"
+
+
+def _empty_folder(tmp: Path) -> tuple[Path, str]:
+    (tmp / "empty").mkdir()
+    return tmp / "empty", f"no images in folder {tmp / 'empty'}"
+
+
+def _folder_of_text(tmp: Path) -> tuple[Path, str]:
+    (tmp / "texts").mkdir()
+    (tmp / "texts" / "notes.txt").write_text("hello")
+    return tmp / "texts", "no images in folder"
+
+
+def _unmatched_glob(tmp: Path) -> tuple[str, str]:
+    return str(tmp / "*.png"), "no images match the pattern"
+
+
+def _missing(tmp: Path) -> tuple[Path, str]:
+    return tmp / "nowhere" / "digit.png", "no such file or folder"
+
+
+def _npy(array: np.ndarray, message: str, **save: bool) -> Callable[[Path], tuple[Path, str]]:
+    def make(tmp: Path) -> tuple[Path, str]:
+        np.save(tmp / "digits.npy", array, **save)
+        return tmp / "digits.npy", message
+
+    return make
+
+
+def _npy_garbage(tmp: Path) -> tuple[Path, str]:
+    (tmp / "fake.npy").write_bytes(b"not numpy at all")
+    return tmp / "fake.npy", "not a readable .npy file"
+
+
+def _idx_labels(tmp: Path) -> tuple[Path, str]:
+    return write_idx(tmp / "t10k-labels-idx1-ubyte.gz", np.arange(5), magic=0x00000801), "holds labels, not images"
+
+
+def _idx_truncated(tmp: Path) -> tuple[Path, str]:
+    path = write_idx(tmp / "images-idx3-ubyte", np.zeros((3, 28, 28)))
+    path.write_bytes(path.read_bytes()[:-100])
+    return path, "header declares shape (3, 28, 28)"
+
+
+def _idx_gzip_bomb(tmp: Path) -> tuple[Path, str]:
+    # 1 GB of zeros compresses to ~1 MB: refused at the limit, never decompressed whole.
+    path = tmp / "bomb-idx3-ubyte.gz"
+    header = (0x803).to_bytes(4, "big") + (1_300_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    with gzip.open(path, "wb", compresslevel=1) as stream:
+        stream.write(header)
+        zeros = bytes(1 << 24)
+        for _ in range(1_300_000 * 784 // len(zeros) + 1):
+            stream.write(zeros)
+    return path, "decompresses to more than"
+
+
+def _idx_gzip_cut(tmp: Path) -> tuple[Path, str]:
+    path = write_idx(tmp / "cut-idx3-ubyte.gz", np.zeros((3, 28, 28)))
+    path.write_bytes(path.read_bytes()[:-12])
+    return path, "corrupt or truncated gzip"
+
+
+BAD_INPUTS = {
+    "text named .png": _text_as_png,
+    "random bytes": _random_bytes,
+    "1x1 image": _tiny,
+    "all white": _white,
+    "bomb (pillow error)": _bomb_for_pillow,
+    "bomb (pillow warning)": _bomb_warning,
+    "over MAX_PIXELS": _over_our_limit,
+    "empty folder": _empty_folder,
+    "folder without images": _folder_of_text,
+    "glob matching nothing": _unmatched_glob,
+    "missing path": _missing,
+    "npy wrong shape": _npy(np.zeros((4, 28, 27), np.uint8), "shape (4, 28, 27) dtype uint8"),
+    "npy no images": _npy(np.zeros((0, 28, 28), np.uint8), "shape (0, 28, 28) dtype uint8"),
+    "npy int64": _npy(np.zeros((2, 28, 28), np.int64), "shape (2, 28, 28) dtype int64"),
+    "npy object": _npy(np.array([None, 1], dtype=object), "shape (2,) dtype object", allow_pickle=True),
+    "npy NaN": _npy(np.full((2, 28, 28), np.nan, np.float32), "shape (2, 28, 28) dtype float32: float values"),
+    "npy over 1": _npy(np.full((28, 28), 2.0), "shape (28, 28) dtype float64: float values must be finite"),
+    "npy garbage": _npy_garbage,
+    "IDX labels": _idx_labels,
+    "IDX truncated": _idx_truncated,
+    "IDX gzip bomb": _idx_gzip_bomb,
+    "IDX gzip cut": _idx_gzip_cut,
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_a_bad_input_is_a_row_naming_file_and_problem(case: str, tmp_path: Path, good: Path) -> None:
+    spec, message = BAD_INPUTS[case](tmp_path)
+    rows = load_inputs([good, spec, good])
+    assert [row.name for row in rows] == [str(good), str(spec), str(good)]
+    bad = rows[1]
+    assert bad.image is None and bad.error is not None and "\n" not in bad.error
+    assert str(spec) in bad.error and message in bad.error, bad.error
+    for row in (rows[0], rows[2]):  # nothing lost around it
+        assert row.error is None and row.image is not None and row.image.shape == (28, 28)
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0006, 0.01, 0.2, 0.5, 0.8, 0.97])
+def test_a_truncated_png_is_a_row(fraction: float, tmp_path: Path, good: Path) -> None:
+    noisy = np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8)
+    content = _save_bytes(Image.fromarray(noisy), "PNG")
+    path = tmp_path / "cut.png"
+    path.write_bytes(content[: max(9, int(len(content) * fraction))])
+    rows = load_inputs([path, good])
+    assert rows[0].image is None and str(path) in rows[0].error, rows[0]
+    assert "corrupt or truncated image" in rows[0].error or "not an image file" in rows[0].error
+    assert rows[1].error is None
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # nobody made Pillow pad truncated images with grey
+
+
+def test_an_unreadable_file_is_a_row(tmp_path: Path, good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked.png"
+    draw_seven().save(locked)
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make the read fail as it would for a user
+        real_open = open
+
+        def refusing_open(file: object, *args: object, **kwargs: object) -> object:
+            if Path(str(file)) == locked:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(images, "open", refusing_open, raising=False)
+    try:
+        rows = load_inputs([locked, good])
+    finally:
+        locked.chmod(0o644)
+    assert rows[0] == LoadedInput(str(locked), None, f"{locked}: cannot read (Permission denied)")
+    assert rows[1].error is None
+
+
+def test_a_file_named_explicitly_is_always_tried(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    [row] = load_inputs([tmp_path / "notes.txt"])
+    assert row.error == f"{tmp_path / 'notes.txt'}: not an image file Pillow can read"
+
+
+# ---------------------------------------------------------------- load_inputs: arrays, IDX, folders, globs
+
+
+def test_npy_files_are_used_as_they_are(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "stack.npy", stack)
+    np.save(tmp_path / "floats.npy", stack[:2].astype(np.float32) / 255)
+    np.save(tmp_path / "one.npy", stack[0].astype(np.float64) / 255)
+    rows = load_inputs([tmp_path / "stack.npy", tmp_path / "floats.npy", tmp_path / "one.npy"])
+    names = [f"{tmp_path / 'stack.npy'}[{i}]" for i in range(3)] + [f"{tmp_path / 'floats.npy'}[{i}]" for i in range(2)]
+    assert [row.name for row in rows] == [*names, f"{tmp_path / 'one.npy'}[0]"]
+    for row, expected in zip(rows, [*stack, *stack[:2], stack[0]], strict=True):
+        assert row.error is None and row.image.dtype == np.uint8
+        np.testing.assert_array_equal(row.image, expected)  # no re-centring of what is already MNIST form
+
+
+@pytest.mark.parametrize("name", ["digits-idx3-ubyte", "digits-idx3-ubyte.gz", "digits.bin"])
+def test_idx_image_files_are_detected_by_content(name: str, tmp_path: Path) -> None:
+    stack = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / name, stack)
+    rows = load_inputs([path])
+    assert [row.name for row in rows] == [f"{path}[{i}]" for i in range(4)]
+    np.testing.assert_array_equal(np.stack([row.image for row in rows]), stack)
+
+
+def test_folders_and_globs_expand_in_sorted_order(tmp_path: Path) -> None:
+    for name in ["b.png", "a.jpg", "c.PNG"]:
+        draw_seven().save(tmp_path / name, format="PNG" if name.lower().endswith("png") else "JPEG")
+    np.save(tmp_path / "d.npy", np.zeros((2, 28, 28), np.uint8) + 9)
+    write_idx(tmp_path / "e-idx3-ubyte", np.zeros((1, 28, 28)) + 7)
+    (tmp_path / "notes.txt").write_text("skipped silently")
+    (tmp_path / "sub").mkdir()
+    draw_seven().save(tmp_path / "sub" / "f.png")
+
+    names = [row.name for row in load_inputs([tmp_path])]
+    assert [Path(name).name for name in names] == ["a.jpg", "b.png", "c.PNG", "d.npy[0]", "d.npy[1]", "e-idx3-ubyte[0]"]
+    assert all(row.error is None for row in load_inputs([tmp_path]))
+    assert [Path(row.name).name for row in load_inputs([str(tmp_path / "*.png")])] == ["b.png"]
+    recursive = [row.name for row in load_inputs([str(tmp_path / "**" / "*.png")])]
+    assert recursive == [str(tmp_path / "b.png"), str(tmp_path / "sub" / "f.png")]
+    # A name that holds glob characters but exists is that file, not a pattern.
+    draw_seven().save(tmp_path / "[1].png")
+    assert [row.name for row in load_inputs([tmp_path / "[1].png"])] == [str(tmp_path / "[1].png")]
+
+
+def test_import_does_not_pull_in_torch() -> None:
+    code = "import sys, mnist_core.images; assert not {'torch', 'pandas', 'prefect'} & set(sys.modules), sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=60)

@@ -1,0 +1,205 @@
+"""Using the model: the portable files agree with PyTorch on the whole test set, `mnist predict` reads what users
+have and never loses a batch to one bad input, and the model it uses is the one asked for."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_core.errors import DataError
+from mnist_core.main import main
+from mnist_core.model import load_weights
+from mnist_core.predict import PredictParams, choose_model, predict
+from mnist_core.registry import read_champion
+from mnist_core.runtimes import load_predictor
+from tests.conftest import PROJECT_ROOT
+from tests.photos import write_photos
+
+pytestmark = pytest.mark.slow  # they need the session's trained run (the real flow)
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    result, _, output_dir = trained_run
+    return result.exported, output_dir
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_tensors, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], np.ndarray]:
+    """The first 10 test digits as PNG files, dark ink on white paper, 140 px: (files, labels)."""
+    folder = tmp_path_factory.mktemp("digits")
+    images, labels = mnist_tensors["test_images"][:10].numpy(), mnist_tensors["test_labels"][:10].numpy()
+    files = []
+    for index, image in enumerate(images):
+        files.append(folder / f"digit-{index}.png")
+        Image.fromarray(255 - image).resize((140, 140)).save(files[-1])
+    return files, labels
+
+
+def test_onnx_and_torch_export_agree_with_pytorch_on_the_whole_test_set(run, mnist_tensors) -> None:
+    exported, _ = run
+    images, labels = mnist_tensors["test_images"].numpy(), mnist_tensors["test_labels"].numpy()
+    model = load_weights(exported.model).eval()
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images)).numpy()
+    card_accuracy = exported.card.metrics.test_accuracy
+    assert (reference.argmax(1) == labels).mean() == card_accuracy
+    for name in ("model.onnx", "model.pt2"):
+        logits = load_predictor(exported.run_dir / name).logits(images)
+        assert logits.shape == (10_000, 10) and logits.dtype == np.float32
+        assert (logits.argmax(1) == reference.argmax(1)).all(), name
+        np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0, err_msg=name)
+        assert (logits.argmax(1) == labels).mean() == card_accuracy, name
+
+
+def test_the_card_hashes_are_the_files_that_load(run) -> None:
+    exported, _ = run
+    for name, described in exported.card.model_files.items():
+        assert load_predictor(exported.run_dir / name).sha256 == described.sha256, name
+
+
+def test_predict_prints_a_table_and_writes_the_csv(run, digits, tmp_path: Path, capsys) -> None:
+    files, labels = digits
+    _, output_dir = run
+    output = tmp_path / "predictions.csv"
+    code = main(["predict", *map(str, files), "--output-dir", str(output_dir), "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = list(csv.DictReader(output.open()))
+    assert [row["input"] for row in rows] == [str(file) for file in files]
+    assert [int(row["predicted_class"]) for row in rows] == labels.tolist()
+    assert all(0 < float(row["confidence"]) <= 1 and len(row["top3"].split()) == 3 for row in rows)
+    assert all(str(file) in printed for file in files) and "top-3" in printed
+
+
+def test_a_bad_input_is_a_row_and_the_others_are_kept(run, digits, tmp_path: Path, capsys) -> None:
+    files, labels = digits
+    _, output_dir = run
+    broken = tmp_path / "cut.png"
+    broken.write_bytes(files[0].read_bytes()[:60])
+    output = tmp_path / "out.csv"
+    code = main(["predict", str(files[0]), str(broken), str(tmp_path / "missing.png"), str(files[1]),
+                 "--output-dir", str(output_dir), "--output", str(output)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3
+    rows = list(csv.DictReader(output.open()))
+    assert [row["predicted_class"] for row in rows] == [str(labels[0]), "", "", str(labels[1])]
+    assert "cut.png" in rows[1]["error"] and "missing.png" in rows[2]["error"]
+    assert "Failed: 2 of 4" in err and "cut.png" in err
+
+
+def test_low_confidence_predictions_are_listed_for_review(run, digits, capsys) -> None:
+    files, _ = digits
+    _, output_dir = run
+    batch = predict(PredictParams(inputs=[str(files[0].parent)], output_dir=output_dir, threshold=1.0))
+    assert len(batch.for_review) == len(batch.predictions) == 10  # no prediction is 100 % sure
+    assert main(["predict", str(files[0]), "--output-dir", str(output_dir), "--threshold", "1"]) == 0
+    assert "For review, confidence below 1.00: 1 of 1" in capsys.readouterr().out
+
+
+def test_the_model_is_the_champion_a_run_folder_a_run_id_or_a_file(run, digits) -> None:
+    exported, output_dir = run
+    champion = read_champion(output_dir, "mnist")
+    assert champion is not None
+    for spec, runtime, expected in [
+        ("champion", "onnx", champion.run_dir / "model.onnx"),
+        (str(exported.run_dir), "torch-export", exported.run_dir / "model.pt2"),
+        (exported.run_id, "pytorch", exported.run_dir / "model.safetensors"),
+        (str(exported.run_dir / "model.pt2"), "onnx", exported.run_dir / "model.pt2"),  # a file names its runtime
+    ]:
+        chosen = choose_model(spec, output_dir, "mnist", runtime)
+        assert chosen.path == expected and chosen.run_id == exported.run_id, spec
+        batch = predict(PredictParams(inputs=[str(digits[0][0])], model=spec, output_dir=output_dir, runtime=runtime))
+        assert batch.predictions[0].predicted_class == digits[1][0], spec
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "none.onnx", "none.onnx: no such model file"),
+        (lambda tmp: _write(tmp / "random.onnx", os.urandom(2048)), "random.onnx: not a onnx model"),
+        (lambda tmp: _write(tmp / "random.pt2", os.urandom(2048)), "random.pt2: refused: a .pt2 file can run code"),
+        (lambda tmp: _write(tmp / "random.safetensors", os.urandom(64)), "random.safetensors: not a model file"),
+        (lambda tmp: _write(tmp / "weights.bin", b"x"), "weights.bin: not a model file"),
+    ],
+)
+def test_a_file_that_is_not_a_model_is_refused_by_name(make, message: str, digits, tmp_path: Path, capsys) -> None:
+    model = make(tmp_path)
+    assert main(["predict", str(digits[0][0]), "--model", str(model), "--output", str(tmp_path / "p.csv")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_pt2_file_its_card_does_not_vouch_for_is_never_loaded(run, tmp_path: Path) -> None:
+    """torch.export.load can unpickle: a .pt2 is loaded only if its run's model card lists its SHA-256."""
+    import shutil
+
+    exported, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(exported.run_dir, copy)
+    assert load_predictor(copy / "model.pt2").runtime == "torch-export"  # vouched for: loads
+    (copy / "model.pt2").write_bytes((copy / "model.pt2").read_bytes() + b"\0")  # tampered after export
+    with pytest.raises(DataError, match="refused: a .pt2 file can run code"):
+        load_predictor(copy / "model.pt2")
+    (copy / "model_card.json").unlink()
+    with pytest.raises(DataError, match="no model card of this project"):
+        load_predictor(copy / "model.pt2")
+
+
+def test_no_champion_yet_says_so(digits, tmp_path: Path, capsys) -> None:
+    assert main(["predict", str(digits[0][0]), "--output-dir", str(tmp_path / "empty")]) == 1
+    assert "no mnist champion in" in capsys.readouterr().err
+    with pytest.raises(DataError, match="no fashion-mnist champion"):
+        choose_model("champion", tmp_path, "fashion-mnist", "onnx")
+
+
+def test_bad_usage_exits_2_naming_the_flag(capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["predict", "x.png", "--threshold", "1.5"])
+    assert stopped.value.code == 2 and "--threshold" in capsys.readouterr().err
+    assert main(["train"]) == 2 and main([]) == 2
+
+
+def test_predicting_with_onnx_never_imports_torch(run, digits) -> None:
+    """The console script, as installed, with the default ONNX runtime."""
+    _, output_dir = run
+    script = (
+        "import sys; from mnist_core.main import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
+    )
+    command = [sys.executable, "-c", script, "predict", *map(str, digits[0]), "--output-dir", str(output_dir)]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    console_script = Path(sys.executable).parent / "mnist"
+    result = subprocess.run([str(console_script), "predict", str(digits[0][0]), "--output-dir", str(output_dir)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "digit-0.png" in result.stdout, result.stderr
+
+
+def test_photographed_digits_are_recognized_nearly_as_well_as_clean_ones(run, mnist_tensors, tmp_path: Path) -> None:
+    """MNIST test digits as a person would photograph them (dark ink on tinted paper, large, off-centre, PNG or
+    JPEG), brought back to MNIST form by the same preparation `mnist predict` uses."""
+    exported, _ = run
+    count = 1000
+    images, labels = mnist_tensors["test_images"][:count].numpy(), mnist_tensors["test_labels"][:count].numpy()
+    files = write_photos(images, tmp_path, seed=0)
+    batch = predict(PredictParams(inputs=[str(tmp_path)], model=str(exported.run_dir)))
+    by_name = {row.input: row.predicted_class for row in batch.predictions}
+    predicted = np.array([by_name[str(file)] for file in files])
+    photo_accuracy = (predicted == labels).mean()
+    clean = load_predictor(exported.run_dir / "model.onnx").logits(images).argmax(1)
+    clean_accuracy = (clean == labels).mean()
+    print(f"\nfirst {count} test digits: clean {clean_accuracy:.2%}, photographed {photo_accuracy:.2%}")
+    assert not batch.failed
+    assert photo_accuracy >= clean_accuracy - 0.05
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
