@@ -86,10 +86,13 @@ def start_server(
 ) -> subprocess.Popen:
     """A Prefect server on `host:port`; its database is the one `env` configures (SQLite in PREFECT_HOME unless
     PREFECT_API_DATABASE_CONNECTION_URL is set). It reads `.env` and `prefect.toml` in `cwd`. Analytics are off
-    unless `env` turns them on: offline, the server keeps trying to phone home and logs an ERROR each time."""
+    unless `env` turns them on: offline, the server keeps trying to phone home and logs an ERROR each time.
+    The UI calls this server's API: Prefect's UI otherwise calls port 4200 whatever `--port` says, and every page
+    of a server on another port shows "Can't connect to Server API"."""
+    defaults = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api_url(host, port)}
     return start_prefect(
         ["server", "start", "--host", host, "--port", str(port)],
-        {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env},  # unless the user turned them on
+        {**defaults, **env},  # unless the user set them
         log_path,
         cwd=cwd,
         outlive_caller=outlive_caller,

@@ -1,6 +1,9 @@
 """The `mnist` flow: download -> transform -> train -> evaluate -> export -> promote.
 Run `python flows/mnist.py --help`."""
 
+import flows.telemetry  # noqa: F401 - before Prefect is imported
+
+# isort: split
 import sys
 from collections.abc import Sequence
 

@@ -1,6 +1,9 @@
 """The `mnist-predict` flow: batch inference with the champion (or any trained model), written to a CSV.
 Run `python flows/predict.py --help`."""
 
+import flows.telemetry  # noqa: F401 - before Prefect is imported
+
+# isort: split
 import sys
 from collections.abc import Sequence
 

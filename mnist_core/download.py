@@ -9,7 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -120,24 +120,36 @@ def _source_url(mirror: str, file_name: str) -> str | Path:
     return Path(mirror).expanduser() / file_name
 
 
-def _copy_limited(source: BinaryIO, target: BinaryIO) -> None:
+# (file name, bytes so far, total bytes or None when the source does not say): a progress bar's feed.
+OnBytes = Callable[[str, int, int | None], None]
+
+
+def _no_progress(name: str, copied: int, total: int | None) -> None:
+    pass
+
+
+def _copy_limited(source: BinaryIO, target: BinaryIO, progress: Callable[[int], None]) -> None:
     copied = 0
     while chunk := source.read(1 << 20):
         copied += len(chunk)
         if copied > MAX_DOWNLOAD_BYTES:
             raise DownloadError(f"more than {MAX_DOWNLOAD_BYTES} bytes; refusing an oversized file")
         target.write(chunk)
+        progress(copied)
 
 
-def _fetch(source: str | Path, target: BinaryIO) -> None:
+def _fetch(source: str | Path, on_bytes: OnBytes, name: str, target: BinaryIO) -> None:
     if isinstance(source, Path):
         if not source.is_file():
             raise DownloadError(f"no such file {source}")
+        total = source.stat().st_size
         with open(source, "rb") as stream:
-            _copy_limited(stream, target)
+            _copy_limited(stream, target, lambda copied: on_bytes(name, copied, total))
         return
     with urllib.request.urlopen(source, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (schemes checked)
-        _copy_limited(response, target)
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        _copy_limited(response, target, lambda copied: on_bytes(name, copied, total))
 
 
 def _unreachable(error: Exception) -> bool:
@@ -148,7 +160,12 @@ def _unreachable(error: Exception) -> bool:
 
 
 def fetch_verified(
-    file_name: str, sha256: str, cache_dir: Path, mirrors: list[str], unreachable: set[str] | None = None
+    file_name: str,
+    sha256: str,
+    cache_dir: Path,
+    mirrors: list[str],
+    unreachable: set[str] | None = None,
+    on_bytes: OnBytes = _no_progress,
 ) -> tuple[Path, str]:
     """The cached, verified copy of `file_name` and where it came from, fetching it if needed.
 
@@ -178,7 +195,8 @@ def fetch_verified(
             failures.append(f"  - {redact_url(mirror)}: skipped (unreachable for an earlier file)")
             continue
         try:
-            atomic_write(destination, functools.partial(_fetch, _source_url(mirror, file_name)), check=verify)
+            fetch = functools.partial(_fetch, _source_url(mirror, file_name), on_bytes, file_name)
+            atomic_write(destination, fetch, check=verify)
             log.info("fetched %s from %s", file_name, redact_url(mirror))
             return destination, redact_url(mirror)
         except Exception as error:  # noqa: BLE001 - every failure is reported with its mirror below
@@ -191,8 +209,10 @@ def fetch_verified(
     raise DownloadError(f"could not fetch a verified {file_name}; mirrors tried:\n{tried}")
 
 
-def download_dataset(name: str, cache_root: Path, extra_mirrors: Iterable[str] = ()) -> Downloaded:
-    """Fetch (or find cached) the four verified files of dataset `name`."""
+def download_dataset(
+    name: str, cache_root: Path, extra_mirrors: Iterable[str] = (), on_bytes: OnBytes = _no_progress
+) -> Downloaded:
+    """Fetch (or find cached) the four verified files of dataset `name`; `on_bytes` follows each real fetch."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     spec = DATASETS[name]
@@ -202,6 +222,6 @@ def download_dataset(name: str, cache_root: Path, extra_mirrors: Iterable[str] =
     unreachable: set[str] = set()
     for role in ROLES:
         file_name, sha256 = spec.files[role]
-        path, source = fetch_verified(file_name, sha256, cache_dir, mirrors, unreachable)
+        path, source = fetch_verified(file_name, sha256, cache_dir, mirrors, unreachable, on_bytes)
         files[role] = DatasetFile(path=path, sha256=sha256, source=source)
     return Downloaded(dataset=name, files=files)

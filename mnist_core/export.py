@@ -17,6 +17,16 @@ from mnist_core.errors import StorageError
 from mnist_core.evaluate import confusion_frame
 from mnist_core.files import atomic_write_text
 from mnist_core.model import MLP, load_weights, save_weights
+from mnist_core.plots import (
+    CONFUSION_FILE_PNG,
+    CURVES_FILE,
+    MISTAKES_FILE,
+    PLOT_FILES,
+    plot_confusion,
+    plot_curves,
+    plot_mistakes,
+)
+from mnist_core.prepare import load_prepared
 from mnist_core.records import (
     DatasetFacts,
     Downloaded,
@@ -44,8 +54,9 @@ METRICS_FILE = "metrics.csv"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 REPORT_FILE = "report.md"
-RUN_FILES = [MODEL_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE, METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, REPORT_FILE,
-             CARD_FILE]  # fmt: skip
+RUN_FILES = [MODEL_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE, METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, *PLOT_FILES,
+             REPORT_FILE, CARD_FILE]  # fmt: skip
+TestSplit = tuple[torch.Tensor, torch.Tensor]  # test images (uint8 N x 28 x 28) and labels
 # In the checkpoint folder: the run folder this training produced, so a rerun after a later failure reuses it.
 EXPORTED_MARKER = "exported.json"
 
@@ -127,6 +138,17 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         f"**Test accuracy {metrics.test_accuracy:.2%}** (loss {metrics.test_loss:.4f}); best validation accuracy "
         f"{metrics.best_val_accuracy:.2%} at epoch {metrics.best_epoch} of {card.params['epochs']}.",
         "",
+        "## Plots",
+        "",
+        "Train loss and accuracy are averaged over each epoch while the weights change, and the train loss includes "
+        f"label smoothing ({card.params['label_smoothing']}); validation is measured after each epoch, without it.",
+        "",
+        f"![Loss and accuracy per epoch]({CURVES_FILE})",
+        "",
+        f"![Confusion matrix on the test set]({CONFUSION_FILE_PNG})",
+        "",
+        f"![The most confident mistakes on the test set]({MISTAKES_FILE})",
+        "",
         "## Where the files are",
         f"Run folder: `{run_dir}`",
         "",
@@ -187,12 +209,27 @@ def save_portable(model: MLP, folder: Path) -> None:
         )
 
 
+def write_plots(folder: Path, model: MLP, card: ModelCard, history: list[EpochStats], evaluation: Evaluation,
+                test_split: TestSplit) -> None:  # fmt: skip
+    """The run's PNGs; the mistakes are the exported model's own, on the test images it was scored on."""
+    images, labels = test_split
+    with torch.no_grad():
+        probabilities = torch.softmax(model(images.cpu()), dim=1)
+    confidence, predicted = probabilities.max(dim=1)
+    if history:
+        plot_curves(history, card.metrics.best_epoch, folder / CURVES_FILE, card.dataset.name)
+    plot_confusion(evaluation.confusion, evaluation.class_names, folder / CONFUSION_FILE_PNG)
+    plot_mistakes(images.cpu().numpy(), labels.cpu().numpy(), predicted.numpy(), confidence.numpy(),
+                  evaluation.class_names, folder / MISTAKES_FILE)  # fmt: skip
+
+
 def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, history: list[EpochStats],
-                 evaluation: Evaluation) -> ModelCard:  # fmt: skip
+                 evaluation: Evaluation, test_split: TestSplit) -> ModelCard:  # fmt: skip
     cpu_model = MLP(model.hidden_sizes, model.dropout)
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     cpu_model.eval()
     save_weights(cpu_model, folder / MODEL_FILE)
+    write_plots(folder, cpu_model, card, history, evaluation, test_split)
     save_portable(cpu_model, folder)
     card = card.model_copy(update={"model_files": describe_model_files(folder)})
     history_frame(history).to_csv(folder / METRICS_FILE, index=False)
@@ -204,7 +241,12 @@ def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, histo
 
 
 def export_run(
-    output_root: Path, model: MLP, card: ModelCard, history: list[EpochStats], evaluation: Evaluation
+    output_root: Path,
+    model: MLP,
+    card: ModelCard,
+    history: list[EpochStats],
+    evaluation: Evaluation,
+    test_split: TestSplit,
 ) -> Exported:
     """Write the run folder `<output_root>/<card.run_id>` into a hidden temp folder, then rename it into place:
     no half-written run folder, and an existing one is never overwritten."""
@@ -219,7 +261,7 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise FileExistsError(f"run folder {run_dir} already exists; refusing to overwrite it")
     try:
-        card = _write_files(staging, run_dir, model, card, history, evaluation)
+        card = _write_files(staging, run_dir, model, card, history, evaluation, test_split)
         staging.chmod(0o755)  # mkdtemp makes it 0700; a run folder is meant to be read by the team
         os.rename(staging, run_dir)
     except OSError as error:
@@ -255,7 +297,10 @@ def export_trained(
     if earlier and Path(earlier["run_dir"]).is_dir():
         run_dir = Path(earlier["run_dir"])
         return _exported(run_dir, card.model_copy(update={"model_files": describe_model_files(run_dir)}))
-    exported = export_run(Path(params.output_dir), load_weights(trained.model_path), card, trained.history, evaluation)
+    data = load_prepared(prepared.path)
+    test_split = (data["test_images"], data["test_labels"])
+    model = load_weights(trained.model_path)
+    exported = export_run(Path(params.output_dir), model, card, trained.history, evaluation, test_split)
     atomic_write_text(marker, json.dumps({"run_id": exported.run_id, "run_dir": str(exported.run_dir)}))
     return exported
 

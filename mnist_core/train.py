@@ -180,6 +180,7 @@ def train_model(
     device: torch.device,
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_step: Callable[[], None] | None = None,
     step_kind: StepKind | None = None,
     capture: Capture | None = None,
     gradients: Gradients | None = None,
@@ -190,7 +191,7 @@ def train_model(
     Resumes from `checkpoint_path` when it exists (and `params.resume`), and writes it after every epoch.
     `step_kind`, `capture` and `gradients` override the step `choose_step_kind` picks, how a fixed-shape step is
     captured and how gradients are computed (tests and benchmarks). Each epoch is logged to `logger`, then passed
-    to `on_epoch`.
+    to `on_epoch`; `on_step` is called after every step (a progress bar's tick: nothing there waits for the device).
     """
     kind = step_kind or choose_step_kind(params, device)
     if kind == "cuda_graph" and device.type != "cuda":
@@ -215,7 +216,7 @@ def train_model(
             setup_started = time.perf_counter()  # warm-up and capture are set-up, reported apart from training
             step = build_step(kind, training, images, labels, batch_size, bf16, gradients, capture)
             setup_seconds = time.perf_counter() - setup_started
-            _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, logger)
+            _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, on_step, logger)
         training.model.load_state_dict(progress.best_state)
         training.model.eval()
     return TrainResult(
@@ -251,11 +252,19 @@ def _run_epochs(
     bf16: bool,
     checkpoint_path: Path | None,
     on_epoch: Callable[[EpochStats], None] | None,
+    on_step: Callable[[], None] | None,
     logger: Logger,
 ) -> None:
     """The epochs after those `progress` holds: train, validate, keep the best, checkpoint, report."""
     epochs, num_train = training.params.epochs, len(data["train_images"])
     scheduler_step = training.scheduler.step if training.scheduler is not None else _no_op
+    if on_step is not None:
+        schedule_only = scheduler_step
+
+        def scheduler_step() -> None:
+            schedule_only()
+            on_step()
+
     for epoch in range(len(progress.history) + 1, epochs + 1):
         started = time.perf_counter()
         step.reset_totals()

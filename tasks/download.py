@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from mnist_core.download import download_dataset
 from mnist_core.errors import DownloadError
 from mnist_core.records import Downloaded
+from tasks.terminal import download_bar
 
 
 def _may_be_transient(task: Any, task_run: Any, state: State) -> bool:
@@ -24,7 +25,8 @@ def _may_be_transient(task: Any, task_run: Any, state: State) -> bool:
 )
 def download(dataset: str, data_dir: Path, mirrors: list[str]) -> Downloaded:
     """The dataset's four verified IDX files in the cache."""
-    downloaded = download_dataset(dataset, data_dir, mirrors)
+    with download_bar() as on_bytes:
+        downloaded = download_dataset(dataset, data_dir, mirrors, on_bytes)
     logger = get_run_logger()
     for role, file in downloaded.files.items():
         logger.info("%s: %s (from %s)", role, file.path, file.source)

@@ -1,3 +1,6 @@
+import base64
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -5,15 +8,28 @@ from prefect.cache_policies import NO_CACHE
 from mnist_core.config import RunParams
 from mnist_core.evaluate import confusion_frame
 from mnist_core.export import CARD_FILE, MODEL_FILE, REPORT_FILE, export_trained, history_frame
+from mnist_core.plots import PLOT_FILES
 from mnist_core.records import Downloaded, Evaluation, Exported, Prepared, Trained
 from mnist_core.runtimes import EXPORTED_PROGRAM_FILE, ONNX_FILE
 from tasks.publish import BestEffort
 
 
+def inline_plots(report: str, run_dir: Path) -> str:
+    """The report with its plots as data URIs: the Prefect UI renders a markdown artifact's images inline (checked
+    in Chromium by tests/test_ui.py) but cannot reach the run folder's files, which a browser will not load from
+    a file:// URL inside an http:// page anyway."""
+    for name in PLOT_FILES:
+        path = run_dir / name
+        if path.is_file() and f"]({name})" in report:
+            encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+            report = report.replace(f"]({name})", f"](data:image/png;base64,{encoded})")
+    return report
+
+
 def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluation, publisher: BestEffort) -> None:
     """Stable keys (one per dataset) so the UI shows each artifact's history across runs."""
     dataset, run_dir = exported.card.dataset.name, exported.run_dir
-    report = exported.report.read_text(encoding="utf-8")
+    report = inline_plots(exported.report.read_text(encoding="utf-8"), run_dir)
     epochs = history_frame(trained.history).to_dict(orient="records")
     confusion = confusion_frame(evaluation).reset_index().to_dict(orient="records")
     links = [

@@ -1,4 +1,5 @@
 import json
+import math
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +16,7 @@ from mnist_core.prepare import load_prepared
 from mnist_core.records import EpochStats, Prepared, Trained
 from mnist_core.train import train_model
 from tasks.publish import PUBLISH_RETRIES, BestEffort
+from tasks.terminal import chain, training_bar
 
 BEST_WEIGHTS_FILE = "model.safetensors"
 
@@ -51,7 +53,17 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
         if not publisher.resting():
             show_progress(100.0 * stats.epoch / params.epochs, retries=0)
 
-    result = train_model(data, params, torch.device(device), work_dir / CHECKPOINT_FILE, report_progress, logger=logger)
+    steps_per_epoch = math.ceil(prepared.sizes["train"] / min(params.batch_size, prepared.sizes["train"]))
+    with training_bar(params.epochs, steps_per_epoch) as bar:
+        result = train_model(
+            data,
+            params,
+            torch.device(device),
+            work_dir / CHECKPOINT_FILE,
+            on_epoch=chain(report_progress, bar and bar.epoch_done),
+            on_step=bar and bar.step,
+            logger=logger,
+        )
     # The last word, with retries, whatever happened to the epochs' (and when the run resumed after its last epoch).
     show_progress(100.0, retries=PUBLISH_RETRIES)
     model_path = work_dir / BEST_WEIGHTS_FILE

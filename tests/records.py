@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import torch
+
 from mnist_core.config import RunParams
 from mnist_core.records import DatasetFacts, EpochStats, Evaluation, Exported, Metrics, ModelCard, Timings
 
@@ -25,14 +27,20 @@ def make_history(epochs: int, val_accuracy: float = 0.5) -> list[EpochStats]:
 
 
 def make_evaluation(accuracy: float = 0.5) -> Evaluation:
+    names = [str(digit) for digit in range(10)]
     return Evaluation(
         accuracy=accuracy,
         loss=1.0,
-        size=2,
-        per_class=[{"class": "0", "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}],
-        confusion=[[1]],
-        class_names=["0"],
+        size=10,
+        per_class=[{"class": name, "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 1} for name in names],
+        confusion=[[int(true == predicted) for predicted in range(10)] for true in range(10)],
+        class_names=names,
     )
+
+
+def make_test_split(size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blank test images with labels 0 (the plots drawn at export need some)."""
+    return torch.zeros(size, 28, 28, dtype=torch.uint8), torch.zeros(size, dtype=torch.uint8)
 
 
 def make_card(

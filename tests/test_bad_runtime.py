@@ -28,7 +28,7 @@ from mnist_core.preflight import ensure_writable_dir, preflight
 from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.records import Downloaded
 from mnist_core.train import train_model
-from tests.records import make_card, make_evaluation, make_history
+from tests.records import make_card, make_evaluation, make_history, make_test_split
 from tests.synthetic import assert_no_partial_files, snapshot
 
 CPU = torch.device("cpu")
@@ -213,7 +213,7 @@ def test_disk_full_while_downloading(synthetic_dataset, tmp_path: Path, monkeypa
     (cache / "raw" / name / "t10k-labels-idx1-ubyte.gz").unlink()  # one file still to fetch
     before = snapshot(cache)
 
-    def half_then_full(source, target) -> None:
+    def half_then_full(source, target, progress) -> None:
         target.write(source.read(100))
         disk_full()
 
@@ -253,7 +253,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
 def _export(root: Path, metrics_rows: int = 2) -> Path:
     params = RunParams()
     card = make_card(new_run_id(params.training_digest()), epochs=metrics_rows)
-    return export_run(root, MLP([8]), card, make_history(metrics_rows), make_evaluation()).run_dir
+    return export_run(root, MLP([8]), card, make_history(metrics_rows), make_evaluation(), make_test_split()).run_dir
 
 
 def test_disk_full_while_exporting_leaves_earlier_runs_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

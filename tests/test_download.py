@@ -75,13 +75,29 @@ def test_unreachable_mirror_is_tried_once_per_dataset(
     attempts: list[str] = []
     real_fetch = download_module._fetch
 
-    def counting_fetch(source, target) -> None:
+    def counting_fetch(source, on_bytes, name, target) -> None:
         attempts.append(str(source))
         if str(source).startswith(dead):
             raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
-        real_fetch(source, target)
+        real_fetch(source, on_bytes, name, target)
 
     monkeypatch.setattr(download_module, "_fetch", counting_fetch)
     files = download_dataset(name, tmp_path, [dead, str(mirror)]).files
     assert [a for a in attempts if a.startswith(dead)] == [dead + "train-images-idx3-ubyte.gz"]
     assert {entry.source for entry in files.values()} == {str(mirror)}
+
+
+def test_a_real_fetch_reports_its_bytes_and_a_cached_file_none(synthetic_dataset, tmp_path: Path) -> None:
+    name, mirror, _ = synthetic_dataset
+    seen: dict[str, tuple[int, int | None]] = {}
+
+    def on_bytes(file_name: str, copied: int, total: int | None) -> None:
+        seen[file_name] = (copied, total)
+
+    files = download_dataset(name, tmp_path, [str(mirror)], on_bytes).files
+    assert set(seen) == {entry.path.name for entry in files.values()}
+    for file_name, (copied, total) in seen.items():
+        assert copied == total == (mirror / file_name).stat().st_size, file_name
+    seen.clear()
+    download_dataset(name, tmp_path, [str(mirror)], on_bytes)
+    assert seen == {}

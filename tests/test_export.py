@@ -13,7 +13,7 @@ from mnist_core.idx import CLASS_NAMES
 from mnist_core.model import load_weights
 from mnist_core.records import ModelCard
 from mnist_core.train import train_model
-from tests.records import make_card
+from tests.records import make_card, make_test_split
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def exported_run(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: pytes
                                 CLASS_NAMES["mnist"])  # fmt: skip
     card = make_card("run-1", evaluation.accuracy).model_copy(update={"files": RUN_FILES})
     output_root = tmp_path_factory.mktemp("out")
-    exported = export_run(output_root, result.model, card, result.history, evaluation)
+    test_split = (mnist_tensors["test_images"], mnist_tensors["test_labels"])
+    exported = export_run(output_root, result.model, card, result.history, evaluation, test_split)
     assert exported.card == card.model_copy(update={"model_files": exported.card.model_files})
     assert exported.model == exported.run_dir / export_module.MODEL_FILE
     return exported.run_dir, evaluation
@@ -37,6 +38,7 @@ def test_run_folder_has_every_file(exported_run) -> None:
         export_module.MODEL_FILE, export_module.ONNX_FILE, export_module.EXPORTED_PROGRAM_FILE,
         export_module.METRICS_FILE,
         export_module.PER_CLASS_FILE, export_module.CONFUSION_FILE, export_module.REPORT_FILE, export_module.CARD_FILE,
+        *export_module.PLOT_FILES,
     }  # fmt: skip
     assert not [item for item in run_dir.parent.iterdir() if item.name.endswith(".part")]
     card = json.loads((run_dir / export_module.CARD_FILE).read_text())
@@ -48,6 +50,17 @@ def test_run_folder_has_every_file(exported_run) -> None:
     confusion = pd.read_csv(run_dir / export_module.CONFUSION_FILE, index_col=0)
     assert confusion.shape == (10, 10) and confusion.to_numpy().sum() == 10000
     assert "Test accuracy" in (run_dir / export_module.REPORT_FILE).read_text()
+
+
+def test_the_report_shows_the_plots_by_relative_links(exported_run) -> None:
+    from PIL import Image
+
+    run_dir, _ = exported_run
+    report = (run_dir / export_module.REPORT_FILE).read_text()
+    for name in export_module.PLOT_FILES:
+        assert f"]({name})" in report, name  # relative: renders wherever the folder is served or copied
+        with Image.open(run_dir / name) as image:
+            assert image.format == "PNG" and image.width > 200 and image.height > 200, name
 
 
 def test_reloaded_weights_give_the_same_test_accuracy(exported_run, mnist_tensors) -> None:
@@ -76,5 +89,5 @@ def test_existing_run_folder_is_never_overwritten(exported_run) -> None:
     before = (run_dir / export_module.CARD_FILE).read_bytes()
     with pytest.raises(FileExistsError):
         export_run(run_dir.parent, load_weights(run_dir / export_module.MODEL_FILE), make_card(run_dir.name), [],
-                   evaluation)  # fmt: skip
+                   evaluation, make_test_split())  # fmt: skip
     assert (run_dir / export_module.CARD_FILE).read_bytes() == before

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,42 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> Non
     assert report.is_file() and report.parent.parent == (tmp_path / "runs").resolve()
     accuracy = json.loads((report.parent / "model_card.json").read_text())["metrics"]["test_accuracy"]
     assert accuracy > 0.95
+    # Not a terminal: the plain log, one line per epoch and no progress bar; a successful run warns of nothing.
+    output = result.stdout + result.stderr
+    assert "epoch 1/1: train loss" in output and "━" not in output and " steps " not in output
+    assert not [line for line in output.splitlines() if "| ERROR" in line or "| WARNING" in line], output[-3000:]
+
+
+def test_on_a_terminal_training_and_download_show_a_progress_bar(mnist_mirror: Path, tmp_path: Path) -> None:
+    """`python flows/mnist.py` in a pseudo-terminal, as a person runs it."""
+    import pty
+
+    env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "COLUMNS": "160"}  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    env.pop("MNIST_PROGRESS", None)
+    command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "2", "--data-dir",
+               str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.wait(timeout=300) == 0
+    output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))  # colours, cursor moves
+    assert "download train-images-idx3-ubyte.gz" in output  # a real fetch (from the mirror) shows its bytes
+    assert "/430 steps" in output and "epoch 2/2" in output  # 2 x 215 steps of 256
+    assert "train loss" in output and "Test accuracy:" in output
+    assert "| ERROR" not in output and "| WARNING" not in output
+    assert "anonymous usage data" not in output  # the run's own server has analytics off: no telemetry notice
 
 
 def test_the_command_line_uses_the_users_server_when_one_is_set(
