@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
+from prefect.states import Completed, State
 
 from deployments.server import ServerError
 from flows.local import RESUME_HINT, local_run
@@ -17,21 +18,28 @@ from mnist_core.cli import parse_params
 from mnist_core.config import RunParams
 from mnist_core.errors import PipelineError
 from mnist_core.preflight import preflight
-from mnist_core.records import RunResult
-from tasks import download, evaluate, export, promote, train, transform
+from mnist_core.records import RunResult, Unchanged
+from tasks import download, evaluate, export, fingerprint, promote, train, transform
 
 
 @flow(name="mnist", log_prints=True)
-def mnist(params: RunParams = RunParams()) -> RunResult:  # noqa: B008 - pydantic models are immutable here
+def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # noqa: B008 - immutable here
     """Train and evaluate the MLP on MNIST (or Fashion-MNIST), export a run folder with report and model, and
-    promote the model to champion if it beats the current one."""
+    promote the model to champion if it beats the current one. When nothing changed since the champion (the
+    same data, parameters and code), stop before training in the Completed state named 'Unchanged', unless
+    `force_retrain`."""
     device = str(preflight(params))
     downloaded = download(params.dataset, params.data_dir, params.mirror)
     prepared = transform(downloaded, params)
+    fingerprinted = fingerprint(downloaded, prepared, params)
+    unchanged = fingerprinted.unchanged()
+    if unchanged is not None and not params.force_retrain:
+        print(unchanged.message)
+        return Completed(name="Unchanged", message=unchanged.message, data=unchanged)
     with checkpoint_lock(params):
         trained = train(prepared, params, device)
         evaluation = evaluate(trained, prepared, device)
-        exported = export(downloaded, prepared, trained, evaluation, params)
+        exported = export(downloaded, prepared, trained, evaluation, params, fingerprinted)
         promotion = promote(exported, prepared, params, device)
         # Only a completed run gets here: after a failure the checkpoint stays, for a rerun to resume from.
         discard_checkpoint(params)
@@ -47,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with local_run() as run:
             result = mnist(params)
             run.finish()
-            print_summary(result)
+            if isinstance(result, Unchanged):
+                print(f"\nNot retrained: {result.message} (--force-retrain).", flush=True)
+            else:
+                print_summary(result)
     except (PipelineError, OSError, ServerError) as error:  # the environment or the data, not a bug to trace
         print(f"mnist: error: {error}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ run has produced so far (best weights, the export marker) until the run has comp
 """
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,23 @@ def checkpoint_lock(params: RunParams) -> Iterator[Path]:
                 "wait for it to finish, or pass another --run-name or --output-dir"
             ) from None
         yield folder
+
+
+DATA_FILE = "data.json"
+
+
+def claim_checkpoint_data(folder: Path, prepared_file: str, resume: bool) -> None:
+    """Tie the checkpoint folder to the prepared data it trains on (the file's name keys its content, the extra
+    images included): resuming on other data would mix two trainings, so it is refused, naming both."""
+    record = folder / DATA_FILE
+    if resume and (folder / CHECKPOINT_FILE).is_file() and record.is_file():
+        earlier = json.loads(record.read_text(encoding="utf-8")).get("prepared")
+        if earlier != prepared_file:
+            raise TrainingError(
+                f"{folder}: the checkpoint was trained on other data ({earlier}, now {prepared_file}: the dataset or "
+                "the extra images changed); refusing to mix them. Pass --no-resume to start afresh"
+            )
+    atomic_write(record, lambda stream: stream.write(json.dumps({"prepared": prepared_file}).encode()))
 
 
 def discard_checkpoint(params: RunParams) -> None:

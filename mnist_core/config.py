@@ -14,6 +14,9 @@ OptimizerName = Literal["sgd", "adam", "adamw"]
 ScheduleName = Literal["none", "onecycle", "cosine"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
 PresetName = Literal["fast98", "seed"]
+# Which test images decide a promotion: the dataset's test set, the test part of the user's own images, or both
+# pooled (each image counts once).
+PromotionMetric = Literal["combined", "test", "extra"]
 
 # Named recipes. A preset fills only the fields the caller did not set explicitly.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -46,8 +49,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Where files go and how a run is named or judged, not what training computes. `preset` is out too: its values
 # are already in the fields it filled.
 NOT_IN_TRAINING_DIGEST = frozenset(
-    {"data_dir", "output_dir", "mirror", "run_name", "resume", "promotion_margin", "force_promote", "preset"}
-)
+    {"data_dir", "output_dir", "mirror", "run_name", "resume", "promotion_margin", "force_promote", "preset",
+     "force_retrain", "promotion_metric", "extra_data"}
+)  # fmt: skip
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
@@ -64,6 +68,11 @@ class RunParams(BaseModel):
         default_factory=list,
         description="Extra dataset mirror (folder path or URL), tried after the official ones. Repeatable; "
         "the MNIST_MIRROR environment variable adds more.",
+    )
+    extra_data: Path | None = Field(
+        None,
+        description="A folder of your own labelled images, one subfolder per class (0-9, or Fashion-MNIST's class "
+        "names): split 70/15/15 into train/val/test with the seed, trained on with the dataset, scored apart.",
     )
     preset: PresetName | None = Field(None, description="Named recipe; explicitly set fields still win.")
     epochs: int = Field(4, ge=1, le=1000, description="Training epochs.")
@@ -94,12 +103,22 @@ class RunParams(BaseModel):
         0.0, ge=0, le=1, description="A run becomes champion only if its test accuracy beats the champion's by this."
     )
     force_promote: bool = Field(False, description="Promote this run to champion whatever its accuracy.")
+    promotion_metric: PromotionMetric = Field(
+        "combined",
+        description="The test images whose accuracy decides a promotion: combined (the dataset's test set and the "
+        "extra images' test part, pooled), test (the dataset's only) or extra (the extra images' only).",
+    )
+    force_retrain: bool = Field(
+        False,
+        description="Train even when nothing changed since the champion (same data, parameters and code); without "
+        "it such a run stops before training, in the state 'Unchanged'.",
+    )
 
     # Before conversion: Path("") becomes ".", which would silently mean the current folder.
-    @field_validator("data_dir", "output_dir", mode="before")
+    @field_validator("data_dir", "output_dir", "extra_data", mode="before")
     @classmethod
     def _plain_path(cls, value: Any) -> Any:
-        if not isinstance(value, str | Path):
+        if value is None or not isinstance(value, str | Path):
             return value
         text = str(value)
         if not text.strip() or "\x00" in text:
@@ -120,6 +139,12 @@ class RunParams(BaseModel):
         if isinstance(data, dict) and data.get("preset") in PRESETS:
             return {**PRESETS[data["preset"]], **data}
         return data
+
+    @model_validator(mode="after")
+    def _extra_metric_needs_extra_data(self) -> "RunParams":
+        if self.promotion_metric == "extra" and self.extra_data is None:
+            raise ValueError("promotion_metric 'extra' needs extra_data (a folder of your own labelled images)")
+        return self
 
     def training_digest(self) -> str:
         """SHA-256 of the fields that change what training computes (not where files go)."""

@@ -66,10 +66,22 @@ def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> pd.DataF
     )
 
 
-def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> Evaluation:
+def evaluate_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Evaluation:
+    """Test-set metrics; `extra` (the test part of the user's own images) is scored apart, accuracy only."""
     loss_sum, correct, predicted = evaluate_split(model, images, labels)
     confusion = confusion_matrix(predicted, labels, len(class_names)).cpu()
+    extra_size = len(extra[1]) if extra is not None else 0
     return Evaluation(
+        extra_accuracy=evaluate_split(model, *extra)[1].item() / extra_size
+        if extra is not None and extra_size
+        else None,
+        extra_size=extra_size,
         accuracy=correct.item() / len(labels),
         loss=loss_sum.item() / len(labels),
         size=len(labels),
@@ -77,6 +89,16 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         confusion=confusion.tolist(),
         class_names=class_names,
     )
+
+
+def decisive_accuracy(test: float, extra: float | None, test_size: int, extra_size: int, metric: str) -> float:
+    """The accuracy a promotion compares (`RunParams.promotion_metric`): the dataset's test set, the user's test
+    images, or both pooled (each image counts once). Without extra images every metric is the test set's."""
+    if extra is None or extra_size == 0 or metric == "test":
+        return test
+    if metric == "extra":
+        return extra
+    return (test * test_size + extra * extra_size) / (test_size + extra_size)
 
 
 def score_model_file(path: Path, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -33,6 +33,7 @@ from mnist_core.records import (
     EpochStats,
     Evaluation,
     Exported,
+    Fingerprint,
     Metrics,
     ModelCard,
     Prepared,
@@ -78,6 +79,7 @@ def build_model_card(
     prepared: Prepared,
     trained: Trained,
     evaluation: Evaluation,
+    fingerprint: Fingerprint | None = None,
 ) -> ModelCard:
     """Everything needed to trust or reproduce the model (accuracies are fractions)."""
     best = trained.best
@@ -86,11 +88,15 @@ def build_model_card(
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         params=params.public_dump(),
         training_digest=params.training_digest(),
+        fingerprint=fingerprint.value if fingerprint else "",
+        code_digest=fingerprint.code_digest if fingerprint else "",
         dataset=DatasetFacts(
             name=downloaded.dataset,
             sha256=downloaded.sha256,
             sources={role: file.source for role, file in downloaded.files.items()},
             sizes=prepared.sizes,
+            extra_sha256=prepared.extra_sha256,
+            extra_manifest=prepared.extra_manifest,
         ),
         environment={
             **trained.environment,
@@ -110,6 +116,7 @@ def build_model_card(
             best_val_accuracy=best.val_accuracy,
             best_val_loss=best.val_loss,
             epochs_run=len(trained.history),
+            extra_test_accuracy=evaluation.extra_accuracy,
         ),
         files=RUN_FILES,
     )
@@ -138,6 +145,7 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         f"**Test accuracy {metrics.test_accuracy:.2%}** (loss {metrics.test_loss:.4f}); best validation accuracy "
         f"{metrics.best_val_accuracy:.2%} at epoch {metrics.best_epoch} of {card.params['epochs']}.",
         "",
+        *_extra_lines(card),
         "## Plots",
         "",
         "Train loss and accuracy are averaged over each epoch while the weights change, and the train loss includes "
@@ -175,6 +183,11 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         json.dumps(card.params, indent=2),
         "```",
         "",
+        "## Fingerprint",
+        f"`{card.fingerprint or 'not recorded'}`: the SHA-256 of what determines this model (the data below, the "
+        f"training parameters, and the code: `mnist_core` sources `{card.code_digest or 'not recorded'}`). A "
+        "scheduled retrain whose fingerprint is the champion's stops before training.",
+        "",
         "## Data (SHA-256 of the decompressed IDX files)",
         *[f"- {role}: `{digest}`" for role, digest in card.dataset.sha256.items()],
         "",
@@ -186,6 +199,20 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         "",
     ]
     return "\n".join(lines)
+
+
+def _extra_lines(card: ModelCard) -> list[str]:
+    if card.dataset.extra_sha256 is None:
+        return []
+    sizes, accuracy = card.dataset.sizes, card.metrics.extra_test_accuracy
+    scored = f"**{accuracy:.2%}**" if accuracy is not None else "not scored (no test part)"
+    return [
+        f"Extra labelled images (`{card.params['extra_data']}`, manifest SHA-256 `{card.dataset.extra_sha256}`, "
+        f"{len(card.dataset.extra_manifest)} files; the card lists each file's SHA-256): {sizes.get('extra_train', 0)} "
+        f"trained on, {sizes.get('extra_val', 0)} validated on, accuracy on the {sizes.get('extra_test', 0)} held out "
+        f"for testing {scored}. Promotion is decided by `promotion_metric={card.params['promotion_metric']}`.",
+        "",
+    ]
 
 
 def save_portable(model: MLP, folder: Path) -> None:
@@ -285,7 +312,12 @@ def _exported(run_dir: Path, card: ModelCard) -> Exported:
 
 
 def export_trained(
-    params: RunParams, downloaded: Downloaded, prepared: Prepared, trained: Trained, evaluation: Evaluation
+    params: RunParams,
+    downloaded: Downloaded,
+    prepared: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    fingerprint: Fingerprint | None = None,
 ) -> Exported:
     """The run folder of this training, written once per checkpoint: a rerun after a later stage failed finds the
     folder this checkpoint already produced and reuses it, so one training is never exported (or recorded) twice."""
@@ -293,7 +325,7 @@ def export_trained(
     earlier = _read_marker(marker)
     run_id = earlier["run_id"] if earlier else new_run_id(params.training_digest())
     # Rebuilt from the same records on a rerun: the same facts as the card in the folder, bar its creation time.
-    card = build_model_card(run_id, params, downloaded, prepared, trained, evaluation)
+    card = build_model_card(run_id, params, downloaded, prepared, trained, evaluation, fingerprint)
     if earlier and Path(earlier["run_dir"]).is_dir():
         run_dir = Path(earlier["run_dir"])
         return _exported(run_dir, card.model_copy(update={"model_files": describe_model_files(run_dir)}))

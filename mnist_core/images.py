@@ -110,7 +110,7 @@ def _failed(name: str, problem: str) -> LoadedInput:
     return LoadedInput(name, None, f"{name}: {problem}")
 
 
-def _load_image(path: Path) -> LoadedInput:
+def load_image(path: Path) -> LoadedInput:
     """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'."""
     name = str(path)
     try:
@@ -189,7 +189,7 @@ def _load_file(path: Path) -> list[LoadedInput]:
         return _load_array(path)
     if head[:2] == b"\x1f\x8b" or head[:4] in (IMAGE_MAGIC.to_bytes(4, "big"), LABEL_MAGIC.to_bytes(4, "big")):
         return _load_idx(path)
-    return [_load_image(path)]
+    return [load_image(path)]
 
 
 def _looks_like_input(path: Path) -> bool:

@@ -1,6 +1,8 @@
-"""The transform stage: validated IDX files -> one cached file of uint8 tensors with a seeded validation split."""
+"""The transform stage: validated IDX files (and the user's extra labelled images) -> one cached file of uint8
+tensors with seeded validation splits, and the normalization statistics of the images trained on."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -8,39 +10,67 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mnist_core.errors import DataError
+from mnist_core.extra import ExtraFolder, read_extra, split_indices
 from mnist_core.files import atomic_save_tensors
-from mnist_core.idx import read_split
+from mnist_core.idx import IMAGE_SIDE, read_split
 from mnist_core.records import Downloaded, Prepared
 
-SPLITS = ("train", "val", "test")
+# extra_test: the test part of the user's own images (empty without them), scored apart from the dataset's test set.
+SPLITS = ("train", "val", "test", "extra_test")
 TENSOR_NAMES = frozenset(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
-def prepared_path(cache_root: Path, dataset: str, sha256s: dict[str, str], val_size: int, seed: int) -> Path:
-    content_key = hashlib.sha256("".join(sorted(sha256s.values())).encode()).hexdigest()[:16]
+def prepared_path(
+    cache_root: Path, dataset: str, sha256s: dict[str, str], val_size: int, seed: int, extra_sha256: str | None = None
+) -> Path:
+    content_key = hashlib.sha256("".join([*sorted(sha256s.values()), extra_sha256 or ""]).encode()).hexdigest()[:16]
     name = f"{dataset}-{content_key}-val{val_size}-seed{seed}.safetensors"
     return Path(cache_root).expanduser().resolve() / "prepared" / name
 
 
-def _cached_sizes(path: Path) -> dict[str, int] | None:
-    """Images per split of a complete cached file, or None when there is none (or it is unreadable)."""
+def _cached(path: Path) -> tuple[dict[str, int], float, float] | None:
+    """Images per split and the normalization statistics of a complete cached file, or None when there is none
+    (or it is unreadable, or from before these were kept)."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as handle:
-            if set(handle.keys()) != TENSOR_NAMES:
+            metadata = handle.metadata() or {}
+            if set(handle.keys()) != TENSOR_NAMES or "mean" not in metadata:
                 return None
-            return {split: handle.get_slice(f"{split}_labels").get_shape()[0] for split in SPLITS}
+            sizes = {split: handle.get_slice(f"{split}_labels").get_shape()[0] for split in SPLITS}
+            sizes.update(json.loads(metadata["extra_sizes"]))
+            return sizes, float(metadata["mean"]), float(metadata["std"])
     except Exception:  # noqa: BLE001 - an unreadable cache entry is rebuilt
         return None
 
 
-def prepare_dataset(downloaded: Downloaded, cache_root: Path, val_size: int, seed: int) -> Prepared:
-    """Parse and validate the four IDX files, split off `val_size` training images, cache as uint8 tensors."""
-    target = prepared_path(cache_root, downloaded.dataset, downloaded.sha256, val_size, seed)
-    sizes = _cached_sizes(target)
-    if sizes is not None:
-        return Prepared(dataset=downloaded.dataset, path=target, sizes=sizes)
+def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of the pixels (scaled to 0-1) of the images the model is trained on: the
+    model's input normalization, for MNIST, Fashion-MNIST or a mix with the user's images alike."""
+    pixels = images.to(torch.float64).div_(255.0)
+    return pixels.mean().item(), pixels.std(correction=0).item()
+
+
+def _extra_parts(extra: ExtraFolder | None, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    empty = (torch.zeros(0, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8))
+    if extra is None:
+        return {"train": empty, "val": empty, "test": empty}
+    images, labels = read_extra(extra)
+    parts = split_indices(len(images), seed)
+    return {part: (torch.from_numpy(images[index]), torch.from_numpy(labels[index])) for part, index in parts.items()}
+
+
+def prepare_dataset(
+    downloaded: Downloaded, cache_root: Path, val_size: int, seed: int, extra: ExtraFolder | None = None
+) -> Prepared:
+    """Parse and validate the four IDX files, split off `val_size` training images, add the parts of the extra
+    images (`scan_extra`), and cache the lot as uint8 tensors."""
+    extra_sha256 = extra.sha256 if extra else None
+    target = prepared_path(cache_root, downloaded.dataset, downloaded.sha256, val_size, seed, extra_sha256)
+    cached = _cached(target)
+    if cached is not None:
+        return _prepared(downloaded.dataset, target, *cached, extra)
 
     files = downloaded.files
     train_images, train_labels = read_split(files["train_images"].path, files["train_labels"].path)
@@ -51,23 +81,45 @@ def prepare_dataset(downloaded: Downloaded, cache_root: Path, val_size: int, see
     order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:val_size], order[val_size:]
     images, labels = torch.from_numpy(train_images.copy()), torch.from_numpy(train_labels.copy())
+    extra_parts = _extra_parts(extra, seed)
     tensors = {
-        "train_images": images[train_index],
-        "train_labels": labels[train_index],
-        "val_images": images[val_index],
-        "val_labels": labels[val_index],
+        "train_images": torch.cat([images[train_index], extra_parts["train"][0]]),
+        "train_labels": torch.cat([labels[train_index], extra_parts["train"][1]]),
+        "val_images": torch.cat([images[val_index], extra_parts["val"][0]]),
+        "val_labels": torch.cat([labels[val_index], extra_parts["val"][1]]),
         "test_images": torch.from_numpy(test_images.copy()),
         "test_labels": torch.from_numpy(test_labels.copy()),
+        "extra_test_images": extra_parts["test"][0],
+        "extra_test_labels": extra_parts["test"][1],
     }
-    metadata = {"dataset": downloaded.dataset, "val_size": str(val_size), "seed": str(seed)}
+    mean, std = pixel_statistics(tensors["train_images"])
+    # How many of the train and val images are the user's (extra_test is a split of its own).
+    extra_sizes = {"extra_train": len(extra_parts["train"][1]), "extra_val": len(extra_parts["val"][1])}
+    metadata = {"dataset": downloaded.dataset, "val_size": str(val_size), "seed": str(seed), "mean": repr(mean),
+                "std": repr(std), "extra_sha256": extra_sha256 or "",
+                "extra_sizes": json.dumps(extra_sizes)}  # fmt: skip
     metadata.update({f"sha256_{role}": digest for role, digest in downloaded.sha256.items()})
     atomic_save_tensors(tensors, target, metadata)
-    sizes = {split: len(tensors[f"{split}_labels"]) for split in SPLITS}
-    return Prepared(dataset=downloaded.dataset, path=target, sizes=sizes)
+    sizes = {**{split: len(tensors[f"{split}_labels"]) for split in SPLITS}, **extra_sizes}
+    return _prepared(downloaded.dataset, target, sizes, mean, std, extra)
+
+
+def _prepared(
+    dataset: str, path: Path, sizes: dict[str, int], mean: float, std: float, extra: ExtraFolder | None
+) -> Prepared:
+    return Prepared(
+        dataset=dataset,
+        path=path,
+        sizes=sizes,
+        mean=mean,
+        std=std,
+        extra_sha256=extra.sha256 if extra else None,
+        extra_manifest=extra.manifest if extra else {},
+    )
 
 
 def load_prepared(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The six uint8 tensors of a prepared file, on `device`."""
+    """The uint8 tensors of a prepared file (images and labels of each split), on `device`."""
     try:
         return load_file(str(path), device=str(device))
     except Exception as error:

@@ -37,7 +37,13 @@ class Prepared(Record):
 
     dataset: str
     path: Path
-    sizes: dict[str, int]  # split (train, val, test) -> number of images
+    # split -> number of images: train, val (both including the user's extra images), test, and extra_train,
+    # extra_val, extra_test (the user's images in each; extra_test is scored apart from test)
+    sizes: dict[str, int]
+    mean: float  # of the training pixels (0-1): the model's input normalization
+    std: float
+    extra_sha256: str | None = None  # of the extra labelled images' manifest, when the run has them
+    extra_manifest: dict[str, str] = {}  # their files ("<class folder>/<file>") -> SHA-256
 
 
 class EpochStats(Record):
@@ -83,6 +89,8 @@ class Evaluation(Record):
     per_class: list[dict[str, Any]]  # class, precision, recall, f1, support
     confusion: list[list[int]]  # rows: true class; columns: predicted class
     class_names: list[str]
+    extra_accuracy: float | None = None  # on the test part of the user's own images, when the run has them
+    extra_size: int = 0
 
 
 class DatasetFacts(Record):
@@ -90,6 +98,8 @@ class DatasetFacts(Record):
     sha256: dict[str, str]
     sources: dict[str, str]
     sizes: dict[str, int]
+    extra_sha256: str | None = None  # of the manifest of the extra labelled images, when the run had them
+    extra_manifest: dict[str, str] = {}  # their paths (relative to the folder, label folder first) -> SHA-256
 
 
 class Timings(Record):
@@ -105,6 +115,7 @@ class Metrics(Record):
     best_val_accuracy: float
     best_val_loss: float
     epochs_run: int
+    extra_test_accuracy: float | None = None  # on the extra images' test part, when the run had them
 
 
 class TensorSpec(Record):
@@ -124,6 +135,31 @@ class ModelFile(Record):
     output: TensorSpec
 
 
+class Unchanged(Record):
+    """What the `mnist` flow returns when nothing changed since the champion: it did not train."""
+
+    champion_run_id: str
+    fingerprint: str
+    message: str
+
+
+class Fingerprint(Record):
+    """What determines a run's model (mnist_core/fingerprint.py), and the champion's, when it has the same."""
+
+    value: str
+    code_digest: str
+    unchanged_since: str | None = None  # the run already trained from this fingerprint: the champion, or a later one
+
+    def unchanged(self) -> Unchanged | None:
+        if self.unchanged_since is None:
+            return None
+        message = (
+            f"nothing changed since run {self.unchanged_since} (same data, parameters and code): not retrained; "
+            "force_retrain trains anyway"
+        )
+        return Unchanged(champion_run_id=self.unchanged_since, fingerprint=self.value, message=message)
+
+
 class ModelCard(Record):
     """Everything needed to trust or reproduce a model: written as `model_card.json` in its run folder."""
 
@@ -131,6 +167,8 @@ class ModelCard(Record):
     created_at: str
     params: dict[str, Any]  # as JSON values, mirror credentials masked
     training_digest: str
+    fingerprint: str = ""  # of data, parameters and code (absent from cards written before it existed)
+    code_digest: str = ""
     dataset: DatasetFacts
     environment: dict[str, str | int | None]
     timings: Timings

@@ -33,7 +33,7 @@ REGISTRY_FILE = "registry.csv"
 LOCK_FILE = ".registry.lock"
 # Accuracies are counts over the test-set size; this only absorbs float rounding in `challenger - champion`.
 TOLERANCE = 1e-9
-COLUMNS = [
+COLUMNS_BEFORE_FINGERPRINTS = [
     "run_id",
     "recorded_at",
     "dataset",
@@ -51,6 +51,8 @@ COLUMNS = [
     "reason",
     "run_dir",
 ]
+# Added at the end, so a registry written before them is read as it is and upgraded on its next write.
+COLUMNS = [*COLUMNS_BEFORE_FINGERPRINTS, "fingerprint", "extra_data_sha256", "extra_test_accuracy"]
 
 
 class ChampionPointer(Record):
@@ -68,6 +70,7 @@ class ChampionPointer(Record):
     # The decision in full, so a registry row that failed to be written after the pointer can be written later
     # (absent from pointers written before it was kept).
     promotion: Promotion | None = None
+    fingerprint: str | None = None  # of the champion's data, parameters and code: a run with the same skips training
 
 
 def decide(
@@ -76,6 +79,7 @@ def decide(
     margin: float,
     force: bool = False,
     champion_run_id: str | None = None,
+    measure: str = "test accuracy",
 ) -> Promotion:
     """The promotion rule: promote if forced, if there is no champion, or if the challenger's test accuracy is
     strictly higher than the champion's and higher by at least `margin` (a fraction: 0.001 = 0.1 points).
@@ -97,13 +101,11 @@ def decide(
 
     if champion_accuracy is None:
         forced = " (promotion was also forced)" if force else ""
-        return make(
-            True, "first", f"no champion yet: this run becomes champion with test accuracy {challenger}{forced}."
-        )
+        return make(True, "first", f"no champion yet: this run becomes champion with {measure} {challenger}{forced}.")
     champion = f"{champion_accuracy:.2%}"
     difference = challenger_accuracy - champion_accuracy
     figures = (
-        f"test accuracy {challenger} vs champion {champion_run_id}'s {champion} on the same test set "
+        f"{measure} {challenger} vs champion {champion_run_id}'s {champion} on the same test images "
         f"(difference {100 * difference:+.2f} points, margin {100 * margin:.2f} points)"
     )
     if force:
@@ -164,12 +166,16 @@ def _parse_registry(path: Path, text: str | None) -> pd.DataFrame:
         rows = list(csv.reader(io.StringIO(text), strict=True))
     except csv.Error as error:
         raise _damaged(path, f"not valid CSV ({error})") from error
-    if rows[0] != COLUMNS:
+    if rows[0] not in (COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
         raise _damaged(path, f"line 1 is not the header {','.join(COLUMNS)}")
     for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(COLUMNS):
-            raise _damaged(path, f"line {number} has {len(row)} fields instead of {len(COLUMNS)}")
-    return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "champion_run_id": str})
+        if len(row) != len(rows[0]):
+            raise _damaged(path, f"line {number} has {len(row)} fields instead of {len(rows[0])}")
+    frame = pd.read_csv(
+        io.StringIO(_upgraded(text)),
+        dtype={"run_id": str, "champion_run_id": str, "fingerprint": str, "extra_data_sha256": str},
+    )
+    return frame
 
 
 def read_registry(output_root: Path) -> pd.DataFrame:
@@ -177,6 +183,18 @@ def read_registry(output_root: Path) -> pd.DataFrame:
     the file, the line and how to repair it, if the file is damaged."""
     root = Path(output_root)
     return _parse_registry(root / REGISTRY_FILE, _registry_text(root))
+
+
+def unchanged_since(output_root: Path, dataset: str, fingerprint: str) -> str | None:
+    """The run that was already trained from exactly this fingerprint and judged: the champion, or the latest
+    recorded run of the dataset with it (a retrain that was not promoted need not be repeated either); None when
+    something changed since."""
+    champion = read_champion(output_root, dataset)
+    if champion is not None and champion.fingerprint == fingerprint:
+        return champion.run_id
+    registry = read_registry(output_root)
+    same = registry.loc[(registry["dataset"] == dataset) & (registry["fingerprint"] == fingerprint), "run_id"]
+    return str(same.iloc[-1]) if len(same) else None
 
 
 def check_registry(output_root: Path, dataset: str) -> None:
@@ -203,12 +221,26 @@ def _write(path: Path, text: str) -> None:
         raise StorageError(f"{path}: could not write it ({error}); the previous file is intact") from error
 
 
+def _upgraded(text: str) -> str:
+    """The registry's text with today's columns: a registry from before the fingerprint columns gets them, empty."""
+    rows = list(csv.reader(io.StringIO(text), strict=True))
+    if rows[0] == COLUMNS:
+        return text
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(row + [""] * (len(COLUMNS) - len(row)) for row in rows[1:])
+    return buffer.getvalue()
+
+
 def _append_row(root: Path, existing: str | None, row: dict[str, Any]) -> None:
     """Write the registry as `existing` (its current text, read and checked under the lock) plus `row`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     if existing is None:
         writer.writeheader()
+    else:
+        existing = _upgraded(existing)
     # The csv writer quotes a field with "\n" but not a lone "\r", which its reader then refuses.
     writer.writerow({key: value.replace("\r", " ") if isinstance(value, str) else value for key, value in row.items()})
     _write(root / REGISTRY_FILE, (existing or "") + buffer.getvalue())
@@ -234,6 +266,9 @@ def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[
         "promoted": promotion.promoted,
         "reason": promotion.reason,
         "run_dir": str(run.run_dir),
+        "fingerprint": card.fingerprint,
+        "extra_data_sha256": card.dataset.extra_sha256 or "",
+        "extra_test_accuracy": "" if card.metrics.extra_test_accuracy is None else card.metrics.extra_test_accuracy,
     }
 
 
@@ -253,6 +288,7 @@ def champion_pointer(
         decision=promotion.kind,
         previous_run_id=previous.run_id if previous else None,
         promotion=promotion,
+        fingerprint=card.fingerprint or None,
     )
 
 
@@ -262,8 +298,13 @@ def record_run(
     margin: float,
     force: bool,
     champion_accuracy: Callable[[ChampionPointer], float],
+    challenger_accuracy: float | None = None,
+    measure: str = "test accuracy",
 ) -> Promotion:
     """Compare `run` with its dataset's champion, promote it if the rule says so, and append it to the registry.
+
+    `challenger_accuracy` is the run's figure the rule compares (default: its card's test accuracy), named
+    `measure` in the decision; `champion_accuracy(pointer)` gives the champion's on the same images.
 
     `champion_accuracy(pointer)` scores the champion's model on the run's own test set, under the registry lock so
     the champion cannot change meanwhile; if it raises a PipelineError, the champion is unusable (e.g. its folder
@@ -289,7 +330,8 @@ def record_run(
             promotion = champion.promotion or _promotion_from_pointer(champion, margin)
             _append_row(root, existing, registry_row(run, promotion, champion.promoted_at))
             return promotion
-        promotion = _compare(run, champion, margin, force, champion_accuracy)
+        challenger = run.card.metrics.test_accuracy if challenger_accuracy is None else challenger_accuracy
+        promotion = _compare(challenger, champion, margin, force, champion_accuracy, measure)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if promotion.promoted:
             pointer = champion_pointer(run, promotion, now, champion)
@@ -299,25 +341,25 @@ def record_run(
 
 
 def _compare(
-    run: Exported,
+    challenger: float,
     champion: ChampionPointer | None,
     margin: float,
     force: bool,
     champion_accuracy: Callable[[ChampionPointer], float],
+    measure: str,
 ) -> Promotion:
-    challenger = run.card.metrics.test_accuracy
     if champion is None:
-        return decide(challenger, None, margin, force)
+        return decide(challenger, None, margin, force, measure=measure)
     try:
         score = float(champion_accuracy(champion))
     except PipelineError as error:  # missing or corrupt; other OSErrors (permissions) fail the run
-        promotion = decide(challenger, None, margin, force)
+        promotion = decide(challenger, None, margin, force, measure=measure)
         reason = (
             f"the run replaces an unusable champion ({champion.run_id} could not be evaluated: {error}): "
-            f"test accuracy {challenger:.2%}."
+            f"{measure} {challenger:.2%}."
         )
         return promotion.model_copy(update={"kind": "replaced", "reason": reason})
-    return decide(challenger, score, margin, force, champion_run_id=champion.run_id)
+    return decide(challenger, score, margin, force, champion_run_id=champion.run_id, measure=measure)
 
 
 def _promotion_from_row(row: pd.Series) -> Promotion:
@@ -350,8 +392,11 @@ def _promotion_from_pointer(champion: ChampionPointer, margin: float) -> Promoti
     )
 
 
-def promotion_markdown(promotion: Promotion, dataset: str) -> str:
-    """The report section (and artifact) that says what happened to the champion and why."""
+def promotion_markdown(
+    promotion: Promotion, dataset: str, scores: dict[str, tuple[float | None, float | None]] | None = None
+) -> str:
+    """The report section (and artifact) that says what happened to the champion and why. `scores`: with extra
+    images, each set of test images -> (this run's accuracy, the champion's), so both figures are shown."""
     verdict = {
         "first": "promoted (first champion)",
         "better": "promoted (better than the champion)",
@@ -370,8 +415,21 @@ def promotion_markdown(promotion: Promotion, dataset: str) -> str:
             f"| challenger (this run) | | {promotion.challenger_accuracy:.2%} |",
             f"| champion before this run | {promotion.champion_run_id or '-'} | {champion} |",
             "",
+            *_scores_table(scores),
             f"Margin: {100 * promotion.margin:.2f} points. Champion pointer: `champion-{dataset}.json` in the output"
             " root; every run is listed in `registry.csv` there.",
             "",
         ]
     )
+
+
+def _scores_table(scores: dict[str, tuple[float | None, float | None]] | None) -> list[str]:
+    if not scores:
+        return []
+    names = {"test": "the dataset's test set", "extra": "the extra images' test part"}
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2%}"
+
+    rows = [f"| {names[key]} | {cell(run)} | {cell(champion)} |" for key, (run, champion) in scores.items()]
+    return ["| test images | this run | champion (re-scored) |", "|---|---|---|", *rows, ""]

@@ -18,7 +18,7 @@ from mnist_core.config import RunParams
 from mnist_core.device import describe_environment
 from mnist_core.errors import TrainingError
 from mnist_core.evaluate import evaluate_split
-from mnist_core.model import MLP
+from mnist_core.model import MLP, MNIST_MEAN, MNIST_STD
 from mnist_core.optim import build_optimizer, build_scheduler, current_lr, init_optimizer_state, pin_lr
 from mnist_core.records import EpochStats, TrainingSummary
 from mnist_core.steps import Capture, FixedShapeStep, PlainStep, StepKind, capture_cuda_graph
@@ -181,6 +181,7 @@ def train_model(
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    normalization: tuple[float, float] | None = None,
     step_kind: StepKind | None = None,
     capture: Capture | None = None,
     gradients: Gradients | None = None,
@@ -192,6 +193,8 @@ def train_model(
     `step_kind`, `capture` and `gradients` override the step `choose_step_kind` picks, how a fixed-shape step is
     captured and how gradients are computed (tests and benchmarks). Each epoch is logged to `logger`, then passed
     to `on_epoch`; `on_step` is called after every step (a progress bar's tick: nothing there waits for the device).
+    `normalization` is the (mean, std) of the training pixels the model standardizes its input with (default:
+    MNIST's); it travels inside the model.
     """
     kind = step_kind or choose_step_kind(params, device)
     if kind == "cuda_graph" and device.type != "cuda":
@@ -205,7 +208,8 @@ def train_model(
     with training_threads(device):
         environment = describe_environment(device)  # inside training_threads: what training really uses
         logger.info("environment: %s", environment)
-        training = _start(params, device, steps_per_epoch=math.ceil(len(images) / batch_size), step_kind=kind)
+        steps_per_epoch = math.ceil(len(images) / batch_size)
+        training = _start(params, device, steps_per_epoch, kind, normalization or (MNIST_MEAN, MNIST_STD))
         progress = Progress.start(training.model)
         if checkpoint_path is not None and params.resume and checkpoint_path.is_file():
             progress = training.restore(load_checkpoint(checkpoint_path, params))
@@ -233,10 +237,16 @@ def train_model(
     )
 
 
-def _start(params: RunParams, device: torch.device, steps_per_epoch: int, step_kind: StepKind) -> _Training:
+def _start(
+    params: RunParams,
+    device: torch.device,
+    steps_per_epoch: int,
+    step_kind: StepKind,
+    normalization: tuple[float, float],
+) -> _Training:
     """A fresh model, optimizer, schedule and shuffle generator, all seeded by `params.seed`."""
     torch.manual_seed(params.seed)
-    model = MLP(params.hidden_sizes, params.dropout).to(device)
+    model = MLP(params.hidden_sizes, params.dropout, *normalization).to(device)
     optimizer = build_optimizer(model, params, device, step_kind)
     init_optimizer_state(optimizer)
     scheduler = build_scheduler(optimizer, params, steps_per_epoch)

@@ -3,8 +3,9 @@
 from tasks.download import download
 from tasks.evaluate import evaluate
 from tasks.export import export
+from tasks.fingerprint import fingerprint
 from tasks.promote import promote
 from tasks.train import train
 from tasks.transform import transform
 
-__all__ = ["download", "transform", "train", "evaluate", "export", "promote"]
+__all__ = ["download", "transform", "fingerprint", "train", "evaluate", "export", "promote"]

@@ -9,7 +9,7 @@ from mnist_core.config import RunParams
 from mnist_core.evaluate import confusion_frame
 from mnist_core.export import CARD_FILE, MODEL_FILE, REPORT_FILE, export_trained, history_frame
 from mnist_core.plots import PLOT_FILES
-from mnist_core.records import Downloaded, Evaluation, Exported, Prepared, Trained
+from mnist_core.records import Downloaded, Evaluation, Exported, Fingerprint, Prepared, Trained
 from mnist_core.runtimes import EXPORTED_PROGRAM_FILE, ONNX_FILE
 from tasks.publish import BestEffort
 
@@ -60,10 +60,15 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)
 def export(
-    downloaded: Downloaded, prepared: Prepared, trained: Trained, evaluation: Evaluation, params: RunParams
+    downloaded: Downloaded,
+    prepared: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    params: RunParams,
+    fingerprint: Fingerprint,
 ) -> Exported:
     """Write the run folder (once per checkpoint) and publish the artifacts."""
-    exported = export_trained(params, downloaded, prepared, trained, evaluation)
+    exported = export_trained(params, downloaded, prepared, trained, evaluation, fingerprint)
     logger = get_run_logger()
     publish_artifacts(exported, trained, evaluation, BestEffort(logger))
     logger.info("run folder: %s", exported.run_dir)

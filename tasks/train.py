@@ -8,7 +8,7 @@ from prefect import State, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mnist_core.checkpoint import CHECKPOINT_FILE, checkpoint_dir
+from mnist_core.checkpoint import CHECKPOINT_FILE, checkpoint_dir, claim_checkpoint_data
 from mnist_core.config import RunParams
 from mnist_core.errors import PipelineError
 from mnist_core.model import save_weights
@@ -36,6 +36,7 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
     logger.info("parameters: %s", json.dumps(params.public_dump()))
     data = load_prepared(prepared.path, device)
     work_dir = checkpoint_dir(params)
+    claim_checkpoint_data(work_dir, prepared.path.name, params.resume)
     publisher = BestEffort(logger)
     progress_id: UUID | None = None
     with publisher.attempt("the training progress"):
@@ -62,6 +63,7 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
             work_dir / CHECKPOINT_FILE,
             on_epoch=chain(report_progress, bar and bar.epoch_done),
             on_step=bar and bar.step,
+            normalization=(prepared.mean, prepared.std),
             logger=logger,
         )
     # The last word, with retries, whatever happened to the epochs' (and when the run resumed after its last epoch).

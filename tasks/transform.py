@@ -1,12 +1,22 @@
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
+from mnist_core.extra import scan_extra
 from mnist_core.prepare import prepare_dataset
 from mnist_core.records import Downloaded, Prepared
 
 
 @task(name="transform", cache_policy=NO_CACHE, persist_result=False)
 def transform(downloaded: Downloaded, params: RunParams) -> Prepared:
-    """The validated, split uint8 tensors (built once, then reused)."""
-    return prepare_dataset(downloaded, params.data_dir, params.val_size, params.seed)
+    """The validated, split uint8 tensors, with the extra images if any (built once, then reused)."""
+    extra = scan_extra(params.extra_data, params.dataset) if params.extra_data else None
+    prepared = prepare_dataset(downloaded, params.data_dir, params.val_size, params.seed, extra)
+    if extra:
+        sizes = prepared.sizes
+        get_run_logger().info(
+            "extra images from %s: %d files (manifest SHA-256 %s): %d for training, %d for validation, %d for testing",
+            extra.root, len(extra.manifest), extra.sha256[:16], sizes["extra_train"], sizes["extra_val"],
+            sizes["extra_test"],
+        )  # fmt: skip
+    return prepared

@@ -251,7 +251,8 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert expected <= {artifact["key"] for artifact in json.loads(listed.stdout)}
 
-    forced_id = stack.submit({**stack.base_params, "force_promote": True})
+    # The same parameters as the champion's: without force_retrain it would stop before training (unchanged).
+    forced_id = stack.submit({**stack.base_params, "force_promote": True, "force_retrain": True})
     worse_id, worse_seconds = stack.run_deployment({**stack.base_params, **WORSE})
     print(f"two concurrent runs, the worse one watched: {worse_seconds:.1f} s")
     deadline = time.monotonic() + RUN_TIMEOUT_S

@@ -47,7 +47,8 @@ def test_flow_writes_a_complete_run_folder(flow_run, mnist_tensors) -> None:
     # The first run in an empty output root becomes its champion.
     assert result.promotion.kind == "first" and result.champion_run_id == result.exported.run_id
     assert set(card["dataset"]["sha256"]) == {"train_images", "train_labels", "test_images", "test_labels"}
-    assert card["dataset"]["sizes"] == {"train": 55000, "val": 5000, "test": 10000}
+    assert card["dataset"]["sizes"] == {"train": 55000, "val": 5000, "test": 10000, "extra_train": 0, "extra_val": 0,
+                                        "extra_test": 0}  # fmt: skip
     assert card["environment"]["device"] == "cpu" and card["environment"]["torch"]
     # The log line and the card agree on the threads training used (one intra-op thread on a CPU).
     assert card["environment"]["cpu_threads"] == 1
@@ -62,7 +63,7 @@ def test_every_stage_is_a_task_run_with_its_duration_in_prefect(flow_run) -> Non
     from tasks import __all__ as stages
 
     task_runs = finished_task_runs(flow_run_id, stages)
-    assert set(stages) == {"download", "transform", "train", "evaluate", "export", "promote"}
+    assert set(stages) == {"download", "transform", "fingerprint", "train", "evaluate", "export", "promote"}
     assert set(stages) <= set(task_runs), sorted(task_runs)
     for name in stages:
         assert task_runs[name].state.is_completed(), (name, task_runs[name].state)

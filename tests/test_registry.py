@@ -18,6 +18,7 @@ from mnist_core.errors import DataError
 from mnist_core.files import FILE_MODE
 from mnist_core.registry import (
     COLUMNS,
+    COLUMNS_BEFORE_FINGERPRINTS,
     REGISTRY_FILE,
     ChampionPointer,
     champion_path,
@@ -91,6 +92,17 @@ def test_first_run_becomes_champion_and_is_recorded(tmp_path: Path) -> None:
     # Readable by the team (umask), not 0600 like a bare mkstemp file.
     for path in (tmp_path / REGISTRY_FILE, champion_path(tmp_path, "mnist")):
         assert path.stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_a_registry_from_before_fingerprints_is_read_and_upgraded(tmp_path: Path) -> None:
+    record_run(tmp_path, make_run(tmp_path, "r1", 0.91), 0.0, False, stored_accuracy)
+    old = pd.read_csv(tmp_path / REGISTRY_FILE, dtype=str, keep_default_na=False)[COLUMNS_BEFORE_FINGERPRINTS]
+    (tmp_path / REGISTRY_FILE).write_text(old.to_csv(index=False, lineterminator="\n"))
+    assert read_registry(tmp_path)["fingerprint"].isna().all() and read_registry(tmp_path)["run_id"].tolist() == ["r1"]
+    record_run(tmp_path, make_run(tmp_path, "r2", 0.95), 0.0, False, stored_accuracy)
+    upgraded = pd.read_csv(tmp_path / REGISTRY_FILE, dtype=str, keep_default_na=False)
+    assert list(upgraded.columns) == COLUMNS and upgraded["run_id"].tolist() == ["r1", "r2"]
+    assert upgraded["decision"].tolist() == ["first", "better"] and upgraded["fingerprint"].tolist()[0] == ""
 
 
 def test_worse_run_keeps_champion_and_says_why(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def test_mirror_credentials_stay_out_of_messages_logs_cards(tmp_path: Path, capl
     assert params.mirror[0] == secret_mirror, "the run itself must still get the real mirror"
     file = DatasetFile(path=tmp_path / "f.gz", sha256="0" * 64, source=redact_url(secret_mirror))
     downloaded = Downloaded(dataset="mnist", files={"train_images": file})
-    prepared = Prepared(dataset="mnist", path=tmp_path / "p.safetensors", sizes={"test": 2})
+    prepared = Prepared(dataset="mnist", path=tmp_path / "p.safetensors", sizes={"test": 2}, mean=0.13, std=0.31)
     trained = Trained(history=make_history(1), best_epoch=1, model_path=tmp_path / "m", checkpoint_dir=tmp_path)
     card = build_model_card("run-1", params, downloaded, prepared, trained, make_evaluation())
     assert "s3cret-token" not in card.model_dump_json() and "***@127.0.0.1:9" in card.model_dump_json()

@@ -1,0 +1,118 @@
+"""The user's own labelled images: a folder in torchvision's ImageFolder layout (one subfolder per class, named
+by its digit or class name), verified whole, brought to MNIST form like `mnist predict`'s inputs, split with a
+seed into train / validation / test, and described by a manifest (the SHA-256 of every file)."""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_core.errors import DataError
+from mnist_core.idx import CLASS_NAMES
+from mnist_core.images import IMAGE_SUFFIXES, load_image
+
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15
+MAX_LISTED_PROBLEMS = 20
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def class_index(folder: str, dataset: str) -> int | None:
+    """The class a subfolder names: its digit, or (Fashion-MNIST) its class name with any case or punctuation,
+    e.g. `T-shirt_top` or `ankle boot`."""
+    names = CLASS_NAMES[dataset]
+    if folder.isdigit() and int(folder) < len(names) and str(int(folder)) == folder:
+        return int(folder)
+    keys = [_key(name) for name in names]
+    return keys.index(_key(folder)) if _key(folder) in keys else None
+
+
+def manifest_sha256(manifest: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def _labelled_files(root: Path, dataset: str) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Every (file, class) of the folder, and every problem with its layout."""
+    if not root.is_dir():
+        raise DataError(f"extra_data={str(root)!r}: no such folder")
+    files, problems = [], []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            problems.append(f"{entry}: a file outside the class folders has no label; move it into one")
+            continue
+        label = class_index(entry.name, dataset)
+        if label is None:
+            expected = ", ".join(CLASS_NAMES[dataset]) if dataset != "mnist" else "0-9"
+            problems.append(f"{entry}: folder name {entry.name!r} is not a class of {dataset} (expected {expected})")
+            continue
+        for path in sorted(entry.rglob("*")):
+            if path.is_dir() or any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                problems.append(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+                continue
+            files.append((path, label))
+    return files, problems
+
+
+@dataclass(frozen=True)
+class ExtraFolder:
+    """The folder's labelled files and their manifest: enough to know whether its prepared data is cached."""
+
+    root: Path
+    files: list[tuple[Path, int]]
+    manifest: dict[str, str]  # "<class folder>/<file>" -> SHA-256 of the file's bytes
+
+    @property
+    def sha256(self) -> str:
+        return manifest_sha256(self.manifest)
+
+
+def _refuse(root: Path, problems: list[str]) -> DataError:
+    listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+    more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+    return DataError(f"extra_data {root}: {len(problems)} problem(s), nothing used:\n  {listed}{more}")
+
+
+def scan_extra(root: Path, dataset: str) -> ExtraFolder:
+    """The folder's layout checked and every file hashed (cheap: nothing decoded)."""
+    root = Path(root).expanduser().resolve()
+    files, problems = _labelled_files(root, dataset)
+    if not problems and not files:
+        problems.append(f"{root}: no images in its class folders")
+    if problems:
+        raise _refuse(root, problems)
+    manifest = {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in files}
+    return ExtraFolder(root, files, manifest)
+
+
+def read_extra(folder: ExtraFolder) -> tuple[np.ndarray, np.ndarray]:
+    """Every image in MNIST form with its label, or one DataError listing every file that cannot be used: a run
+    never trains on part of the user's data."""
+    images, labels, problems = [], [], []
+    for path, label in folder.files:
+        loaded = load_image(path)
+        if loaded.image is None:
+            problems.append(str(loaded.error))
+        else:
+            images.append(loaded.image)
+            labels.append(label)
+    if problems:
+        raise _refuse(folder.root, problems)
+    return np.stack(images), np.array(labels, dtype=np.uint8)
+
+
+def split_indices(count: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded train / val / test parts; with 3 images or more, each part gets at least one."""
+    order = np.random.default_rng(seed).permutation(count)
+    test = max(1, round(TEST_FRACTION * count)) if count >= 3 else 0
+    val = max(1, round(VAL_FRACTION * count)) if count >= 3 else 0
+    return {"test": order[:test], "val": order[test : test + val], "train": order[test + val :]}
