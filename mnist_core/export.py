@@ -66,6 +66,7 @@ EXPORTED_MARKER = "exported.json"
 _EXPORT_LOCK = threading.Lock()
 # Any batch size at inference; the trace needs an example batch of at least 2 or it specializes the dimension to 1.
 _EXAMPLE_BATCH = 4
+ONNX_OPSET = 20  # pinned: ONNX Runtime 1.17 and later run it, and a torch upgrade does not change the file
 
 
 def new_run_id(training_digest: str) -> str:
@@ -231,6 +232,7 @@ def save_portable(model: MLP, folder: Path) -> None:
             input_names=[IMAGES.name],
             output_names=[LOGITS.name],
             dynamic_shapes=dynamic_shapes,
+            opset_version=ONNX_OPSET,
             external_data=False,
             verbose=False,
         )

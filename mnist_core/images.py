@@ -3,10 +3,11 @@
 Only the standard library, numpy and Pillow: a CLI that predicts with ONNX Runtime must start without torch.
 """
 
+import fnmatch
 import glob
+import math
 import os
 import stat
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mnist_core.errors import DataError
 from mnist_core.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, parse_idx, read_bytes
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
+)
+# What Pillow may decode: it otherwise picks any format it knows from the content, e.g. EPS, which it renders by
+# running Ghostscript on the file.
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # Checked from the header before decoding; below Pillow's own limit (~89 M) so a CLI never decodes gigapixels.
 MAX_PIXELS: int = 40_000_000
 # An IDX file of images, decompressed: about 680,000 digits; a gzip bomb is refused before it fills the memory.
@@ -114,14 +120,14 @@ def load_image(path: Path) -> LoadedInput:
     """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'."""
     name = str(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
-                img.load()
-                img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Our pixel limit, checked from the header, is below Pillow's own (which only warns first): a bomb is
+        # refused before anything is decoded.
+        with Image.open(path, formats=PILLOW_FORMATS) as img:
+            if img.width * img.height > MAX_PIXELS:
+                return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
+    except Image.DecompressionBombError as error:
         return _failed(name, f"refused as a decompression bomb ({error})")
     except UnidentifiedImageError:
         return _failed(name, "not an image file Pillow can read")
@@ -151,6 +157,10 @@ def _load_array(path: Path) -> list[LoadedInput]:
         return [_failed(name, f"{what}: expected N x 28 x 28 or 28 x 28 images")]
     if dtype not in (np.uint8, np.float32, np.float64):
         return [_failed(name, f"{what}: expected uint8, or float32/float64 within [0, 1]")]
+    # The header may declare any shape: check it against the file before numpy allocates it.
+    declared = math.prod(shape) * np.dtype(dtype).itemsize
+    if declared > MAX_IDX_BYTES * np.dtype(dtype).itemsize or declared > os.path.getsize(path):
+        return [_failed(name, f"{what}: the header declares {declared} bytes of data, the file has fewer")]
     try:
         array = np.load(path, allow_pickle=False).reshape(shape)
     except (OSError, ValueError, EOFError) as error:
@@ -165,6 +175,10 @@ def _load_array(path: Path) -> list[LoadedInput]:
 def _load_idx(path: Path) -> list[LoadedInput]:
     name = str(path)
     try:
+        if os.path.getsize(path) > MAX_IDX_BYTES:
+            return [
+                _failed(name, f"{os.path.getsize(path)} bytes is over the limit of {MAX_IDX_BYTES} for an IDX file")
+            ]
         content = read_bytes(path, limit=MAX_IDX_BYTES)
         if content[:4] == LABEL_MAGIC.to_bytes(4, "big"):
             return [_failed(name, "is an IDX labels file: it holds labels, not images")]
@@ -173,6 +187,8 @@ def _load_idx(path: Path) -> list[LoadedInput]:
         return [LoadedInput(name, None, str(error))]
     if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         return [_failed(name, f"IDX images are {images.shape[1]}x{images.shape[2]}, expected 28x28")]
+    if len(images) == 0:
+        return [_failed(name, "the IDX file holds no images")]
     return [LoadedInput(f"{name}[{i}]", image, None) for i, image in enumerate(images)]
 
 
@@ -193,8 +209,27 @@ def _load_file(path: Path) -> list[LoadedInput]:
 
 
 def _looks_like_input(path: Path) -> bool:
+    """What a folder or a pattern contributes: images, arrays and IDX image files; not hidden files (macOS's
+    `._x.png`), not IDX labels files (they sit beside the images in a dataset folder)."""
     name = path.name.lower()
+    if name.startswith(".") or "labels" in name:
+        return False
     return path.suffix.lower() in IMAGE_SUFFIXES | {".npy", ".idx"} or "idx" in name or "ubyte" in name
+
+
+def _matches(pattern: str) -> list[Path]:
+    """Files a glob pattern matches. `**` is walked without following links to folders: a link back up the tree
+    would otherwise repeat every file, or never end."""
+    if "**" not in pattern:
+        return [Path(p) for p in glob.glob(pattern) if os.path.isfile(p)]
+    root = pattern.split("**", 1)[0] or "."
+    found = []
+    for folder, _, names in os.walk(root, followlinks=False):
+        for name in names:
+            candidate = os.path.join(folder, name)
+            if fnmatch.fnmatch(candidate, pattern) or fnmatch.fnmatch(candidate, pattern.replace("**/", "")):
+                found.append(Path(candidate))
+    return found
 
 
 def _expand(spec: str) -> tuple[list[Path], str | None]:
@@ -202,15 +237,18 @@ def _expand(spec: str) -> tuple[list[Path], str | None]:
     path = Path(spec)
     if os.path.isdir(path):
         try:
-            found = sorted(p for p in path.iterdir() if p.is_file() and _looks_like_input(p))
+            entries = list(path.iterdir())
         except OSError as error:
             return [], f"cannot list folder ({error.strerror or error})"
-        return found, None if found else f"no images in folder {spec}"
+        found = sorted(p for p in entries if p.is_file() and _looks_like_input(p))
+        folders = " (its subfolders are not read: name them, or use a pattern such as DIR/**/*.png)"
+        return found, None if found else f"no images in folder {spec}" + (
+            folders if any(map(Path.is_dir, entries)) else ""
+        )
     if os.path.lexists(path):
         return [path], None
     if any(char in spec for char in "*?["):
-        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        found = [p for p in found if _looks_like_input(p)]
+        found = sorted({p for p in _matches(spec) if _looks_like_input(p)})
         return found, None if found else f"no images match the pattern {spec}"
     return [], "no such file or folder"
 

@@ -1,7 +1,9 @@
 """The `mnist` command (also `python -m mnist_core`): `mnist predict INPUT...` predicts with the champion or any
-trained model. Exit status: 0 every input predicted, 1 nothing predicted (no model, bad model), 2 bad usage,
-3 some inputs failed (their rows say why; the others are predicted and written)."""
+trained model. Exit status: 0 every input predicted, 1 no model to predict with (none, or a bad model file) or the
+CSV could not be written, 2 bad usage, 3 some or all inputs failed (their rows say why; the others are predicted
+and written)."""
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,22 +17,32 @@ SOME_FAILED = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(__doc__ + "\n\n" + USAGE)
-        return 0 if args else 2
+        return 0
     if args[0] != "predict":
         print(f"mnist: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
     params = parse_params(PredictParams, args[1:], __doc__, prog="mnist predict", positional="inputs")
     try:
         batch = predict(params)
-        print_batch(batch, params.threshold)
+        # The file first: a closed pipe (`| head`) or a broken terminal must not cost the predictions.
         if params.output is not None:
             write_csv(batch.predictions, params.output)
-            print(f"Wrote {params.output} ({len(batch.predictions)} rows)")
     except (PipelineError, OSError) as error:
         print(f"mnist predict: error: {error}", file=sys.stderr)
         return 1
+    try:
+        print_batch(batch, params.threshold)
+        if params.output is not None:
+            print(f"Wrote {params.output} ({len(batch.predictions)} rows)")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): what it did not read is in the CSV, if one was asked for.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return SOME_FAILED if batch.failed else 0
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from torch import nn
 
 from mnist_core.errors import DataError
@@ -59,6 +60,24 @@ def save_weights(model: MLP, path: Path) -> None:
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"architecture": json.dumps({"hidden_sizes": model.hidden_sizes, "dropout": model.dropout})}
     atomic_save_tensors(state, Path(path), metadata, what="model weights")
+
+
+def weights_from_bytes(content: bytes) -> MLP:
+    """A fresh MLP (on the CPU) from the bytes of a safetensors file written by `save_weights`."""
+    try:
+        architecture = json.loads(safetensors_metadata(content)["architecture"])
+        state = safetensors_load(content)
+    except Exception as error:
+        raise DataError(f"not a model file written by this project ({error})") from error
+    model = MLP(architecture["hidden_sizes"], architecture["dropout"])
+    model.load_state_dict(state)
+    return model
+
+
+def safetensors_metadata(content: bytes) -> dict[str, str]:
+    """The metadata of safetensors bytes: an 8-byte little-endian header length, then the JSON header."""
+    length = int.from_bytes(content[:8], "little")
+    return json.loads(content[8 : 8 + length])["__metadata__"]
 
 
 def load_weights(path: Path, device: torch.device | str = "cpu") -> MLP:

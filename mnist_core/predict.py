@@ -46,6 +46,11 @@ class PredictParams(BaseModel):
         "onnx", description="Which of a run's model files to use: onnx (no torch needed), torch-export or pytorch."
     )
     threshold: float = Field(0.0, ge=0, le=1, description="Predictions less confident than this are marked for review.")
+    trust_pt2: bool = Field(
+        False,
+        description="Allow a .pt2 model: torch.export.load runs code from the file (it unpickles), so only for "
+        "files you made yourself.",
+    )
     output: Path | None = Field(None, description="Write the predictions to this CSV file.")
 
 
@@ -125,6 +130,12 @@ def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenMode
     return ChosenModel(path, card["run_id"], card["dataset"]["name"], CLASS_NAMES[card["dataset"]["name"]])
 
 
+def printable(text: str) -> str:
+    """A file name as text any terminal, CSV or API takes: bytes that are not UTF-8 (kept by Python as surrogate
+    escapes) become \\xNN instead of failing the whole batch when written."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -135,7 +146,7 @@ def predict_loaded(
 ) -> list[Prediction]:
     """One row per input, in input order: its prediction, or its error."""
     good = [index for index, item in enumerate(loaded) if item.image is not None]
-    rows = [Prediction(input=item.name, error=item.error) for item in loaded]
+    rows = [Prediction(input=printable(item.name), error=item.error and printable(item.error)) for item in loaded]
     if not good:
         return rows
     images = np.stack([loaded[index].image for index in good])
@@ -146,7 +157,7 @@ def predict_loaded(
     for index, probs, top in zip(good, probabilities, ranked, strict=True):
         best = int(top[0])
         rows[index] = Prediction(
-            input=loaded[index].name,
+            input=printable(loaded[index].name),
             predicted_class=best,
             class_name=class_names[best],
             confidence=float(probs[best]),
@@ -161,7 +172,7 @@ def predict(params: PredictParams) -> PredictionBatch:
     row with its error."""
     started = time.perf_counter()
     chosen = choose_model(params.model, params.output_dir, params.dataset, params.runtime)
-    predictor = load_predictor(chosen.path)
+    predictor = load_predictor(chosen.path, params.trust_pt2)
     loaded_at = time.perf_counter()
     loaded = load_inputs(params.inputs)
     read_at = time.perf_counter()

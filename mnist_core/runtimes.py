@@ -6,6 +6,7 @@ or `.pt2` files, so predicting with an `.onnx` model runs on ONNX Runtime alone.
 """
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,38 +92,68 @@ def runtime_of(path: Path) -> RuntimeName:
     raise DataError(f"{path}: not a model file (expected .onnx, .pt2 or .safetensors)")
 
 
-def load_predictor(path: Path) -> Predictor:
-    """Load a model file for inference; DataError naming the file if it is missing or not a model."""
+def load_predictor(path: Path, trust_pt2: bool = False) -> Predictor:
+    """Load a model file for inference; DataError naming the file if it is missing, not a model, or not the file
+    its run's model card describes. The bytes are read once: the SHA-256 reported is that of what was loaded.
+
+    A `.pt2` file is loaded only with `trust_pt2`: `torch.export.load` unpickles parts of the archive, so loading
+    one runs whatever code it holds, and nothing beside the file (a model card in the same folder can be written
+    by the same hand) can vouch for it. ONNX and safetensors files load without running code."""
     path = Path(path)
     runtime = runtime_of(path)
-    if not path.is_file():
-        raise DataError(f"{path}: model file not found")
+    if runtime == "torch-export" and not trust_pt2:
+        raise DataError(
+            f"{path}: refused: loading a .pt2 file runs code from it (torch.export.load unpickles). Use model.onnx "
+            "or model.safetensors from the same run folder, or pass --trust-pt2 for a file you made yourself"
+        )
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: model file not found") from error
+    except IsADirectoryError as error:
+        raise DataError(f"{path}: is a folder, not a model file") from error
+    sha256 = hashlib.sha256(content).hexdigest()
+    _check_against_card(path, sha256)
     loaders = {"onnx": _onnx, "torch-export": _exported_program, "pytorch": _weights}
     try:
-        run = loaders[runtime](path)
-    except (DataError, PermissionError):
-        raise
+        run = loaders[runtime](content)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from error
     except Exception as error:  # each runtime raises its own types for a file that is not its format
         problem = f"{type(error).__name__}: {error}"
         raise DataError(f"{path}: not a {runtime} model this project can use ({problem})") from error
-    return Predictor(path=path, runtime=runtime, sha256=file_sha256(path), _run=run)
+    return Predictor(path=path, runtime=runtime, sha256=sha256, _run=run)
+
+
+def _check_against_card(path: Path, sha256: str) -> None:
+    """A model file in a run folder must be the one its model card describes: a run id printed beside another
+    file's predictions would be a lie."""
+    try:
+        recorded = json.loads((path.parent / CARD_FILE).read_text(encoding="utf-8"))["model_files"][path.name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a model file outside a run folder (or from before the card listed its files)
+    if recorded != sha256:
+        raise DataError(
+            f"{path}: its SHA-256 is {sha256[:16]}…, but the run's model card records {recorded[:16]}…: the file was "
+            "changed after the run exported it; refusing to predict with it in that run's name"
+        )
 
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def _onnx(path: Path) -> Runner:
+def _onnx(content: bytes) -> Runner:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: the runtime's warnings are not the user's business
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or list(inputs[0].shape[1:]) != IMAGES.shape[1:]:
         found = [(item.name, item.type, item.shape) for item in inputs]
-        raise DataError(f"{path}: the model's input is {found}, expected one uint8 tensor of shape N x 28 x 28")
+        raise DataError(f"the model's input is {found}, expected one uint8 tensor of shape N x 28 x 28")
     if list(outputs[0].shape[1:]) != [NUM_CLASSES]:
-        raise DataError(f"{path}: the model gives shape {outputs[0].shape}, expected N x {NUM_CLASSES}")
+        raise DataError(f"the model gives shape {outputs[0].shape}, expected N x {NUM_CLASSES}")
     name = inputs[0].name
     return lambda images: session.run(None, {name: images})[0]
 
@@ -137,25 +168,13 @@ def _torch_runner(module: "torch.nn.Module") -> Runner:
     return run
 
 
-def _exported_program(path: Path) -> Runner:
-    # torch.export.load unpickles parts of the archive (torch.load(weights_only=False), pickle.loads): loading a
-    # .pt2 runs whatever it holds. Only a file its run's model card vouches for (same SHA-256) is loaded.
-    card = path.parent / CARD_FILE
-    try:
-        vouched = json.loads(card.read_text(encoding="utf-8"))["model_files"][path.name]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        vouched = None
-    if vouched is None or vouched != file_sha256(path):
-        raise DataError(
-            f"{path}: refused: a .pt2 file can run code when loaded, and no model card of this project ({card}) "
-            "vouches for this one's SHA-256; use model.onnx or model.safetensors, which load without running code"
-        )
+def _exported_program(content: bytes) -> Runner:
     import torch
 
-    return _torch_runner(torch.export.load(str(path)).module())
+    return _torch_runner(torch.export.load(io.BytesIO(content)).module())
 
 
-def _weights(path: Path) -> Runner:
-    from mnist_core.model import load_weights
+def _weights(content: bytes) -> Runner:
+    from mnist_core.model import weights_from_bytes
 
-    return _torch_runner(load_weights(path).eval())
+    return _torch_runner(weights_from_bytes(content).eval())

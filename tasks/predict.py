@@ -1,5 +1,6 @@
 """The batch-inference task: predictions for every input, a CSV, and artifacts that say which model made them."""
 
+import secrets
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,7 @@ from mnist_core.records import Record
 from tasks.publish import BestEffort
 
 TABLE_ROWS = 100  # the table artifact shows the first rows; the CSV has them all
+LOGGED_FAILURES = 20  # one log line each (an API call each on a worker); the CSV lists every one
 
 
 class PredictionSummary(Record):
@@ -31,7 +33,9 @@ class PredictionSummary(Record):
 
 
 def default_output(params: PredictParams) -> Path:
-    return Path(params.output_dir).expanduser() / "predictions" / time.strftime("%Y%m%dT%H%M%SZ.csv", time.gmtime())
+    # The time for people, a random suffix so that two batches started in the same second never share a file.
+    name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(3)}.csv"
+    return Path(params.output_dir).expanduser() / "predictions" / name
 
 
 def summary_markdown(summary: PredictionSummary, threshold: float, batch: PredictionBatch) -> str:
@@ -77,8 +81,10 @@ def predict_batch(params: PredictParams) -> PredictionSummary:
         seconds={**batch.seconds, "write the CSV": time.perf_counter() - started},
     )
     logger.info("model %s (%s, SHA-256 %s)", summary.model, summary.runtime, summary.model_sha256)
-    for row in batch.failed:
+    for row in batch.failed[:LOGGED_FAILURES]:
         logger.warning("%s", row.error)
+    if len(batch.failed) > LOGGED_FAILURES:
+        logger.warning("... and %d more failed inputs: see the CSV", len(batch.failed) - LOGGED_FAILURES)
     logger.info("%d predictions, %d failed, %d for review: %s", summary.count, summary.failed, summary.for_review,
                 output)  # fmt: skip
     dataset = batch.model.dataset

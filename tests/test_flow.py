@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,17 +172,23 @@ def test_on_a_terminal_training_and_download_show_a_progress_bar(mnist_mirror: P
     controller, terminal = pty.openpty()
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
     os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # EIO: the terminal's other end closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(controller)
-    assert process.wait(timeout=300) == 0
+    chunks, deadline = [], time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([controller], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+        if process.poll() is None and time.monotonic() >= deadline:
+            process.kill()
+    assert process.wait(timeout=60) == 0
     output = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))  # colours, cursor moves
     assert "download train-images-idx3-ubyte.gz" in output  # a real fetch (from the mirror) shows its bytes
     assert "/430 steps" in output and "epoch 2/2" in output  # 2 x 215 steps of 256

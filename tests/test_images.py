@@ -208,9 +208,9 @@ def _bomb_for_pillow(tmp: Path) -> tuple[Path, str]:
     return tmp / "bomb.png", "decompression bomb"
 
 
-def _bomb_warning(tmp: Path) -> tuple[Path, str]:  # over Pillow's warning limit, under its error limit
+def _bomb_warning(tmp: Path) -> tuple[Path, str]:  # over Pillow's warning limit (it only warns): ours refuses it
     (tmp / "big.png").write_bytes(png_header(10_000, 10_000))
-    return tmp / "big.png", "decompression bomb"
+    return tmp / "big.png", f"10000x10000 px is over the limit of {MAX_PIXELS} pixels"
 
 
 def _over_our_limit(tmp: Path) -> tuple[Path, str]:  # under Pillow's limits: only our own check stops it
@@ -278,6 +278,20 @@ def _idx_gzip_cut(tmp: Path) -> tuple[Path, str]:
     return path, "corrupt or truncated gzip"
 
 
+def _npy_huge_header(tmp: Path) -> tuple[Path, str]:
+    # A 1 KB file whose header declares a billion images: refused before numpy allocates 730 GiB.
+    path = tmp / "huge.npy"
+    np.save(path, np.zeros((1, 28, 28), np.uint8))
+    content = path.read_bytes().replace(b"(1, 28, 28)", b"(1000000000, 28, 28)")
+    path.write_bytes(content)
+    return path, "the header declares"
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
 BAD_INPUTS = {
     "text named .png": _text_as_png,
     "random bytes": _random_bytes,
@@ -301,9 +315,16 @@ BAD_INPUTS = {
     "IDX truncated": _idx_truncated,
     "IDX gzip bomb": _idx_gzip_bomb,
     "IDX gzip cut": _idx_gzip_cut,
+    "IDX no images": lambda tmp: (write_idx(tmp / "none-idx3-ubyte", np.zeros((0, 28, 28))), "holds no images"),
+    "npy header lies": _npy_huge_header,
+    "EPS named .png": lambda tmp: (
+        _write(tmp / "eps.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"),
+        "not an image file Pillow can read",
+    ),
 }
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_a_bad_input_is_a_row_naming_file_and_problem(case: str, tmp_path: Path, good: Path) -> None:
     spec, message = BAD_INPUTS[case](tmp_path)
@@ -400,6 +421,26 @@ def test_folders_and_globs_expand_in_sorted_order(tmp_path: Path) -> None:
     # A name that holds glob characters but exists is that file, not a pattern.
     draw_seven().save(tmp_path / "[1].png")
     assert [row.name for row in load_inputs([tmp_path / "[1].png"])] == [str(tmp_path / "[1].png")]
+
+
+def test_links_back_up_the_tree_and_hidden_or_label_files_are_not_inputs(tmp_path: Path) -> None:
+    draw_seven().save(tmp_path / "a.png")
+    draw_seven().save(tmp_path / "._a.png")  # macOS's resource fork: not an image
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3), magic=0x00000801)
+    (tmp_path / "sub").mkdir()
+    draw_seven().save(tmp_path / "sub" / "b.png")
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)  # a loop: followed, ** would repeat every file forever
+    (tmp_path / "sub" / "up2").symlink_to(tmp_path)
+    assert [row.name for row in load_inputs([tmp_path])] == [str(tmp_path / "a.png")]
+    recursive = [row.name for row in load_inputs([str(tmp_path / "**" / "*.png")])]
+    assert recursive == [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.png")]
+
+
+def test_a_folder_of_folders_says_its_subfolders_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "3").mkdir()
+    draw_seven().save(tmp_path / "3" / "a.png")
+    [row] = load_inputs([tmp_path])
+    assert row.error is not None and "subfolders are not read" in row.error
 
 
 def test_import_does_not_pull_in_torch() -> None:

@@ -51,17 +51,11 @@ def test_onnx_and_torch_export_agree_with_pytorch_on_the_whole_test_set(run, mni
     card_accuracy = exported.card.metrics.test_accuracy
     assert (reference.argmax(1) == labels).mean() == card_accuracy
     for name in ("model.onnx", "model.pt2"):
-        logits = load_predictor(exported.run_dir / name).logits(images)
+        logits = load_predictor(exported.run_dir / name, trust_pt2=True).logits(images)
         assert logits.shape == (10_000, 10) and logits.dtype == np.float32
         assert (logits.argmax(1) == reference.argmax(1)).all(), name
         np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0, err_msg=name)
         assert (logits.argmax(1) == labels).mean() == card_accuracy, name
-
-
-def test_the_card_hashes_are_the_files_that_load(run) -> None:
-    exported, _ = run
-    for name, described in exported.card.model_files.items():
-        assert load_predictor(exported.run_dir / name).sha256 == described.sha256, name
 
 
 def test_predict_prints_a_table_and_writes_the_csv(run, digits, tmp_path: Path, capsys) -> None:
@@ -94,6 +88,23 @@ def test_a_bad_input_is_a_row_and_the_others_are_kept(run, digits, tmp_path: Pat
     assert "Failed: 2 of 4" in err and "cut.png" in err
 
 
+def test_a_name_that_is_not_utf8_and_a_closed_pipe_lose_nothing(run, digits, tmp_path: Path) -> None:
+    files, labels = digits
+    _, output_dir = run
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    odd.write_bytes(files[0].read_bytes())
+    output = tmp_path / "out.csv"
+    # `| head -1`: the reader closes the pipe after one line, long before the table ends.
+    command = f"{sys.executable} -m mnist_core predict {tmp_path} {files[0].parent} --output-dir {output_dir} " \
+              f"--output {output} | head -1"  # fmt: skip
+    result = subprocess.run(command, shell=True, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = list(csv.DictReader(output.open(encoding="utf-8")))
+    assert len(rows) == 11 and rows[0]["input"].endswith("caf\\xe9.png") and rows[0]["error"] == ""
+    assert rows[0]["predicted_class"] == str(labels[0])
+
+
 def test_low_confidence_predictions_are_listed_for_review(run, digits, capsys) -> None:
     files, _ = digits
     _, output_dir = run
@@ -109,9 +120,9 @@ def test_the_model_is_the_champion_a_run_folder_a_run_id_or_a_file(run, digits) 
     assert champion is not None
     for spec, runtime, expected in [
         ("champion", "onnx", champion.run_dir / "model.onnx"),
-        (str(exported.run_dir), "torch-export", exported.run_dir / "model.pt2"),
+        (str(exported.run_dir), "pytorch", exported.run_dir / "model.safetensors"),
         (exported.run_id, "pytorch", exported.run_dir / "model.safetensors"),
-        (str(exported.run_dir / "model.pt2"), "onnx", exported.run_dir / "model.pt2"),  # a file names its runtime
+        (str(exported.run_dir / "model.safetensors"), "onnx", exported.run_dir / "model.safetensors"),  # file wins
     ]:
         chosen = choose_model(spec, output_dir, "mnist", runtime)
         assert chosen.path == expected and chosen.run_id == exported.run_id, spec
@@ -124,7 +135,7 @@ def test_the_model_is_the_champion_a_run_folder_a_run_id_or_a_file(run, digits) 
     [
         (lambda tmp: tmp / "none.onnx", "none.onnx: no such model file"),
         (lambda tmp: _write(tmp / "random.onnx", os.urandom(2048)), "random.onnx: not a onnx model"),
-        (lambda tmp: _write(tmp / "random.pt2", os.urandom(2048)), "random.pt2: refused: a .pt2 file can run code"),
+        (lambda tmp: _write(tmp / "random.pt2", os.urandom(2048)), "random.pt2: refused: loading a .pt2 file runs"),
         (lambda tmp: _write(tmp / "random.safetensors", os.urandom(64)), "random.safetensors: not a model file"),
         (lambda tmp: _write(tmp / "weights.bin", b"x"), "weights.bin: not a model file"),
     ],
@@ -136,20 +147,29 @@ def test_a_file_that_is_not_a_model_is_refused_by_name(make, message: str, digit
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_pt2_file_its_card_does_not_vouch_for_is_never_loaded(run, tmp_path: Path) -> None:
-    """torch.export.load can unpickle: a .pt2 is loaded only if its run's model card lists its SHA-256."""
+def test_a_pt2_file_is_loaded_only_when_trusted(run, digits) -> None:
+    """torch.export.load can unpickle, so running code from the file: no card beside it can vouch for it."""
+    exported, output_dir = run
+    with pytest.raises(DataError, match="refused: loading a .pt2 file runs code"):
+        load_predictor(exported.run_dir / "model.pt2")
+    assert load_predictor(exported.run_dir / "model.pt2", trust_pt2=True).runtime == "torch-export"
+    params = PredictParams(inputs=[str(digits[0][0])], model=exported.run_id, output_dir=output_dir,
+                           runtime="torch-export", trust_pt2=True)  # fmt: skip
+    assert predict(params).predictions[0].predicted_class == digits[1][0]
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.safetensors"])
+def test_a_model_file_changed_after_export_is_refused_in_its_runs_name(run, name: str, tmp_path: Path) -> None:
     import shutil
 
     exported, _ = run
     copy = tmp_path / "run"
     shutil.copytree(exported.run_dir, copy)
-    assert load_predictor(copy / "model.pt2").runtime == "torch-export"  # vouched for: loads
-    (copy / "model.pt2").write_bytes((copy / "model.pt2").read_bytes() + b"\0")  # tampered after export
-    with pytest.raises(DataError, match="refused: a .pt2 file can run code"):
-        load_predictor(copy / "model.pt2")
-    (copy / "model_card.json").unlink()
-    with pytest.raises(DataError, match="no model card of this project"):
-        load_predictor(copy / "model.pt2")
+    content = bytearray((copy / name).read_bytes())
+    content[-1] ^= 1  # one bit of one weight
+    (copy / name).write_bytes(bytes(content))
+    with pytest.raises(DataError, match="changed after the run exported it"):
+        load_predictor(copy / name)
 
 
 def test_no_champion_yet_says_so(digits, tmp_path: Path, capsys) -> None:

@@ -22,6 +22,7 @@ from mnist_core.errors import TrainingError
 from mnist_core.evaluate import evaluate_model
 from mnist_core.export import CARD_FILE, METRICS_FILE
 from mnist_core.idx import CLASS_NAMES
+from mnist_core.prepare import pixel_statistics
 from mnist_core.train import TrainResult, train_model
 from tests.conftest import PROJECT_ROOT
 
@@ -50,7 +51,8 @@ def _assert_same_run(card: dict[str, Any], metrics: pd.DataFrame, reference: dic
 @pytest.fixture(scope="module")
 def reference(mnist_tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The uninterrupted run, in-process (on the seed-0 split the session fixture prepared): history, test accuracy."""
-    result = train_model(mnist_tensors, _params(), CPU)
+    # Normalized as the flow normalizes: with the statistics of the pixels it trains on.
+    result = train_model(mnist_tensors, _params(), CPU, normalization=pixel_statistics(mnist_tensors["train_images"]))
     evaluation = evaluate_model(result.model, mnist_tensors["test_images"], mnist_tensors["test_labels"],
                                 CLASS_NAMES["mnist"])  # fmt: skip
     return {"history": _history_frame(result), "test_accuracy": evaluation.accuracy, "best_epoch": result.best_epoch}

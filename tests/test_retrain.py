@@ -18,14 +18,23 @@ def run_folders(output_dir: Path) -> list[Path]:
     return sorted(path for path in output_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
-@pytest.fixture
-def trained_once(prefect_server, mnist_data_dir: Path, tmp_path: Path) -> tuple[RunParams, RunResult]:
+@pytest.fixture(scope="module")
+def first_run(prefect_server, mnist_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from flows.mnist import mnist
 
-    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs")
+    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path_factory.mktemp("first") / "runs")
     first = mnist(params)
     assert isinstance(first, RunResult) and first.promotion.promoted
     return params, first
+
+
+@pytest.fixture
+def trained_once(first_run, tmp_path: Path) -> tuple[RunParams, RunResult]:
+    """An output root whose champion is a 1-epoch run: a copy of the module's, so each test changes its own (the
+    copied champion pointer still names the first run's folder, which the tests only read)."""
+    params, first = first_run
+    shutil.copytree(params.output_dir, tmp_path / "runs")
+    return params.model_copy(update={"output_dir": tmp_path / "runs"}), first
 
 
 def test_a_second_identical_run_stops_before_training(trained_once) -> None:
@@ -40,7 +49,7 @@ def test_a_second_identical_run_stops_before_training(trained_once) -> None:
     assert isinstance(unchanged, Unchanged) and unchanged.champion_run_id == first.exported.run_id
     assert f"nothing changed since run {first.exported.run_id}" in state.message
     assert unchanged.fingerprint == first.exported.card.fingerprint
-    assert run_folders(params.output_dir) == [first.exported.run_dir]  # no training, no run folder, no row
+    assert [path.name for path in run_folders(params.output_dir)] == [first.exported.run_id]  # no new run folder
     assert len(read_registry(params.output_dir)) == 1
     print(f"\nunchanged run: {seconds:.1f} s")
     assert seconds < 30  # the first run's download and transform are cached; training would add more
