@@ -193,7 +193,11 @@ class Stack:
             worker_running = partial(self.is_ours, worker_pid, "worker")
         else:
             args = ["worker", "start", "--pool", self.pool, "--type", "process", "--name", WORKER_NAME]
-            worker = start_prefect(args, self.env(), self.log_path("worker"), cwd=PROJECT_ROOT)
+            if limit := os.environ.get("MNIST_WORKER_LIMIT"):  # runs at once on this worker (1 per GPU)
+                args += ["--limit", limit]
+            # MNIST_WORKER_NAME: the runs it starts inherit it, and a sweep's table says which worker ran each trial.
+            env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME}
+            worker = start_prefect(args, env, self.log_path("worker"), cwd=PROJECT_ROOT)
             worker_pid, worker_running = worker.pid, partial(is_running, worker)
             self.write_state({**state, "worker_pid": worker_pid})
             print(f"worker: starting (PID {worker_pid})")

@@ -19,15 +19,18 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from deployments.server import serving
+from deployments.server import ServerError, serving
+from mnist_core.errors import PipelineError, disguised_interrupt
+
+T = TypeVar("T")
 
 WATCH_INTERVAL_S = 0.5
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -152,3 +155,23 @@ def local_run() -> Iterator[LocalRun]:
             print(f"mnist: Prefect server of this run: {url.removesuffix('/api')} (log: {log_path})", flush=True)
             with watched(run, log_path), temporary_settings({PREFECT_API_URL: url}):
                 yield run
+
+
+def run_from_command_line(program: str, call: Callable[[], T]) -> tuple[T | None, int]:
+    """`call` (a flow) under `local_run`: (its result, 0), or (None, the exit status) after a one-line message for
+    an error of the environment or the data (1), Ctrl-C (130) or SIGTERM (143)."""
+    try:
+        with local_run() as run:
+            result = call()
+            run.finish()
+    except (PipelineError, OSError, ServerError) as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return None, 1
+    except BaseException as error:
+        interrupt = error if not isinstance(error, Exception) else disguised_interrupt(error)
+        if not isinstance(interrupt, KeyboardInterrupt | TerminationSignal):
+            raise
+        ctrl_c = isinstance(interrupt, KeyboardInterrupt)
+        print(f"{program}: {'interrupted (Ctrl-C)' if ctrl_c else 'terminated (SIGTERM)'}", file=sys.stderr)
+        return None, 130 if ctrl_c else 143
+    return result, 0

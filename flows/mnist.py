@@ -16,7 +16,7 @@ from flows.local import RESUME_HINT, local_run
 from mnist_core.checkpoint import checkpoint_lock, discard_checkpoint
 from mnist_core.cli import parse_params
 from mnist_core.config import RunParams
-from mnist_core.errors import PipelineError
+from mnist_core.errors import PipelineError, disguised_interrupt
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
 from tasks import download, evaluate, export, fingerprint, promote, train, transform
@@ -40,7 +40,7 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
         trained = train(prepared, params, device)
         evaluation = evaluate(trained, prepared, device)
         exported = export(downloaded, prepared, trained, evaluation, params, fingerprinted)
-        promotion = promote(exported, prepared, params, device)
+        promotion = promote(exported, prepared, params, device) if params.promote else None
         # Only a completed run gets here: after a failure the checkpoint stays, for a rerun to resume from.
         discard_checkpoint(params)
     return RunResult(exported=exported, promotion=promotion)
@@ -68,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TerminationSignal:
         print(f"mnist: terminated (SIGTERM); {RESUME_HINT}", file=sys.stderr)
         return 143
+    except Exception as error:
+        interrupt = disguised_interrupt(error)  # a signal that landed in a library and came out wrapped
+        if interrupt is None:
+            raise
+        stopped = "interrupted (Ctrl-C)" if isinstance(interrupt, KeyboardInterrupt) else "terminated (SIGTERM)"
+        print(f"mnist: {stopped}; {RESUME_HINT}", file=sys.stderr)
+        return 130 if isinstance(interrupt, KeyboardInterrupt) else 143
     return 0
 
 
@@ -76,7 +83,8 @@ def print_summary(result: RunResult) -> None:
     print(f"Report: {result.exported.report}")
     print(f"Model:  {result.exported.model}")
     print(f"Run folder: {result.exported.run_dir}")
-    print(f"Champion: {result.promotion.reason}", flush=True)
+    decision = result.promotion.reason if result.promotion else "not offered for promotion (promote is off)."
+    print(f"Champion: {decision}", flush=True)
 
 
 if __name__ == "__main__":

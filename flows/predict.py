@@ -9,10 +9,8 @@ from collections.abc import Sequence
 
 from prefect import flow
 
-from deployments.server import ServerError
-from flows.local import local_run
+from flows.local import run_from_command_line
 from mnist_core.cli import parse_params
-from mnist_core.errors import PipelineError
 from mnist_core.predict import PredictParams
 from tasks.predict import PredictionSummary, predict_batch
 
@@ -27,15 +25,9 @@ def predict(params: PredictParams) -> PredictionSummary:
 
 def main(argv: Sequence[str] | None = None) -> int:
     params = parse_params(PredictParams, argv, __doc__, positional="inputs")
-    try:
-        with local_run() as run:
-            summary = predict(params)
-            run.finish()
-    except (PipelineError, OSError, ServerError) as error:
-        print(f"mnist-predict: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    summary, code = run_from_command_line("mnist-predict", lambda: predict(params))
+    if summary is None:
+        return code
     print(f"\n{summary.count} predictions ({summary.failed} failed, {summary.for_review} for review)")
     print(f"Predictions: {summary.predictions_csv}")
     print(f"Model: {summary.model} (SHA-256 {summary.model_sha256})", flush=True)

@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # are already in the fields it filled.
 NOT_IN_TRAINING_DIGEST = frozenset(
     {"data_dir", "output_dir", "mirror", "run_name", "resume", "promotion_margin", "force_promote", "preset",
-     "force_retrain", "promotion_metric", "extra_data"}
+     "force_retrain", "promotion_metric", "extra_data", "promote"}
 )  # fmt: skip
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
@@ -103,6 +103,11 @@ class RunParams(BaseModel):
         0.0, ge=0, le=1, description="A run becomes champion only if its test accuracy beats the champion's by this."
     )
     force_promote: bool = Field(False, description="Promote this run to champion whatever its accuracy.")
+    promote: bool = Field(
+        True,
+        description="Compare the run with the champion and record it in the registry; a sweep's trials leave it to "
+        "the sweep, which offers only its best trial.",
+    )
     promotion_metric: PromotionMetric = Field(
         "combined",
         description="The test images whose accuracy decides a promotion: combined (the dataset's test set and the "

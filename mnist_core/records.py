@@ -203,9 +203,13 @@ class RunResult(Record):
     """What the `mnist` flow returns."""
 
     exported: Exported
-    promotion: Promotion  # its champion_run_id is the champion this run was compared with
+    # Its champion_run_id is the champion this run was compared with; None when the run was not offered for
+    # promotion (`promote=False`: a sweep's trial).
+    promotion: Promotion | None
 
     @property
     def champion_run_id(self) -> str | None:
         """The dataset's champion once this run was recorded: this run if it was promoted."""
+        if self.promotion is None:
+            return None
         return self.exported.run_id if self.promotion.promoted else self.promotion.champion_run_id

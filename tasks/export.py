@@ -1,4 +1,6 @@
 import base64
+import os
+import socket
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -24,6 +26,19 @@ def inline_plots(report: str, run_dir: Path) -> str:
             encoded = base64.b64encode(path.read_bytes()).decode("ascii")
             report = report.replace(f"]({name})", f"](data:image/png;base64,{encoded})")
     return report
+
+
+def run_result(exported: Exported) -> dict[str, object]:
+    card = exported.card
+    return {
+        "run_id": card.run_id,
+        "best_val_accuracy": card.metrics.best_val_accuracy,
+        "test_accuracy": card.metrics.test_accuracy,
+        "train_seconds": card.timings.train_seconds,
+        # MNIST_WORKER_NAME: set in a worker's environment (its processes inherit it), else this machine's name.
+        "worker": os.environ.get("MNIST_WORKER_NAME") or socket.gethostname(),
+        "run_dir": str(exported.run_dir),
+    }
 
 
 def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluation, publisher: BestEffort) -> None:
@@ -56,6 +71,9 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
         )
         for key, link, text in links:
             create_link_artifact(key=key, link=link, link_text=text)
+        # What a sweep reads back through the API (never through a shared disk) from each of its trials.
+        create_table_artifact(key=f"{dataset}-run-result", table=[run_result(exported)],
+                              description="This run's figures, for a sweep")  # fmt: skip
 
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)

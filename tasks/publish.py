@@ -8,6 +8,8 @@ from typing import Any
 
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+from mnist_core.errors import disguised_interrupt
+
 # A busy server (503) gets a second and third try, 2 and 4 s apart; a server that is gone costs ~6 s, not the
 # client's default back-off of about a minute per call.
 PUBLISH_RETRIES = 2
@@ -32,11 +34,27 @@ class BestEffort:
 
     @contextlib.contextmanager
     def attempt(self, what: str, retries: int = PUBLISH_RETRIES) -> Iterator[None]:
+        # Entered apart from the body: an error swallowed before the yield would surface as "generator didn't
+        # yield" (an Exception, which a task then retries); and Ctrl-C can land in here too.
         try:
-            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: retries}):
-                yield
+            settings = temporary_settings({PREFECT_CLIENT_MAX_RETRIES: retries})
+            settings.__enter__()
+        except Exception as error:
+            raise disguised_interrupt(error) or error from None
+        try:
+            yield
         except Exception as error:  # noqa: BLE001 - whatever the client raised, the run goes on
-            if not self.failures:
-                self.logger.warning("could not publish %s to the Prefect API (%s); the run goes on", what, error)
-            self.failures += 1
-            self.failed_at = time.monotonic()
+            self._failed(what, error)
+        finally:
+            settings.__exit__(None, None, None)
+
+    def _failed(self, what: str, error: Exception) -> None:
+        interrupt = disguised_interrupt(error)
+        if interrupt is not None:
+            # Ctrl-C or SIGTERM landed inside the client, which wrapped it (pydantic's serializers raise
+            # PydanticSerializationError from a KeyboardInterrupt): the user's stop, not a publishing failure.
+            raise interrupt
+        if not self.failures:
+            self.logger.warning("could not publish %s to the Prefect API (%s); the run goes on", what, error)
+        self.failures += 1
+        self.failed_at = time.monotonic()

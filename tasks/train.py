@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mnist_core.checkpoint import CHECKPOINT_FILE, checkpoint_dir, claim_checkpoint_data
 from mnist_core.config import RunParams
-from mnist_core.errors import PipelineError
+from mnist_core.errors import PipelineError, disguised_interrupt
 from mnist_core.model import save_weights
 from mnist_core.prepare import load_prepared
 from mnist_core.records import EpochStats, Prepared, Trained
@@ -26,7 +26,7 @@ def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:
     checkpoint, bad data) would only fail the same way again, and an interrupt (Ctrl-C, SIGTERM, a cancel) is
     the user stopping the run. A retry resumes from the last checkpoint."""
     error = state.result(raise_on_failure=False)
-    return isinstance(error, Exception) and not isinstance(error, PipelineError)
+    return isinstance(error, Exception) and not isinstance(error, PipelineError) and not disguised_interrupt(error)
 
 
 @task(name="train", retries=1, retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE, persist_result=False)

@@ -5,6 +5,7 @@ also when a test fails.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -392,6 +393,117 @@ def test_a_run_goes_on_through_a_restart_of_the_stacks_server(stack: StackHandle
     )
     assert state == "COMPLETED", stack.worker_log()
     assert len(read_registry(stack.output_dir)) == rows_before + 1
+
+
+def _start_worker(stack: StackHandle, name: str) -> subprocess.Popen[bytes]:
+    """One more worker on the stack's pool, taking one run at a time, in its own process group (stopped by PID)."""
+    env = {**stack.env, "PREFECT_API_URL": stack.stack.api_url, "MNIST_WORKER_NAME": name}
+    command = [PREFECT, "worker", "start", "--pool", DEFAULT_POOL, "--type", "process", "--name", name, "--limit", "1"]
+    log = open(stack.state_dir / f"{name}.log", "wb")  # noqa: SIM115 - the worker writes it until it is stopped
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _online(stack: StackHandle, names: set[str]) -> bool:
+    with stack.stack.client() as client:
+        workers = client.read_workers_for_work_pool(DEFAULT_POOL)
+    return names <= {worker.name for worker in workers if worker.status == "ONLINE"}
+
+
+def test_a_sweep_fans_trials_out_over_two_workers(stack: StackHandle) -> None:
+    """`python flows/sweep.py` against the stack: 4 one-epoch trials, 2 at a time, on two workers with --limit 1
+    (the stack's own worker is stopped for the test, and `stack up` brings it back after). Results come back
+    through the API; the best trial by validation accuracy is offered to the champion rule and recorded."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    own = recorded_pids(stack.state_dir).get("worker")
+    if own and Stack.is_ours(own, "worker"):
+        os.killpg(own, signal.SIGTERM)
+    workers = [_start_worker(stack, name) for name in ("trial-worker-1", "trial-worker-2")]
+    try:
+        deadline = time.monotonic() + 60
+        while not _online(stack, {"trial-worker-1", "trial-worker-2"}):
+            assert time.monotonic() < deadline, "the two trial workers did not come online"
+            time.sleep(0.5)
+        rows_before = len(read_registry(stack.output_dir))
+        sweep = {"base": stack.base_params, "grid": {"lr": [0.1, 0.2, 0.3, 0.4]}, "trials": 4, "concurrency": 2}
+        env = {**stack.env, "PREFECT_API_URL": stack.stack.api_url}
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "flows" / "sweep.py"), json.dumps(sweep)],
+                                env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        seconds = time.monotonic() - started
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "4 trials, 2 at a time (pool)" in result.stdout + result.stderr
+        with stack.stack.client() as client:
+            [trials] = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-sweep-trials"])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["sweep-trial"])))
+        rows = json.loads(trials.data)
+        assert len(rows) == 4 and all(row["state"] == "COMPLETED" for row in rows), rows
+        accuracies = [row["val_accuracy"] for row in rows]
+        assert accuracies == sorted(accuracies, reverse=True) and [row["rank"] for row in rows] == [1, 2, 3, 4]
+        assert {row["worker"] for row in rows} == {"trial-worker-1", "trial-worker-2"}
+        registry = read_registry(stack.output_dir)
+        assert len(registry) == rows_before + 1 and registry["run_id"].iloc[-1] == Path(rows[0]["run_dir"]).name
+        # Measured: dispatch to start (flow run created -> Running) and throughput.
+        delays = sorted((run.start_time - run.created).total_seconds() for run in runs if run.start_time)
+        print(f"\nsweep of 4 one-epoch trials on 2 workers: {seconds:.1f} s wall, {4 / seconds * 60:.1f} trials/min; "
+              f"dispatch to start {delays[0]:.1f}-{delays[-1]:.1f} s")  # fmt: skip
+    finally:
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        stack.stack_command("up")  # the stack's own worker again, for the tests after this one
+
+
+def test_a_sweep_completes_when_a_worker_is_killed_mid_trial(stack: StackHandle) -> None:
+    """SIGKILL (by PID) of a worker while it runs a trial: the sweep still completes, with a row for every trial."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    own = recorded_pids(stack.state_dir).get("worker")
+    if own and Stack.is_ours(own, "worker"):
+        os.killpg(own, signal.SIGTERM)
+    workers = {name: _start_worker(stack, name) for name in ("kill-worker-1", "kill-worker-2")}
+    sweep_process = None
+    try:
+        deadline = time.monotonic() + 60
+        while not _online(stack, set(workers)):
+            assert time.monotonic() < deadline, "the workers did not come online"
+            time.sleep(0.5)
+        sweep = {"base": {**stack.base_params, "epochs": 3}, "grid": {"lr": [0.2, 0.3]}, "concurrency": 2,
+                 "promote_best": False, "trial_timeout_s": 120}  # fmt: skip
+        env = {**stack.env, "PREFECT_API_URL": stack.stack.api_url}
+        command = [sys.executable, str(PROJECT_ROOT / "flows" / "sweep.py"), json.dumps(sweep)]
+        sweep_process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING"])))
+        deadline = time.monotonic() + 120
+        while True:  # both trials running: one on each worker (each takes one at a time)
+            with stack.stack.client() as client:
+                trials = [run for run in client.read_flow_runs(flow_run_filter=running) if "sweep-trial" in run.tags]
+            if len(trials) == 2:
+                break
+            assert time.monotonic() < deadline and sweep_process.poll() is None, "the trials did not start"
+            time.sleep(0.25)
+        workers["kill-worker-2"].kill()  # SIGKILL to the worker's PID alone, as an OOM killer or `kill -9` does
+        output, _ = sweep_process.communicate(timeout=300)
+        assert sweep_process.returncode == 0, output[-3000:]
+        summary = json.loads(output[output.rindex("\n{") + 1 :])
+        print(f"\nafter SIGKILL of a worker mid-trial: {[(row['state'], row['worker']) for row in summary['ranked']]}")
+        # The trial of the killed worker is marked Crashed (its process went with the worker); the other completes.
+        states = sorted((row["state"], row["worker"]) for row in summary["ranked"])
+        assert states == [("COMPLETED", "kill-worker-1"), ("CRASHED", None)], states
+    finally:
+        if sweep_process is not None and sweep_process.poll() is None:
+            sweep_process.kill()
+        for worker in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+        stack.stack_command("up")
 
 
 def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:

@@ -10,6 +10,47 @@ from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 from tasks.publish import PUBLISH_RETRIES, BestEffort
 
 
+def _wrapped_interrupt() -> Exception:
+    """What pydantic raises when Ctrl-C lands inside one of its serializers (seen in a real Ctrl-C of a run)."""
+    from pydantic import BaseModel, model_serializer
+
+    class Model(BaseModel):
+        @model_serializer(mode="wrap")
+        def _ser_model(self, handler):  # noqa: ANN001, ANN202
+            raise KeyboardInterrupt
+
+    try:
+        Model().model_dump()
+    except Exception as error:  # noqa: BLE001
+        return error
+    raise AssertionError("pydantic did not wrap the interrupt")
+
+
+def test_a_ctrl_c_wrapped_by_the_client_still_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was once logged as a publishing failure, and the train task retried and finished the run."""
+    from prefect.states import Failed
+
+    import tasks.publish as publish_module
+    from tasks.train import _worth_retrying
+
+    publisher = BestEffort(logging.getLogger("test-publish"))
+    wrapped = _wrapped_interrupt()
+    with pytest.raises(KeyboardInterrupt), publisher.attempt("the training progress"):
+        raise wrapped
+    assert publisher.failures == 0
+
+    def settings_interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise wrapped
+
+    monkeypatch.setattr(publish_module, "temporary_settings", settings_interrupted)
+    with pytest.raises(KeyboardInterrupt), publisher.attempt("the training progress"):
+        pass
+    error = RuntimeError("publishing failed")
+    error.__context__ = wrapped
+    assert not _worth_retrying(None, None, Failed(data=error))
+    assert _worth_retrying(None, None, Failed(data=OSError("disk went away")))
+
+
 def test_a_failed_publication_is_logged_once_and_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     publisher = BestEffort(logging.getLogger("test-publish"))
     retries_seen, after_failure = [], []

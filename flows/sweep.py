@@ -1,0 +1,71 @@
+"""The `mnist-sweep` flow: a hyperparameter sweep. Optuna asks for each trial's parameters; each trial is a full
+run of the `mnist` flow; the best trial by validation accuracy is offered to the champion/challenger rule.
+
+Where trials run: when the Prefect API has the `mnist/trial` deployment (PREFECT_API_URL pointing at the stack or
+any server with deployments/prefect.yaml applied), each trial is a run of it on the `mnist-pool` work pool,
+`concurrency` at a time, on whichever workers are free (one per machine or GPU: `prefect worker start --pool
+mnist-pool --limit 1`). Otherwise (e.g. Prefect's temporary server) trials run in this process, one after another.
+Run `python flows/sweep.py --help`; pass the sweep as JSON: `python flows/sweep.py '{"grid": {"lr": [0.1, 0.3]}}'`.
+"""
+
+import flows.telemetry  # noqa: F401 - before Prefect is imported
+
+# isort: split
+import json
+import sys
+from collections.abc import Sequence
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.local import run_from_command_line
+from mnist_core.preflight import preflight
+from mnist_core.records import Promotion
+from mnist_core.sweep import SweepParams
+from tasks import download, promote, transform
+from tasks.sweep import cancel_trials, run_trials, trial_mode
+from tasks.sweep_results import best_trial, publish_sweep
+
+
+def _cancel_trials(flow: object, run: object, state: object) -> None:
+    """on_cancellation: the trials this sweep started are cancelled with it."""
+    count = cancel_trials(run.id)  # type: ignore[attr-defined]
+    get_run_logger().info("cancelled %d unfinished trials", count)
+
+
+@flow(name="mnist-sweep", log_prints=True, on_cancellation=[_cancel_trials])
+def sweep(sweep: SweepParams) -> dict:
+    """Run the trials (on the pool, or here), rank them by validation accuracy, offer the best to the champion."""
+    base = sweep.base.model_copy(update={"promote": True})
+    device = str(preflight(base))
+    mode = trial_mode()
+    print(f"{sweep.planned_trials} trials, {sweep.concurrency if mode == 'pool' else 1} at a time ({mode})")
+    rows = run_trials(sweep, flow_run.get_id(), mode)
+    promotion: Promotion | None = None
+    best = best_trial(rows) if sweep.promote_best else None
+    if best is not None:  # judged like any run: its test accuracy against the champion's, re-scored here
+        prepared = transform(download(base.dataset, base.data_dir, base.mirror), base)
+        promotion = promote(best, prepared, base, device)
+    return publish_sweep(rows, sweep, promotion, mode)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Fields of the sweep JSON:", ", ".join(SweepParams.model_fields))
+        return 0 if args else 2
+    try:
+        params = SweepParams.model_validate(json.loads(args[0]))
+    except ValueError as error:  # JSON or validation: refused before any trial starts
+        print(f"mnist-sweep: invalid sweep: {error}", file=sys.stderr)
+        return 2
+    summary, code = run_from_command_line("mnist-sweep", lambda: sweep(params))
+    if summary is None:
+        return code
+    print(json.dumps(summary, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

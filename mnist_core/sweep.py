@@ -1,0 +1,131 @@
+"""A hyperparameter sweep's search: the parameters (validated before any trial starts), Optuna's ask-and-tell,
+and the table of trials ranked by validation accuracy. Where trials run is the caller's business (flows/sweep.py
+dispatches them to a Prefect work pool)."""
+
+import itertools
+import math
+from typing import Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mnist_core.config import RunParams
+
+# What a trial may vary: what training computes. Where files go, the dataset and the promotion rule stay the base's.
+NOT_SEARCHABLE = frozenset(
+    {"dataset", "data_dir", "output_dir", "mirror", "extra_data", "run_name", "resume", "promote", "promotion_margin",
+     "force_promote", "force_retrain", "promotion_metric", "preset", "device"}
+)  # fmt: skip
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+class Range(BaseModel):
+    """A sampled range: uniform, or log-uniform (`log`, e.g. a learning rate); integers with `integer`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+class SweepParams(BaseModel):
+    """A sweep: the base run, the search space, how many trials, how many at once. Unknown fields are rejected,
+    and every value the space can produce is checked against RunParams before any trial starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: RunParams = Field(default_factory=lambda: RunParams(epochs=1), description="What every trial starts from.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Field -> the values to try.")
+    ranges: dict[str, Range] = Field(default_factory=dict, description="Field -> a range to sample.")
+    trials: int = Field(8, ge=1, le=1000, description="How many trials (a grid alone: at most its size).")
+    concurrency: int = Field(2, ge=1, le=64, description="How many trials run at once.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seeds the sampler.")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna's sampler when there are ranges.")
+    trial_timeout_s: float = Field(3600, gt=0, description="A trial still unfinished after this is given up.")
+    promote_best: bool = Field(True, description="Offer the best trial to the champion/challenger rule.")
+
+    @model_validator(mode="after")
+    def _space_is_valid(self) -> "SweepParams":
+        names = [*self.grid, *self.ranges]
+        if not names:
+            raise ValueError("the search space is empty: give grid values or ranges")
+        for name in names:
+            if name not in RunParams.model_fields:
+                raise ValueError(f"{name!r} is not a run parameter (see RunParams)")
+            if name in NOT_SEARCHABLE:
+                raise ValueError(f"{name!r} cannot vary between trials (set it in base)")
+        if duplicated := set(self.grid) & set(self.ranges):
+            raise ValueError(f"{sorted(duplicated)} are in both grid and ranges")
+        for name, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid[{name!r}] has no values")
+            for value in values:
+                check_trial(self.base, {name: value})
+        for name, bounds in self.ranges.items():
+            for value in (bounds.low, bounds.high):
+                check_trial(self.base, {name: int(value) if bounds.integer else value})
+        return self
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(values) for values in self.grid.values())
+
+    @property
+    def planned_trials(self) -> int:
+        return min(self.trials, self.grid_size) if not self.ranges else self.trials
+
+
+def check_trial(base: RunParams, overrides: dict[str, Any]) -> RunParams:
+    """The trial's run parameters, or a ValueError naming the field and the value."""
+    try:
+        return RunParams.model_validate({**base.model_dump(exclude={"preset"}), **overrides})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "parameters"
+        raise ValueError(f"{overrides}: invalid {field}: {problem['msg']}") from None
+
+
+def make_study(params: SweepParams) -> optuna.Study:
+    """An in-memory study maximizing validation accuracy: TPE or random over the ranges, the grid's values as
+    categories. A grid alone is a grid: every point is enqueued, in order. (Optuna's GridSampler stops the study
+    once the grid is done, which raises outside `study.optimize`, i.e. in ask-and-tell.)"""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if params.sampler == "random" or not params.ranges:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=params.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=params.seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    if not params.ranges:
+        names = list(params.grid)
+        for point in itertools.product(*params.grid.values()):
+            study.enqueue_trial(dict(zip(names, point, strict=True)))
+    return study
+
+
+def ask(study: optuna.Study, params: SweepParams) -> tuple[optuna.Trial, dict[str, Any]]:
+    """The next trial and its parameter values."""
+    trial = study.ask()
+    values: dict[str, Any] = {name: trial.suggest_categorical(name, choices) for name, choices in params.grid.items()}
+    for name, bounds in params.ranges.items():
+        if bounds.integer:
+            values[name] = trial.suggest_int(name, int(bounds.low), int(bounds.high), log=bounds.log)
+        else:
+            values[name] = trial.suggest_float(name, bounds.low, bounds.high, log=bounds.log)
+    return trial, values
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials by validation accuracy, best first; trials without one (failed, crashed) after, in trial order."""
+    scored = sorted((row for row in rows if row.get("val_accuracy") is not None), key=lambda row: -row["val_accuracy"])
+    unscored = [row for row in rows if row.get("val_accuracy") is None]
+    return [{"rank": rank, **row} for rank, row in zip(itertools.count(1), [*scored, *unscored], strict=False)]

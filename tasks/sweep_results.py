@@ -1,0 +1,91 @@
+"""What a sweep concludes: its best trial (by validation accuracy) as a run the champion rule can judge, and the
+artifacts that show every trial."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
+
+from mnist_core.export import MODEL_FILE, REPORT_FILE
+from mnist_core.records import Exported, ModelCard, Promotion
+from mnist_core.runtimes import CARD_FILE
+from mnist_core.sweep import SweepParams, ranked
+from tasks.publish import BestEffort
+
+
+@task(name="best-trial", cache_policy=NO_CACHE, persist_result=False)
+def best_trial(rows: list[dict[str, Any]]) -> Exported | None:
+    """The best trial's run folder as export left it, or None: no trial completed, or its folder is on another
+    machine (trials write to their worker's output_dir; only a shared one lets a sweep promote them)."""
+    logger = get_run_logger()
+    scored = [row for row in ranked(rows) if row["val_accuracy"] is not None]
+    if not scored:
+        logger.warning("no trial completed: nothing to offer for promotion")
+        return None
+    run_dir = Path(scored[0]["run_dir"])
+    try:
+        card = ModelCard.model_validate_json((run_dir / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as error:
+        logger.warning(
+            "the best trial's run folder %s cannot be read here (%s): it stays on the worker that ran it; share "
+            "output_dir between the workers and the sweep to promote trials", run_dir, error,
+        )  # fmt: skip
+        return None
+    return Exported(run_id=card.run_id, run_dir=run_dir, model=run_dir / MODEL_FILE, report=run_dir / REPORT_FILE,
+                    model_card=run_dir / CARD_FILE, card=card)  # fmt: skip
+
+
+def summary_markdown(rows: list[dict[str, Any]], params: SweepParams, promotion: Promotion | None, mode: str) -> str:
+    table = ranked(rows)
+    best = next((row for row in table if row["val_accuracy"] is not None), None)
+    failed = [row for row in table if row["state"] != "COMPLETED"]
+    lines = [f"# Sweep: {len(rows)} trials ({mode}), {len(failed)} not completed", ""]
+    if best is None:
+        lines.append("No trial completed.")
+    else:
+        lines += [
+            f"**Best trial {best['trial']}** (by validation accuracy {best['val_accuracy']:.2%}; test accuracy "
+            f"{best['test_accuracy']:.2%}): `{best['params']}`, run `{Path(best['run_dir']).name}` "
+            f"on {best['worker']}.",
+        ]
+    decision = promotion.reason if promotion else "not offered (see the log)" if params.promote_best else "off"
+    lines += ["", f"**Promotion of the best trial:** {decision}", "", "| rank | trial | state | params | val acc | "
+              "test acc | seconds | worker |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in table:
+        val = "-" if row["val_accuracy"] is None else f"{row['val_accuracy']:.2%}"
+        test = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2%}"
+        seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
+        lines.append(f"| {row['rank']} | {row['trial']} | {row['state']} | `{row['params']}` | {val} | {test} | "
+                     f"{seconds} | {row['worker'] or '-'} |")  # fmt: skip
+    if failed:
+        lines += [
+            "",
+            "## Not completed",
+            *[f"- trial {row['trial']}: {row['state']}: {row['error']}" for row in failed],
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-sweep", cache_policy=NO_CACHE, persist_result=False)
+def publish_sweep(rows: list[dict[str, Any]], params: SweepParams, promotion: Promotion | None, mode: str) -> dict:
+    """The trials table and the summary as artifacts; returns the summary as a small dict."""
+    logger = get_run_logger()
+    markdown = summary_markdown(rows, params, promotion, mode)
+    with BestEffort(logger).attempt("the sweep's artifacts"):
+        create_table_artifact(key="mnist-sweep-trials", table=ranked(rows), description="Every trial, best first")
+        create_markdown_artifact(key="mnist-sweep-summary", markdown=markdown, description="Sweep summary")
+    table = ranked(rows)
+    best = next((row for row in table if row["val_accuracy"] is not None), None)
+    summary = {
+        "trials": len(rows),
+        "completed": sum(row["state"] == "COMPLETED" for row in rows),
+        "best": best,
+        "promotion": promotion.reason if promotion else None,
+        "ranked": [{key: row[key] for key in ("rank", "trial", "state", "val_accuracy", "worker")} for row in table],
+    }
+    logger.info("%s", json.dumps({key: summary[key] for key in ("trials", "completed", "promotion")}))
+    return summary

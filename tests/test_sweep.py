@@ -1,0 +1,108 @@
+"""The sweep: its parameters refused before any trial starts, Optuna's search, the ranking, and a sweep run for
+real (in-process here: tests/test_deployment.py runs one over two workers of a real pool)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_core.config import RunParams
+from mnist_core.sweep import SweepParams, ask, make_study, ranked
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"grid": {}}, "the search space is empty"),
+        ({"grid": {"learning_rate": [0.1]}}, "'learning_rate' is not a run parameter"),
+        ({"grid": {"output_dir": ["x"]}}, "'output_dir' cannot vary between trials"),
+        ({"grid": {"epochs": [1, 0]}}, "invalid epochs"),
+        ({"grid": {"lr": []}}, "grid['lr'] has no values"),
+        ({"ranges": {"lr": {"low": 0, "high": 1, "log": True}}}, "a log range needs low > 0"),
+        ({"ranges": {"lr": {"low": 0.5, "high": 0.1}}}, "must be below high"),
+        ({"ranges": {"lr": {"low": 0.01, "high": 100}}}, "invalid lr"),
+        ({"grid": {"lr": [0.1]}, "trials": 0}, "trials"),
+        ({"grid": {"lr": [0.1]}, "concurency": 2}, "concurency"),
+    ],
+)
+def test_an_invalid_sweep_is_refused_naming_the_field(sweep: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="validation error") as error:
+        SweepParams.model_validate(sweep)
+    assert message in str(error.value)
+
+
+def test_a_grid_is_a_grid_and_ranges_are_sampled_reproducibly() -> None:
+    grid = SweepParams.model_validate({"grid": {"lr": [0.1, 0.3], "batch_size": [64, 128]}, "trials": 10})
+    assert grid.planned_trials == 4
+    study = make_study(grid)
+    asked = [ask(study, grid)[1] for _ in range(4)]
+    assert [(values["lr"], values["batch_size"]) for values in asked] == [(0.1, 64), (0.1, 128), (0.3, 64), (0.3, 128)]
+    space = {"ranges": {"lr": {"low": 0.01, "high": 1.0, "log": True}, "epochs": {"low": 1, "high": 3,
+             "integer": True}}, "trials": 5, "sampler": "random", "seed": 3}  # fmt: skip
+    first = [ask(make_study(SweepParams.model_validate(space)), SweepParams.model_validate(space))[1]]
+    again = [ask(make_study(SweepParams.model_validate(space)), SweepParams.model_validate(space))[1]]
+    assert first == again and 0.01 <= first[0]["lr"] <= 1.0 and first[0]["epochs"] in (1, 2, 3)
+
+
+def test_trials_rank_by_validation_accuracy_with_failures_last() -> None:
+    rows = [{"trial": 1, "val_accuracy": 0.9}, {"trial": 2, "val_accuracy": None}, {"trial": 3, "val_accuracy": 0.95}]
+    assert [(row["rank"], row["trial"]) for row in ranked(rows)] == [(1, 3), (2, 1), (3, 2)]
+
+
+@pytest.mark.slow
+def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
+    prefect_server, mnist_data_dir: Path, tmp_path: Path
+) -> None:
+    """No `mnist/trial` deployment on this server: the trials run in the sweep's process, one after another."""
+    from flows.sweep import sweep
+    from mnist_core.registry import read_champion, read_registry
+    from tests.test_flow import read_artifacts
+
+    base = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs")
+    # lr 10 diverges (the loss becomes non-finite): that trial fails, the sweep goes on with the rest.
+    params = SweepParams(base=base, grid={"lr": [0.3, 10.0]}, trials=2)
+    state = sweep(params, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["trials"] == 2 and summary["completed"] == 1
+    [best, diverged] = summary["ranked"]
+    assert best["state"] == "COMPLETED" and best["val_accuracy"] > 0.9
+    assert diverged["state"] == "FAILED" and diverged["val_accuracy"] is None
+    artifacts = read_artifacts(state.state_details.flow_run_id)
+    rows = json.loads(artifacts["mnist-sweep-trials"].data)
+    assert [row["state"] for row in rows] == ["COMPLETED", "FAILED"] and "diverged" in rows[1]["error"]
+    assert "Best trial" in artifacts["mnist-sweep-summary"].data
+    # The best trial was offered to the champion rule and recorded like any run; the trials themselves were not.
+    registry = read_registry(base.output_dir)
+    assert registry["run_id"].tolist() == [Path(summary["best"]["run_dir"]).name]
+    champion = read_champion(base.output_dir, "mnist")
+    assert champion is not None and champion.run_id == registry["run_id"][0]
+    assert summary["promotion"].startswith("no champion yet")
+
+
+@pytest.mark.slow
+def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect_server) -> None:
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Scheduled
+
+    from flows.sweep import _cancel_trials, sweep
+    from tasks.sweep import cancel_trials, sweep_tag
+
+    @flow(name="stand-in-trial")
+    def stand_in() -> None:
+        pass
+
+    sweep_id = uuid.uuid4()
+    with get_client(sync_client=True) as client:
+        waiting = [client.create_flow_run(stand_in, tags=[sweep_tag(sweep_id)], state=Scheduled()) for _ in range(2)]
+        done = client.create_flow_run(stand_in, tags=[sweep_tag(sweep_id)], state=Completed())
+        other = client.create_flow_run(stand_in, tags=[sweep_tag(uuid.uuid4())], state=Scheduled())
+        assert cancel_trials(sweep_id) == 2
+        states = {run.id: client.read_flow_run(run.id).state_type.value for run in [*waiting, done, other]}
+    # A run no worker has picked up yet goes straight to Cancelled; a running one would be Cancelling, then stopped.
+    assert [states[run.id] for run in waiting] == ["CANCELLED", "CANCELLED"]
+    assert states[done.id] == "COMPLETED" and states[other.id] == "SCHEDULED"
+    assert _cancel_trials in sweep.on_cancellation_hooks  # what Prefect calls when the sweep run is cancelled
