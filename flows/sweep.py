@@ -15,8 +15,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import State, flow, runtime
+from prefect.client.schemas.objects import FlowRun
+from prefect.logging import get_logger
 
 from flows.local import run_from_command_line
 from mnist_core.preflight import preflight
@@ -27,10 +28,11 @@ from tasks.sweep import cancel_trials, run_trials, trial_mode
 from tasks.sweep_results import best_trial, publish_sweep
 
 
-def _cancel_trials(flow: object, run: object, state: object) -> None:
-    """on_cancellation: the trials this sweep started are cancelled with it."""
-    count = cancel_trials(run.id)  # type: ignore[attr-defined]
-    get_run_logger().info("cancelled %d unfinished trials", count)
+def _cancel_trials(flow: object, flow_run: FlowRun, state: State) -> None:
+    """on_cancellation (Prefect passes these by keyword): the trials this sweep started are cancelled with it. It
+    runs after the sweep's own process was stopped, in the runner's."""
+    count = cancel_trials(flow_run.id)
+    get_logger("mnist.sweep").info("sweep %s cancelled: cancelled %d unfinished trials", flow_run.name, count)
 
 
 @flow(name="mnist-sweep", log_prints=True, on_cancellation=[_cancel_trials])
@@ -40,7 +42,7 @@ def sweep(sweep: SweepParams) -> dict:
     device = str(preflight(base))
     mode = trial_mode()
     print(f"{sweep.planned_trials} trials, {sweep.concurrency if mode == 'pool' else 1} at a time ({mode})")
-    rows = run_trials(sweep, flow_run.get_id(), mode)
+    rows = run_trials(sweep, runtime.flow_run.get_id(), mode)
     promotion: Promotion | None = None
     best = best_trial(rows) if sweep.promote_best else None
     if best is not None:  # judged like any run: its test accuracy against the champion's, re-scored here

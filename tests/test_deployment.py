@@ -409,31 +409,50 @@ def _online(stack: StackHandle, names: set[str]) -> bool:
     return names <= {worker.name for worker in workers if worker.status == "ONLINE"}
 
 
-def test_a_sweep_fans_trials_out_over_two_workers(stack: StackHandle) -> None:
-    """`python flows/sweep.py` against the stack: 4 one-epoch trials, 2 at a time, on two workers with --limit 1
-    (the stack's own worker is stopped for the test, and `stack up` brings it back after). Results come back
-    through the API; the best trial by validation accuracy is offered to the champion rule and recorded."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
+def _run_sweep(stack: StackHandle, sweep: dict[str, Any]) -> subprocess.Popen[str]:
+    """`python flows/sweep.py SWEEP` against the stack (the sweep runs here, its trials on the pool)."""
+    env = {**stack.env, "PREFECT_API_URL": stack.stack.api_url}
+    command = [sys.executable, str(PROJECT_ROOT / "flows" / "sweep.py"), json.dumps(sweep)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _sweep_summary(output: str) -> dict[str, Any]:
+    return json.loads(output[output.rindex("\n{") + 1 :])  # the JSON summary it prints last
+
+
+def test_a_sweep_fans_trials_out_over_two_workers_and_survives_one_killed(stack: StackHandle) -> None:
+    """`python flows/sweep.py` against the stack, with two workers taking one trial each at a time (`--limit 1`;
+    the stack's own worker is stopped meanwhile, and `stack up` brings it back after):
+    1. 4 one-epoch trials, 2 at a time: both workers used, ranked by validation accuracy, the best recorded.
+    2. 2 trials, and a worker SIGKILLed (by PID) while both run: its trial is reported, the sweep completes."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
     from prefect.client.schemas.sorting import ArtifactSort
 
     own = recorded_pids(stack.state_dir).get("worker")
     if own and Stack.is_ours(own, "worker"):
         os.killpg(own, signal.SIGTERM)
-    workers = [_start_worker(stack, name) for name in ("trial-worker-1", "trial-worker-2")]
+    workers = {name: _start_worker(stack, name) for name in ("trial-worker-1", "trial-worker-2")}
+    sweep_process = None
     try:
         deadline = time.monotonic() + 60
-        while not _online(stack, {"trial-worker-1", "trial-worker-2"}):
+        while not _online(stack, set(workers)):
             assert time.monotonic() < deadline, "the two trial workers did not come online"
             time.sleep(0.5)
         rows_before = len(read_registry(stack.output_dir))
-        sweep = {"base": stack.base_params, "grid": {"lr": [0.1, 0.2, 0.3, 0.4]}, "trials": 4, "concurrency": 2}
-        env = {**stack.env, "PREFECT_API_URL": stack.stack.api_url}
         started = time.monotonic()
-        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "flows" / "sweep.py"), json.dumps(sweep)],
-                                env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        sweep_process = _run_sweep(stack, {"base": stack.base_params, "grid": {"lr": [0.1, 0.2, 0.3, 0.4]},
+                                           "trials": 4, "concurrency": 2})  # fmt: skip
+        output, _ = sweep_process.communicate(timeout=600)
         seconds = time.monotonic() - started
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "4 trials, 2 at a time (pool)" in result.stdout + result.stderr
+        assert sweep_process.returncode == 0, output[-3000:]
+        assert "4 trials, 2 at a time (pool)" in output
         with stack.stack.client() as client:
             [trials] = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-sweep-trials"])),
@@ -448,54 +467,30 @@ def test_a_sweep_fans_trials_out_over_two_workers(stack: StackHandle) -> None:
         assert {row["worker"] for row in rows} == {"trial-worker-1", "trial-worker-2"}
         registry = read_registry(stack.output_dir)
         assert len(registry) == rows_before + 1 and registry["run_id"].iloc[-1] == Path(rows[0]["run_dir"]).name
-        # Measured: dispatch to start (flow run created -> Running) and throughput.
         delays = sorted((run.start_time - run.created).total_seconds() for run in runs if run.start_time)
         print(f"\nsweep of 4 one-epoch trials on 2 workers: {seconds:.1f} s wall, {4 / seconds * 60:.1f} trials/min; "
               f"dispatch to start {delays[0]:.1f}-{delays[-1]:.1f} s")  # fmt: skip
-    finally:
-        for worker in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
-        stack.stack_command("up")  # the stack's own worker again, for the tests after this one
 
-
-def test_a_sweep_completes_when_a_worker_is_killed_mid_trial(stack: StackHandle) -> None:
-    """SIGKILL (by PID) of a worker while it runs a trial: the sweep still completes, with a row for every trial."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-
-    own = recorded_pids(stack.state_dir).get("worker")
-    if own and Stack.is_ours(own, "worker"):
-        os.killpg(own, signal.SIGTERM)
-    workers = {name: _start_worker(stack, name) for name in ("kill-worker-1", "kill-worker-2")}
-    sweep_process = None
-    try:
-        deadline = time.monotonic() + 60
-        while not _online(stack, set(workers)):
-            assert time.monotonic() < deadline, "the workers did not come online"
-            time.sleep(0.5)
-        sweep = {"base": {**stack.base_params, "epochs": 3}, "grid": {"lr": [0.2, 0.3]}, "concurrency": 2,
-                 "promote_best": False, "trial_timeout_s": 120}  # fmt: skip
-        env = {**stack.env, "PREFECT_API_URL": stack.stack.api_url}
-        command = [sys.executable, str(PROJECT_ROOT / "flows" / "sweep.py"), json.dumps(sweep)]
-        sweep_process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        killed = {"base": {**stack.base_params, "epochs": 3}, "grid": {"lr": [0.2, 0.3]}, "concurrency": 2,
+                  "promote_best": False, "trial_timeout_s": 120}  # fmt: skip
+        sweep_process = _run_sweep(stack, killed)
         running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING"])))
         deadline = time.monotonic() + 120
-        while True:  # both trials running: one on each worker (each takes one at a time)
+        while True:  # both trials running: one on each worker
             with stack.stack.client() as client:
-                trials = [run for run in client.read_flow_runs(flow_run_filter=running) if "sweep-trial" in run.tags]
-            if len(trials) == 2:
+                busy = [run for run in client.read_flow_runs(flow_run_filter=running) if "sweep-trial" in run.tags]
+            if len(busy) == 2:
                 break
             assert time.monotonic() < deadline and sweep_process.poll() is None, "the trials did not start"
             time.sleep(0.25)
-        workers["kill-worker-2"].kill()  # SIGKILL to the worker's PID alone, as an OOM killer or `kill -9` does
+        workers["trial-worker-2"].kill()  # SIGKILL to the worker's PID alone, as an OOM killer or `kill -9` does
         output, _ = sweep_process.communicate(timeout=300)
         assert sweep_process.returncode == 0, output[-3000:]
-        summary = json.loads(output[output.rindex("\n{") + 1 :])
-        print(f"\nafter SIGKILL of a worker mid-trial: {[(row['state'], row['worker']) for row in summary['ranked']]}")
-        # The trial of the killed worker is marked Crashed (its process went with the worker); the other completes.
+        summary = _sweep_summary(output)
+        # The killed worker's trial is marked Crashed (its process went with the worker); the other completes.
         states = sorted((row["state"], row["worker"]) for row in summary["ranked"])
-        assert states == [("COMPLETED", "kill-worker-1"), ("CRASHED", None)], states
+        print(f"after SIGKILL of a worker mid-trial: {states}")
+        assert states == [("COMPLETED", "trial-worker-1"), ("CRASHED", None)], states
     finally:
         if sweep_process is not None and sweep_process.poll() is None:
             sweep_process.kill()
@@ -503,7 +498,36 @@ def test_a_sweep_completes_when_a_worker_is_killed_mid_trial(stack: StackHandle)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=30)
-        stack.stack_command("up")
+        stack.stack_command("up")  # the stack's own worker again, for the tests after this one
+
+
+def test_cancelling_a_sweep_deployment_run_cancels_its_trials(stack: StackHandle) -> None:
+    """`prefect deployment run mnist-sweep/default`, then `prefect flow-run cancel` of the sweep (what the UI's
+    Cancel does): the trials it started on the pool are cancelled with it."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    sweep = {"base": {**stack.base_params, **LONG_RUN}, "grid": {"lr": [0.1, 0.2]}, "concurrency": 2,
+             "promote_best": False}  # fmt: skip
+    with stack.stack.client() as client:
+        deployment = client.read_deployment_by_name("mnist-sweep/default")
+        sweep_run = client.create_flow_run_from_deployment(deployment.id, parameters={"sweep": sweep})
+    tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep-{sweep_run.id}"]))
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # a trial is training
+        with stack.stack.client() as client:
+            trials = client.read_flow_runs(flow_run_filter=tagged)
+        if any(run.state_type and run.state_type.value == "RUNNING" for run in trials):
+            break
+        assert time.monotonic() < deadline, f"no trial started:\n{stack.worker_log()}"
+        time.sleep(0.5)
+    started = time.monotonic()
+    cancel = stack.prefect("flow-run", "cancel", str(sweep_run.id), timeout=60)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert _wait_for_final_state(stack, str(sweep_run.id), timeout_s=90) == "CANCELLED"
+    states = {str(run.id): _wait_for_final_state(stack, str(run.id), timeout_s=90) for run in trials}
+    print(f"\nsweep cancelled, its {len(states)} trials ended {sorted(states.values())} in "
+          f"{time.monotonic() - started:.1f} s")  # fmt: skip
+    assert states and set(states.values()) == {"CANCELLED"}, (states, stack.worker_log())
 
 
 def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:

@@ -86,22 +86,24 @@ def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect
 
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.states import Completed, Scheduled
+    from prefect.states import Cancelled, Completed, Scheduled
 
     from flows.sweep import _cancel_trials, sweep
     from tasks.sweep import cancel_trials, sweep_tag
 
-    @flow(name="stand-in-trial")
+    @flow(name="stand-in")
     def stand_in() -> None:
         pass
 
-    sweep_id = uuid.uuid4()
     with get_client(sync_client=True) as client:
-        waiting = [client.create_flow_run(stand_in, tags=[sweep_tag(sweep_id)], state=Scheduled()) for _ in range(2)]
-        done = client.create_flow_run(stand_in, tags=[sweep_tag(sweep_id)], state=Completed())
+        sweep_run = client.create_flow_run(stand_in, state=Cancelled())
+        waiting = [client.create_flow_run(stand_in, tags=[sweep_tag(sweep_run.id)], state=Scheduled()) for _ in "ab"]
+        done = client.create_flow_run(stand_in, tags=[sweep_tag(sweep_run.id)], state=Completed())
         other = client.create_flow_run(stand_in, tags=[sweep_tag(uuid.uuid4())], state=Scheduled())
-        assert cancel_trials(sweep_id) == 2
+        # As Prefect calls an on_cancellation hook: by keyword (a positional-only signature failed on the stack).
+        _cancel_trials(flow=sweep, flow_run=sweep_run, state=Cancelled())
         states = {run.id: client.read_flow_run(run.id).state_type.value for run in [*waiting, done, other]}
+        assert cancel_trials(sweep_run.id) == 0  # nothing left to cancel
     # A run no worker has picked up yet goes straight to Cancelled; a running one would be Cancelling, then stopped.
     assert [states[run.id] for run in waiting] == ["CANCELLED", "CANCELLED"]
     assert states[done.id] == "COMPLETED" and states[other.id] == "SCHEDULED"
