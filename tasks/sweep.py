@@ -81,9 +81,7 @@ Starter = Callable[[RunParams, list[str]], uuid.UUID]  # a trial's run parameter
 class Trials:
     """The ask-and-tell loop: at most `concurrency` trials in flight; each result told to the study."""
 
-    def __init__(
-        self, params: SweepParams, sweep_run_id: uuid.UUID, start: Callable[[RunParams, list[str]], uuid.UUID]
-    ):
+    def __init__(self, params: SweepParams, sweep_run_id: uuid.UUID, start: Starter) -> None:
         self.params, self.start, self.tags = params, start, [sweep_tag(sweep_run_id), "sweep-trial"]
         self.study = make_study(params)
         self.rows: list[dict[str, Any]] = []
@@ -97,10 +95,13 @@ class Trials:
 
     def settle(self, client: SyncPrefectClient, run: FlowRun, timed_out: bool = False) -> None:
         trial, values, _ = self.in_flight.pop(run.id)
-        result = trial_result(client, run.id, self.params.base.dataset) if run.state_type.value == "COMPLETED" else None
+        completed = run.state_type is not None and run.state_type.value == "COMPLETED"
+        result = trial_result(client, run.id, self.params.base.dataset) if completed else None
         row = _row(trial.number + 1, values, run, result)
         if timed_out:
-            row.update(state="TIMED_OUT", error=f"unfinished after {self.params.trial_timeout_s:.0f} s; given up")
+            # Given up, and stopped: a trial left running would hold its worker for nothing.
+            client.set_flow_run_state(run.id, Cancelling(message="its sweep gave up waiting for it"), force=True)
+            row.update(state="TIMED_OUT", error=f"unfinished after {self.params.trial_timeout_s:.0f} s; cancelled")
         self.rows.append(row)
         if result is not None:
             self.study.tell(trial, result["best_val_accuracy"])

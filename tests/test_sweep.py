@@ -108,3 +108,29 @@ def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect
     assert [states[run.id] for run in waiting] == ["CANCELLED", "CANCELLED"]
     assert states[done.id] == "COMPLETED" and states[other.id] == "SCHEDULED"
     assert _cancel_trials in sweep.on_cancellation_hooks  # what Prefect calls when the sweep run is cancelled
+
+
+@pytest.mark.slow
+def test_a_trial_past_its_timeout_is_a_row_and_is_stopped(prefect_server) -> None:
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from tasks.sweep import Trials
+
+    @flow(name="stand-in")
+    def stand_in() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        stuck = client.create_flow_run(stand_in, state=Scheduled())  # no worker ever picks it up
+        params = SweepParams.model_validate({"grid": {"lr": [0.1]}, "trial_timeout_s": 0.01})
+        trials = Trials(params, uuid.uuid4(), lambda run_params, tags: stuck.id)
+        trials.launch()
+        trials.settle(client, client.read_flow_run(stuck.id), timed_out=True)
+        assert client.read_flow_run(stuck.id).state_type.value in ("CANCELLING", "CANCELLED")
+    [row] = trials.rows
+    assert row["state"] == "TIMED_OUT" and "cancelled" in row["error"] and row["val_accuracy"] is None
+    assert trials.study.trials[0].state.name == "FAIL"
