@@ -254,10 +254,15 @@ def _idx_labels(tmp: Path) -> tuple[Path, str]:
     return write_idx(tmp / "t10k-labels-idx1-ubyte.gz", np.arange(5), magic=0x00000801), "holds labels, not images"
 
 
-def _idx_truncated(tmp: Path) -> tuple[Path, str]:
-    path = write_idx(tmp / "images-idx3-ubyte", np.zeros((3, 28, 28)))
-    path.write_bytes(path.read_bytes()[:-100])
-    return path, "header declares shape (3, 28, 28)"
+def _idx_cut(name: str, cut: int, message: str) -> Callable[[Path], tuple[Path, str]]:
+    """An IDX file of 3 images with its last `cut` bytes gone (raw, or gzip when `name` ends in .gz)."""
+
+    def make(tmp: Path) -> tuple[Path, str]:
+        path = write_idx(tmp / name, np.zeros((3, 28, 28)))
+        path.write_bytes(path.read_bytes()[:-cut])
+        return path, message
+
+    return make
 
 
 def _idx_gzip_bomb(tmp: Path) -> tuple[Path, str]:
@@ -270,12 +275,6 @@ def _idx_gzip_bomb(tmp: Path) -> tuple[Path, str]:
         for _ in range(1_300_000 * 784 // len(zeros) + 1):
             stream.write(zeros)
     return path, "decompresses to more than"
-
-
-def _idx_gzip_cut(tmp: Path) -> tuple[Path, str]:
-    path = write_idx(tmp / "cut-idx3-ubyte.gz", np.zeros((3, 28, 28)))
-    path.write_bytes(path.read_bytes()[:-12])
-    return path, "corrupt or truncated gzip"
 
 
 def _npy_huge_header(tmp: Path) -> tuple[Path, str]:
@@ -312,9 +311,9 @@ BAD_INPUTS = {
     "npy over 1": _npy(np.full((28, 28), 2.0), "shape (28, 28) dtype float64: float values must be finite"),
     "npy garbage": _npy_garbage,
     "IDX labels": _idx_labels,
-    "IDX truncated": _idx_truncated,
+    "IDX truncated": _idx_cut("images-idx3-ubyte", 100, "header declares shape (3, 28, 28)"),
     "IDX gzip bomb": _idx_gzip_bomb,
-    "IDX gzip cut": _idx_gzip_cut,
+    "IDX gzip cut": _idx_cut("cut-idx3-ubyte.gz", 12, "corrupt or truncated gzip"),
     "IDX no images": lambda tmp: (write_idx(tmp / "none-idx3-ubyte", np.zeros((0, 28, 28))), "holds no images"),
     "npy header lies": _npy_huge_header,
     "EPS named .png": lambda tmp: (

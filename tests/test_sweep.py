@@ -80,20 +80,27 @@ def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
     assert summary["promotion"].startswith("no champion yet")
 
 
+@pytest.fixture(scope="module")
+def stand_in():  # noqa: ANN201 - a Prefect flow
+    """A flow that is never run: its runs are created through the API in whatever state a test needs."""
+    from prefect import flow
+
+    @flow(name="stand-in")
+    def stand_in() -> None:
+        pass
+
+    return stand_in
+
+
 @pytest.mark.slow
-def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect_server) -> None:
+def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect_server, stand_in) -> None:
     import uuid
 
-    from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled, Completed, Scheduled
 
     from flows.sweep import _cancel_trials, sweep
     from tasks.sweep import cancel_trials, sweep_tag
-
-    @flow(name="stand-in")
-    def stand_in() -> None:
-        pass
 
     with get_client(sync_client=True) as client:
         sweep_run = client.create_flow_run(stand_in, state=Cancelled())
@@ -111,18 +118,13 @@ def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect
 
 
 @pytest.mark.slow
-def test_a_trial_past_its_timeout_is_a_row_and_is_stopped(prefect_server) -> None:
+def test_a_trial_past_its_timeout_is_a_row_and_is_stopped(prefect_server, stand_in) -> None:
     import uuid
 
-    from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
     from tasks.sweep import Trials
-
-    @flow(name="stand-in")
-    def stand_in() -> None:
-        pass
 
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run(stand_in, state=Scheduled())  # no worker ever picks it up
