@@ -133,21 +133,28 @@ def compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     params = RunParams(preset="seed", epochs=args.epochs, seed=args.seed, precision=args.precision,
                        device=str(device))  # fmt: skip
     data = project_data(args.data_dir, args.mirror, params, device)
-    # "project, autograd": the project's step with autograd's gradients instead of the written-out ones (what the
-    # project ran before them), for the gain they bring, measured in the same run.
-    runs: dict[str, list[dict]] = {"seed": [], "project": [], "project, autograd": []}
+    # The project at its defaults, then what each default buys, measured in the same run: on a CPU the
+    # written-out gradients (against autograd's, what the project ran before them); on CUDA the precision (auto is
+    # bf16 there; bf16 takes autograd's gradients) and the CUDA graph (against the same step run eagerly).
+    variants: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {"project": ({}, {})}
+    if device.type == "cuda":
+        variants["project, fp32"] = ({"precision": "fp32"}, {})
+        variants["project, bf16"] = ({"precision": "bf16"}, {})
+        variants["project, no graph"] = ({"cuda_graph": False}, {})
+    else:
+        variants["project, autograd"] = ({}, {"gradients": "autograd"})
+    runs: dict[str, list[dict]] = {"seed": [], **{name: [] for name in variants}}
     for round_number in range(args.rounds):
         # Alternate the order, so a slow spell on a shared machine hits every side alike.
         order = list(runs) if round_number % 2 == 0 else list(reversed(runs))
         for side in order:
             print(f"[compare] round {round_number + 1}/{args.rounds}: {side} ({args.epochs} epochs)", flush=True)
-            seeded = params.model_copy(update={"seed": args.seed + round_number})
             if side == "seed":
                 runs[side].append(run_seed(root, device, args.epochs, args.seed + round_number))
-            elif side == "project":
-                runs[side].append(run_project(data, seeded, device))
-            else:
-                runs[side].append(run_project(data, seeded, device, gradients="autograd"))
+                continue
+            overrides, kwargs = variants[side]
+            seeded = params.model_copy(update={"seed": args.seed + round_number, **overrides})
+            runs[side].append(run_project(data, seeded, device, **kwargs))
     summary: dict[str, Any] = {"settings": {"batch_size": 64, "optimizer": "sgd", "lr": 0.01, "epochs": args.epochs,
                                             "rounds": args.rounds}}  # fmt: skip
     for side, results in runs.items():
@@ -163,12 +170,13 @@ def compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
             "peak_rss_kind": results[0]["peak_rss_kind"],
             "peak_gpu_mb": results[0]["peak_gpu_mb"] and max(r["peak_gpu_mb"] for r in results),
+            "step_kind": results[0].get("step_kind", "DataLoader, autograd"),
+            "precision": results[0].get("precision", "fp32"),
             "runs": results,
         }
-    summary["ratio_per_epoch"] = summary["seed"]["epoch_seconds_median"] / summary["project"]["epoch_seconds_median"]
-    summary["ratio_per_epoch_autograd"] = (
-        summary["seed"]["epoch_seconds_median"] / summary["project, autograd"]["epoch_seconds_median"]
-    )
+    seed_epoch = summary["seed"]["epoch_seconds_median"]
+    summary["ratios_per_epoch"] = {side: seed_epoch / summary[side]["epoch_seconds_median"] for side in variants}
+    summary["ratio_per_epoch"] = summary["ratios_per_epoch"]["project"]
     # The project trains on 55 000 images (5 000 held out for validation), the seed on 60 000: per sample too.
     summary["ratio_per_sample"] = summary["project"]["samples_per_second"] / summary["seed"]["samples_per_second"]
     return summary
@@ -218,6 +226,7 @@ def preset(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 train_seconds_median=statistics.median(row["train_seconds"] for row in ok),
                 setup_seconds_median=statistics.median(row["setup_seconds"] for row in ok),
                 step_kind=ok[0]["step_kind"],
+                peak_gpu_mb_max=None if ok[0]["peak_gpu_mb"] is None else max(row["peak_gpu_mb"] for row in ok),
                 precision=ok[0]["precision"],
             )
     return results
@@ -288,32 +297,33 @@ def table(report: dict[str, Any]) -> str:
             f"Seed workflow vs project, batch {s['batch_size']}, SGD lr {s['lr']}, {s['epochs']} epochs x "
             f"{s['rounds']} round(s), alternated in one process:",
             "",
-            "| side | s/epoch (median) | samples/s | test acc | peak RSS (MB) | peak GPU (MB) |",
-            "|---|---|---|---|---|---|",
+            "| side | step, precision | s/epoch (median) | samples/s | test acc | peak RSS (MB) | peak GPU (MB) |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for side in ("seed", "project", "project, autograd"):
-            if side not in c:
-                continue
+        sides = ["seed", *c["ratios_per_epoch"]]
+        for side in sides:
             row = c[side]
             lines.append(
-                f"| {side} | {row['epoch_seconds_median']:.3f} | {row['samples_per_second']:,.0f} | "
-                f"{row['test_accuracy']:.2%} | {row['peak_rss_mb']:.0f} | {fmt(row['peak_gpu_mb'], '{:.0f}')} |"
+                f"| {side} | {row['step_kind']}, {row['precision']} | {row['epoch_seconds_median']:.3f} | "
+                f"{row['samples_per_second']:,.0f} | {row['test_accuracy']:.2%} | {row['peak_rss_mb']:.0f} | "
+                f"{fmt(row['peak_gpu_mb'], '{:.0f}')} |"
             )
+        others = ", ".join(f"{side} {ratio:.1f}x" for side, ratio in c["ratios_per_epoch"].items() if side != "project")
         lines += ["", f"Ratio seed/project: {c['ratio_per_epoch']:.1f}x per epoch, "
-                      f"{c['ratio_per_sample']:.1f}x per training sample; with autograd's gradients "
-                      f"{c.get('ratio_per_epoch_autograd', float('nan')):.1f}x per epoch", ""]  # fmt: skip
+                      f"{c['ratio_per_sample']:.1f}x per training sample; per epoch, {others}", ""]  # fmt: skip
     if "preset" in report:
         lines += ["fast98 preset (seeds " + ", ".join(map(str, report["preset_seeds"])) + "):", "",
-                  "| variant | step | precision | test acc (mean ± std) | train s (median) | warm-up+capture s |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| variant | step | precision | test acc (mean ± std) | train s (median) | warm-up+capture s "
+                  "| peak GPU (MB) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, row in report["preset"].items():
             if "test_accuracy_mean" not in row:
-                lines.append(f"| {name} | failed | | {row['runs'][0].get('error', '')[:80]} | | |")
+                lines.append(f"| {name} | failed | | {row['runs'][0].get('error', '')[:80]} | | | |")
                 continue
             lines.append(
                 f"| {name} | {row['step_kind']} | {row['precision']} | {row['test_accuracy_mean']:.2%} ± "
                 f"{row['test_accuracy_std']:.2%} | {row['train_seconds_median']:.2f} | "
-                f"{row['setup_seconds_median']:.2f} |"
+                f"{row['setup_seconds_median']:.2f} | {fmt(row['peak_gpu_mb_max'], '{:.0f}')} |"
             )
         lines.append("")
     if "flow" in report:
@@ -353,12 +363,13 @@ def main() -> None:
     out = args.out or PROJECT_ROOT / "benchmarks" / "results" / f"speed-{device.type}.json"
     report: dict[str, Any] = {"hardware": hardware(device), "preset_seeds": args.preset_seeds,
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
     for section in args.sections:
         report[section] = {"compare": compare, "preset": preset, "flow": flow}[section](args, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    text = table(report)
-    (args.table or out.with_suffix(".md")).write_text(text + "\n")
+        # Written after every section: a run stopped at a time limit keeps what it measured.
+        out.write_text(json.dumps(report, indent=1))
+        text = table(report)
+        (args.table or out.with_suffix(".md")).write_text(text + "\n")
     print("\n" + text)
     print(f"JSON: {out}")
 

@@ -89,7 +89,9 @@ class RunParams(BaseModel):
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps.")
-    precision: PrecisionName = Field("auto", description="fp32, bf16 autocast, or auto (bf16 only on CUDA).")
+    precision: PrecisionName = Field(
+        "auto", description="fp32, bf16 autocast (CUDA only), or auto (fp32: as fast as bf16 on a GPU for this MLP)."
+    )
     cuda_graph: bool = Field(True, description="On CUDA, capture the training step as a CUDA graph.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed for the split, initialisation and shuffling.")
     val_size: int = Field(5000, ge=100, le=30000, description="Images split off the training set for validation.")

@@ -119,8 +119,12 @@ def _prepared(
 
 
 def load_prepared(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The uint8 tensors of a prepared file (images and labels of each split), on `device`."""
+    """The uint8 tensors of a prepared file (images and labels of each split), on `device`.
+
+    Read on the CPU, then moved: a device that fails (no driver, out of memory) raises its own error, not one
+    that blames the file and advises deleting it."""
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device="cpu")
     except Exception as error:
         raise DataError(f"{path}: cannot read prepared data ({error}); delete it to rebuild") from error
+    return {name: tensor.to(device) for name, tensor in tensors.items()}

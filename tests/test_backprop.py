@@ -13,7 +13,7 @@ from mnist_core.backprop import loss_and_gradients
 from mnist_core.config import RunParams
 from mnist_core.model import MLP
 from mnist_core.optim import build_optimizer, init_optimizer_state
-from mnist_core.steps import FixedShapeStep, PlainStep
+from mnist_core.steps import FixedShapeStep, PlainStep, capture_cuda_graph
 from mnist_core.train import choose_gradients, train_model
 
 CPU = torch.device("cpu")
@@ -140,6 +140,30 @@ def test_gradients_are_written_out_except_under_bf16() -> None:
 
 
 @pytest.mark.cuda
+def test_written_out_gradients_in_a_cuda_graph_update_the_weights_as_autograd_does() -> None:
+    """Three Nesterov-SGD steps replayed from a captured CUDA graph, fp32: the written-out gradients move the
+    weights as autograd's do, to float32 rounding (the padded last batch included)."""
+    cuda = torch.device("cuda")
+    params = RunParams(label_smoothing=0.1)
+    images, labels = (tensor.to(cuda) for tensor in batch(40, 7, torch.float32))
+    torch.manual_seed(0)
+    reference = MLP([32, 16]).to(cuda)
+    models = {"autograd": reference, "written_out": copy.deepcopy(reference)}
+    steps = {}
+    for name, model in models.items():
+        optimizer = build_optimizer(model, params, cuda, "cuda_graph")
+        init_optimizer_state(optimizer)
+        step = FixedShapeStep(model, optimizer, images, labels, 16, 0.1, written_out=name == "written_out")
+        step.replay = capture_cuda_graph(step)
+        step.train_epoch(torch.arange(40, device=cuda), lambda: None)  # batches of 16, 16 and 8 (padded to 16)
+        steps[name] = step
+    for (name, param), expected in zip(models["written_out"].named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(steps["written_out"].loss_sum, steps["autograd"].loss_sum, rtol=1e-5, atol=1e-5)
+    assert steps["written_out"].correct.item() == steps["autograd"].correct.item()
+
+
+@pytest.mark.cuda
 def test_written_out_gradients_in_a_cuda_graph_train_like_autograd(mnist_tensors: dict[str, torch.Tensor]) -> None:
     cuda = torch.device("cuda")
     data = {key: tensor[:20000].to(cuda) for key, tensor in mnist_tensors.items() if key.startswith(("train", "val"))}
@@ -147,6 +171,9 @@ def test_written_out_gradients_in_a_cuda_graph_train_like_autograd(mnist_tensors
     autograd = train_model(data, params, cuda, gradients="autograd")
     written = train_model(data, params, cuda, gradients="written_out")
     assert (autograd.step_kind, written.step_kind) == ("cuda_graph", "cuda_graph")
+    # At the one-cycle peak (lr 0.3), float32 rounding differences of two correct gradient forms are amplified:
+    # on an H200 the epoch-1 validation accuracy differed by 0.54 points in one run, the train loss by 0.3 % in
+    # another (the three-step test above checks the gradients themselves to float32 rounding). Annealed, they agree.
     for a, b in zip(autograd.history, written.history, strict=True):
-        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
-        assert b.val_accuracy == pytest.approx(a.val_accuracy, abs=0.005)
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-2)
+    assert written.history[-1].val_accuracy == pytest.approx(autograd.history[-1].val_accuracy, abs=0.005)

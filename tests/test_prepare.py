@@ -43,3 +43,15 @@ def test_real_mnist_split(mnist_tensors: dict[str, torch.Tensor]) -> None:
     assert mnist_tensors["val_images"].shape == (5000, 28, 28)
     assert mnist_tensors["test_images"].shape == (10000, 28, 28)
     assert int(mnist_tensors["train_labels"].max()) == 9
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is missing")
+def test_a_missing_device_is_not_blamed_on_the_prepared_file(synthetic_dataset, tmp_path: Path) -> None:
+    """Seen while preparing the GPU check: a device that fails used to read "cannot read prepared data ...;
+    delete it to rebuild", advice that would throw away a good file."""
+    name, mirror, _ = synthetic_dataset
+    path = prepare_dataset(download_dataset(name, tmp_path, [str(mirror)]), tmp_path, val_size=100, seed=0).path
+    with pytest.raises(RuntimeError) as raised:
+        load_prepared(path, "cuda")
+    assert "delete it" not in str(raised.value) and path.is_file()
+    assert len(load_prepared(path)["val_images"]) == 100
