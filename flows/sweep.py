@@ -13,6 +13,7 @@ import flows.telemetry  # noqa: F401 - before Prefect is imported
 # isort: split
 import json
 import sys
+import uuid
 from collections.abc import Sequence
 
 from prefect import State, flow, runtime
@@ -20,11 +21,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
 
 from flows.local import run_from_command_line
+from flows.mnist import mnist
+from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import Promotion
 from mnist_core.sweep import SweepParams
 from tasks import download, promote, transform
-from tasks.sweep import cancel_trials, run_trials, trial_mode
+from tasks.sweep import cancel_trials, run_trials, start_on_pool, trial_mode
 from tasks.sweep_results import best_trial, publish_sweep
 
 
@@ -35,14 +38,21 @@ def _cancel_trials(flow: object, flow_run: FlowRun, state: State) -> None:
     get_logger("mnist.sweep").info("sweep %s cancelled: cancelled %d unfinished trials", flow_run.name, count)
 
 
+def _run_here(run_params: RunParams, tags: list[str]) -> uuid.UUID:
+    """No pool: the trial is a subflow of this sweep, run to its end before the next starts."""
+    state = mnist(run_params, return_state=True)
+    return state.state_details.flow_run_id
+
+
 @flow(name="mnist-sweep", log_prints=True, on_cancellation=[_cancel_trials])
 def sweep(sweep: SweepParams) -> dict:
     """Run the trials (on the pool, or here), rank them by validation accuracy, offer the best to the champion."""
     base = sweep.base.model_copy(update={"promote": True})
     device = str(preflight(base))
     mode = trial_mode()
-    print(f"{sweep.planned_trials} trials, {sweep.concurrency if mode == 'pool' else 1} at a time ({mode})")
-    rows = run_trials(sweep, runtime.flow_run.get_id(), mode)
+    start, concurrency = (start_on_pool, sweep.concurrency) if mode == "pool" else (_run_here, 1)
+    print(f"{sweep.planned_trials} trials, {concurrency} at a time ({mode})")
+    rows = run_trials(sweep, runtime.flow_run.get_id(), start, concurrency)
     promotion: Promotion | None = None
     best = best_trial(rows) if sweep.promote_best else None
     if best is not None:  # judged like any run: its test accuracy against the champion's, re-scored here

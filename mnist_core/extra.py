@@ -96,10 +96,20 @@ def scan_extra(root: Path, dataset: str) -> ExtraFolder:
 
 def read_extra(folder: ExtraFolder) -> tuple[np.ndarray, np.ndarray]:
     """Every image in MNIST form with its label, or one DataError listing every file that cannot be used: a run
-    never trains on part of the user's data."""
+    never trains on part of the user's data. Each file is decoded from bytes checked against the manifest, so the
+    manifest recorded with the run describes exactly what it trained on."""
     images, labels, problems = [], [], []
     for path, label in folder.files:
-        loaded = load_image(path)
+        key = path.relative_to(folder.root).as_posix()
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            problems.append(f"{path}: unreadable ({error.strerror or error})")
+            continue
+        if hashlib.sha256(content).hexdigest() != folder.manifest[key]:
+            problems.append(f"{path}: changed since the folder was scanned; run again once it is settled")
+            continue
+        loaded = load_image(path, content)
         if loaded.image is None:
             problems.append(str(loaded.error))
         else:

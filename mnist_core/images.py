@@ -5,6 +5,7 @@ Only the standard library, numpy and Pillow: a CLI that predicts with ONNX Runti
 
 import fnmatch
 import glob
+import io
 import math
 import os
 import stat
@@ -116,13 +117,14 @@ def _failed(name: str, problem: str) -> LoadedInput:
     return LoadedInput(name, None, f"{name}: {problem}")
 
 
-def load_image(path: Path) -> LoadedInput:
-    """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'."""
+def load_image(path: Path, content: bytes | None = None) -> LoadedInput:
+    """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'.
+    `content`: the file's bytes, already read (decoded instead of reading `path`, which names them)."""
     name = str(path)
     try:
         # Our pixel limit, checked from the header, is below Pillow's own (which only warns first): a bomb is
         # refused before anything is decoded.
-        with Image.open(path, formats=PILLOW_FORMATS) as img:
+        with Image.open(path if content is None else io.BytesIO(content), formats=PILLOW_FORMATS) as img:
             if img.width * img.height > MAX_PIXELS:
                 return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
             img.load()

@@ -110,8 +110,9 @@ class Trials:
 
 
 @task(name="run-trials", cache_policy=NO_CACHE, persist_result=False)
-def run_trials(params: SweepParams, sweep_run_id: uuid.UUID, mode: str) -> list[dict[str, Any]]:
-    """Every trial's row, in the order they finished: parameters, state, figures, worker, or the error."""
+def run_trials(params: SweepParams, sweep_run_id: uuid.UUID, start: Starter, concurrency: int) -> list[dict[str, Any]]:
+    """Every trial's row, in the order they finished: parameters, state, figures, worker, or the error. `start`
+    starts one trial (`start_on_pool`, or the flow's own in-process starter), `concurrency` at a time."""
     logger = get_run_logger()
     publisher = BestEffort(logger)
     total = params.planned_trials
@@ -120,8 +121,7 @@ def run_trials(params: SweepParams, sweep_run_id: uuid.UUID, mode: str) -> list[
         progress_id = create_progress_artifact(
             progress=0.0, key="mnist-sweep-progress", description=f"of {total} trials"
         )
-    concurrency = params.concurrency if mode == "pool" else 1
-    trials = Trials(params, sweep_run_id, _start_on_pool if mode == "pool" else _run_here)
+    trials = Trials(params, sweep_run_id, start)
     with get_client(sync_client=True) as client:
         while len(trials.rows) < total:
             while len(trials.in_flight) < concurrency and len(trials.rows) + len(trials.in_flight) < total:
@@ -142,19 +142,12 @@ def run_trials(params: SweepParams, sweep_run_id: uuid.UUID, mode: str) -> list[
     return trials.rows
 
 
-def _start_on_pool(run_params: RunParams, tags: list[str]) -> uuid.UUID:
-    # timeout=0: returns once the run exists; the pool's workers pick it up as they are free.
+def start_on_pool(run_params: RunParams, tags: list[str]) -> uuid.UUID:
+    """A run of the trial deployment. timeout=0: returns once the run exists; the pool's workers pick it up as
+    they are free."""
     run = run_deployment(TRIAL_DEPLOYMENT, parameters={"params": run_params.model_dump(mode="json")}, timeout=0,
                          tags=tags)  # fmt: skip
     return run.id
-
-
-def _run_here(run_params: RunParams, tags: list[str]) -> uuid.UUID:
-    """No pool: the trial is a subflow of this sweep, run to its end before the next starts."""
-    from flows.mnist import mnist  # the flow, imported here: tasks/ does not depend on flows/ otherwise
-
-    state = mnist(run_params, return_state=True)
-    return state.state_details.flow_run_id
 
 
 def cancel_trials(sweep_run_id: uuid.UUID | str) -> int:

@@ -71,6 +71,18 @@ def test_one_bad_file_or_folder_refuses_the_whole_folder(damage, message: str, d
     assert message in str(error.value)
 
 
+def test_a_file_changed_between_scan_and_read_is_refused(digits, tmp_path: Path) -> None:
+    """The manifest recorded with a run must describe the very bytes it trained on."""
+    root = labelled_folder(tmp_path / "mine", *digits)
+    folder = scan_extra(root, "mnist")
+    changed, other = (sorted((root / label).iterdir())[0] for label in ("3", "4"))
+    changed.write_bytes(other.read_bytes())  # another good image under the same name
+    with pytest.raises(DataError, match="nothing used") as error:
+        read_extra(folder)
+    assert f"{changed}: changed since the folder was scanned" in str(error.value)
+    assert len(read_extra(scan_extra(root, "mnist"))[1]) == 40  # scanned again: the new bytes are used
+
+
 def test_an_empty_or_missing_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such folder"):
         scan_extra(tmp_path / "missing", "mnist")
