@@ -46,8 +46,20 @@ class LoadedInput:
     error: str | None
 
 
+def _paper_behind(rgba: Image.Image) -> str:
+    """The colour to composite a transparent background on: white behind dark ink, black behind light ink (a digit
+    drawn in white on a transparent canvas must not vanish into white paper). The ink's colour is the opaque
+    pixels' grey level, weighted by their opacity."""
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
+    if alpha.min() == 255 or alpha.sum() == 0:
+        return "white"  # opaque (nothing to composite) or wholly transparent (blank either way)
+    gray = np.asarray(ImageOps.grayscale(rgba.convert("RGB")), dtype=np.float64)
+    return "black" if np.average(gray, weights=alpha) > 127 else "white"
+
+
 def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Float grey levels 0-255, transparency composited on white paper (a PNG's transparent area is no ink)."""
+    """Float grey levels 0-255; transparency composited on paper that contrasts with the ink (a PNG's transparent
+    area is no ink)."""
     if isinstance(image, np.ndarray):
         if image.ndim == 3 and image.shape[2] in (3, 4) and image.dtype == np.uint8:
             return _grayscale(Image.fromarray(image))
@@ -57,16 +69,19 @@ def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
         if not np.isfinite(gray).all() or gray.min() < 0 or gray.max() > 255:
             raise DataError(f"array values must be finite and within 0-255 (or 0-1), not {gray.min()}-{gray.max()}")
         return gray * 255 if image.dtype != np.uint8 and gray.max() <= 1 else gray
-    if image.mode.startswith("I"):  # 16/32-bit integer grey: scale 16-bit samples down to 8 bits
+    if image.mode.startswith("I"):  # 16/32-bit integer grey: 16-bit samples scaled to 8 bits
+        # A file that holds 8-bit values in 16-bit samples (max <= 255) is read as 8-bit: divided by 257 it would be
+        # a black page.
         gray = np.asarray(image, dtype=np.float32)
-        return gray / 257 if image.mode.startswith("I;16") or gray.max() > 255 else gray
-    if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32), 0, 255)
+        return np.clip(gray / 257, 0, 255) if gray.max() > 255 else np.clip(gray, 0, None)
+    if image.mode == "F":  # float grey (TIFF): in 0-1, as most software writes it, or in 0-255
+        gray = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(gray * 255 if gray.max() <= 1 else gray, 0, 255)
     try:
         rgba = image.convert("RGBA")
     except ValueError as error:
         raise DataError(f"cannot convert image mode {image.mode} to grey ({error})") from error
-    paper = Image.new("RGBA", rgba.size, "white")
+    paper = Image.new("RGBA", rgba.size, _paper_behind(rgba))
     return np.asarray(ImageOps.grayscale(Image.alpha_composite(paper, rgba)), dtype=np.float32)
 
 

@@ -110,6 +110,25 @@ def test_transparent_background_is_paper(mode: str) -> None:
     assert out.max() >= 250 and out[0].max() == 0
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_light_ink_on_a_transparent_background_is_not_lost(mode: str) -> None:
+    """A digit drawn in white on a transparent canvas (what MNIST-style drawing apps export): on white paper it
+    would vanish; it is composited on black instead."""
+    reference = to_mnist_form(draw_seven(mode="L"))
+    for clear in [(0,) * len(mode), (255,) * (len(mode) - 1) + (0,)]:  # transparent black, transparent white
+        drawn = draw_seven(mode=mode, ink=(255,) * len(mode), paper=clear)
+        assert correlation(to_mnist_form(drawn), reference) > 0.99
+
+
+def test_float_and_16_bit_grey_holding_other_ranges() -> None:
+    """Float images (TIFF) in 0-1, and 16-bit files holding 8-bit values, are not read as black pages."""
+    reference = to_mnist_form(draw_seven(mode="L"))
+    gray = np.asarray(draw_seven(mode="L"), dtype=np.float32)
+    for image in [Image.fromarray(gray / 255, "F"), Image.fromarray(gray, "F"),
+                  Image.fromarray(gray.astype(np.uint16)), Image.fromarray(gray.astype(np.int32))]:  # fmt: skip
+        assert correlation(to_mnist_form(image), reference) > 0.99, image.mode
+
+
 def test_palette_with_transparency_and_16_bit() -> None:
     reference = to_mnist_form(draw_seven(mode="L"))
     palette = draw_seven(mode="L").convert("P")
