@@ -9,6 +9,7 @@ from mnist_core.config import RunParams
 from mnist_core.device import resolve_device
 from mnist_core.errors import StorageError
 from mnist_core.registry import check_registry
+from mnist_core.train import use_bf16
 
 
 def ensure_writable_dir(path: Path, field: str) -> Path:
@@ -32,9 +33,11 @@ def ensure_writable_dir(path: Path, field: str) -> Path:
 
 
 def preflight(params: RunParams) -> torch.device:
-    """Fail fast on a missing device, an unusable data or output folder, or a damaged registry in the output
-    folder (which would otherwise fail the run only after training); returns the device."""
+    """Fail fast on a missing device (or bf16 asked of one without it), an unusable data or output folder, or a
+    damaged registry in the output folder (which would otherwise fail the run only after training); returns the
+    device."""
     device = resolve_device(params.device)
+    use_bf16(params.precision, device)
     ensure_writable_dir(params.data_dir, "data_dir")
     output_dir = ensure_writable_dir(params.output_dir, "output_dir")
     check_registry(output_dir, params.dataset)

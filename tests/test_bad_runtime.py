@@ -70,6 +70,14 @@ def test_cuda_without_gpu_is_refused(device: str, tmp_path: Path) -> None:
 
 
 @needs_no_gpu
+def test_bf16_without_a_gpu_is_refused_before_any_work(tmp_path: Path) -> None:
+    params = RunParams(device="auto", precision="bf16", output_dir=tmp_path / "runs", data_dir=tmp_path / "data")
+    with pytest.raises(TrainingError, match="precision='bf16' needs a CUDA GPU with bf16 support; device is cpu"):
+        preflight(params)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+@needs_no_gpu
 @pytest.mark.slow
 def test_cuda_without_gpu_from_cli(prefect_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run_cli(
