@@ -4,30 +4,13 @@
 #
 #   bash benchmarks/gpu_check.sh [MIRROR]
 #
-# MIRROR defaults to $MNIST_MIRROR, then ../shared/data/mnist, then .devdata/mnist (a copy carried to a machine
-# that has no ../shared). Where pydantic is missing (the device tool's image), the wheels in .whl/ are installed
-# to /tmp/site first. Only mnist_core runs here: the GPU machine has no Prefect, so the flow section stays on CI.
-# PROFILE=0 skips the step profile; SECTIONS="preset" runs only that part of the benchmark.
-# GPU_CHECK_OFFLINE=1 routes the official dataset mirrors to a closed local port: on a machine whose network drops
-# packets each of them would otherwise cost the 30 s fetch timeout before the local mirror is tried.
+# Only mnist_core runs here (benchmarks/gpu_setup.sh: mirror, Python, pydantic's wheels from .whl/ where missing);
+# the flow needs Prefect: benchmarks/gpu_flow_check.sh. PROFILE=0 skips the step profile; SECTIONS="preset" runs
+# only that part of the benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-gpu-check}"
-mkdir -p "$OUT"
-MIRROR="${1:-${MNIST_MIRROR:-}}"
-for candidate in "$MIRROR" ../shared/data/mnist .devdata/mnist; do
-    if [ -n "$candidate" ] && [ -f "$candidate/train-images-idx3-ubyte.gz" ]; then MIRROR="$(cd "$candidate" && pwd)"; break; fi
-done
-[ -f "$MIRROR/train-images-idx3-ubyte.gz" ] || { echo "no MNIST mirror found; pass one as \$1" >&2; exit 2; }
-export MNIST_MIRROR="$MIRROR" PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ "${GPU_CHECK_OFFLINE:-0}" = 1 ]; then export http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy=; fi
-PY="${PYTHON:-.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
-if ! "$PY" -c "import pydantic" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { echo "pydantic is missing and .whl/ could not be installed" >&2; exit 2; }
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+OUT_DEFAULT=gpu-check WHEELS=.whl NEEDS=pydantic
+source benchmarks/gpu_setup.sh
 DATA_DIR="${DATA_DIR:-/tmp/mnist-bench-data}"
 
 {

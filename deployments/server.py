@@ -23,10 +23,12 @@ class ServerError(RuntimeError):
     """A Prefect server (or worker) did not become healthy, or exited."""
 
 
-def prefect_executable() -> str:
-    """The `prefect` beside this Python, so servers and workers run with the project's environment."""
+def prefect_command() -> list[str]:
+    """The `prefect` beside this Python, else `python -m prefect`: servers and workers run with the very Prefect this
+    process imports, never another one found on PATH (or none: Prefect installed with `pip --target` has no
+    `prefect` on PATH, which used to fail as "No such file or directory: 'prefect'")."""
     candidate = Path(sys.executable).parent / "prefect"
-    return str(candidate) if candidate.exists() else "prefect"
+    return [str(candidate)] if candidate.exists() else [sys.executable, "-m", "prefect"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,7 +72,7 @@ def start_prefect(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [prefect_executable(), *args],
+            [*prefect_command(), *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,

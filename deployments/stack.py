@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from deployments.server import (
     api_url,
-    prefect_executable,
+    prefect_command,
     server_healthy,
     start_prefect,
     start_server,
@@ -107,7 +107,7 @@ class Stack:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [prefect_executable(), *args], cwd=PROJECT_ROOT, env=self.env(), capture_output=True, text=True
+            [*prefect_command(), *args], cwd=PROJECT_ROOT, env=self.env(), capture_output=True, text=True
         )
 
     def log_path(self, role: str) -> Path:
