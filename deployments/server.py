@@ -154,14 +154,18 @@ def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIME
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], log_path: Path, cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+def serving(
+    env: dict[str, str], log_path: Path, cwd: Path, meanwhile: Callable[[], object] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """A server on a free loopback port, run with `env` in `cwd`, once healthy: yields its API URL and process. On
     exit, this process's queued logs and events are sent to it, then its whole group is stopped (by PID), the
     server's own children too, even once the server itself has exited. If this process dies without stopping it
-    (SIGKILL), Linux stops it."""
+    (SIGKILL), Linux stops it. `meanwhile` runs while the server starts (which takes seconds), before waiting."""
     port = free_port()
     server = start_server("127.0.0.1", port, env, log_path, cwd=cwd, outlive_caller=False)
     try:
+        if meanwhile is not None:
+            meanwhile()
         url = api_url("127.0.0.1", port)
         wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None, log_path)
         try:
