@@ -70,6 +70,7 @@ class ExtraFolder:
     root: Path
     files: list[tuple[Path, int]]
     manifest: dict[str, str]  # "<class folder>/<file>" -> SHA-256 of the file's bytes
+    dataset: str = "mnist"  # whose form the images are brought to
 
     @property
     def sha256(self) -> str:
@@ -91,7 +92,7 @@ def scan_extra(root: Path, dataset: str) -> ExtraFolder:
     if problems:
         raise _refuse(root, problems)
     manifest = {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in files}
-    return ExtraFolder(root, files, manifest)
+    return ExtraFolder(root, files, manifest, dataset)
 
 
 def read_extra(folder: ExtraFolder) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +110,7 @@ def read_extra(folder: ExtraFolder) -> tuple[np.ndarray, np.ndarray]:
         if hashlib.sha256(content).hexdigest() != folder.manifest[key]:
             problems.append(f"{path}: changed since the folder was scanned; run again once it is settled")
             continue
-        loaded = load_image(path, content)
+        loaded = load_image(path, content, folder.dataset)
         if loaded.image is None:
             problems.append(str(loaded.error))
         else:

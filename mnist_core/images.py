@@ -30,6 +30,9 @@ PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 MAX_PIXELS: int = 40_000_000
 # An IDX file of images, decompressed: about 680,000 digits; a gzip bomb is refused before it fills the memory.
 MAX_IDX_BYTES = 512 * 1024 * 1024
+# Bumped whenever what an image becomes changes (2: transparency behind light ink, float and 16-bit grey ranges,
+# Fashion-MNIST's own form): prepared caches of the user's images are keyed by it.
+IMAGE_FORM_VERSION = 2
 MIN_SIDE = 8  # smaller than this cannot show a recognisable digit
 DIGIT_BOX = 20  # MNIST fits each digit's longer side into 20 px, then centres its mass in 28x28
 MIN_CONTRAST = 32  # grey levels between paper and ink below which we call the image blank
@@ -99,10 +102,15 @@ def _offset(profile: np.ndarray) -> int:
     return int(np.clip(round(IMAGE_SIDE / 2 - centre), 0, IMAGE_SIDE - len(profile)))
 
 
-def to_mnist_form(image: Image.Image | np.ndarray) -> np.ndarray:
+def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np.ndarray:
     """Bring a digit as a person makes it (dark ink on light paper, any size, anywhere, colour, JPEG noise) into the
     form MNIST itself was made in, so the model sees what it was trained on: white ink on black, longer side 20 px,
-    centre of mass at the centre of 28x28."""
+    centre of mass at the centre of 28x28.
+
+    A Fashion-MNIST item is brought to the form Zalando made that dataset in instead: trimmed to the item, its
+    longer side scaled to the full 28 px, centred as a box, light on dark, its shading kept (not saturated like
+    ink): an image already in that form comes out as it went in."""
+    fashion = dataset == "fashion-mnist"
     gray = _grayscale(image)
     height, width = gray.shape
     if min(height, width) < MIN_SIDE:
@@ -116,13 +124,19 @@ def to_mnist_form(image: Image.Image | np.ndarray) -> np.ndarray:
     ink = np.clip(gray - (paper + NOISE_SIGMAS * noise), 0, None)
     if float(gray.max()) - paper < MIN_CONTRAST or not ink.any():
         raise DataError("no ink found: the image is blank")
-    ink *= 255 / np.percentile(ink[ink > 0], 95)  # stroke cores saturate as in MNIST
     (top, bottom), (left, right) = _extent(ink.sum(axis=1)), _extent(ink.sum(axis=0))
+    if fashion:
+        ink = np.clip(gray - paper, 0, None)  # the item's own shading, only the paper's level taken off
+    else:
+        ink *= 255 / np.percentile(ink[ink > 0], 95)  # stroke cores saturate as in MNIST
     crop = ink[top:bottom, left:right]
-    scale = DIGIT_BOX / max(crop.shape)
+    scale = (IMAGE_SIDE if fashion else DIGIT_BOX) / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     digit = np.clip(np.asarray(Image.fromarray(np.ascontiguousarray(crop), "F").resize(size, Image.LANCZOS)), 0, 255)
-    top, left = _offset(digit.sum(axis=1)), _offset(digit.sum(axis=0))
+    if fashion:  # the box centred
+        top, left = (IMAGE_SIDE - digit.shape[0]) // 2, (IMAGE_SIDE - digit.shape[1]) // 2
+    else:
+        top, left = _offset(digit.sum(axis=1)), _offset(digit.sum(axis=0))
     out = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
     out[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return np.rint(out).astype(np.uint8)
@@ -132,9 +146,10 @@ def _failed(name: str, problem: str) -> LoadedInput:
     return LoadedInput(name, None, f"{name}: {problem}")
 
 
-def load_image(path: Path, content: bytes | None = None) -> LoadedInput:
+def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist") -> LoadedInput:
     """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'.
-    `content`: the file's bytes, already read (decoded instead of reading `path`, which names them)."""
+    `content`: the file's bytes, already read (decoded instead of reading `path`, which names them). `dataset`:
+    whose form the image is brought to (`to_mnist_form`)."""
     name = str(path)
     try:
         # Our pixel limit, checked from the header, is below Pillow's own (which only warns first): a bomb is
@@ -151,7 +166,7 @@ def load_image(path: Path, content: bytes | None = None) -> LoadedInput:
     except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
         return _failed(name, f"corrupt or truncated image ({type(error).__name__}: {error})")
     try:
-        return LoadedInput(name, to_mnist_form(img), None)
+        return LoadedInput(name, to_mnist_form(img, dataset), None)
     except DataError as error:
         return _failed(name, str(error))
 
@@ -209,7 +224,7 @@ def _load_idx(path: Path) -> list[LoadedInput]:
     return [LoadedInput(f"{name}[{i}]", image, None) for i, image in enumerate(images)]
 
 
-def _load_file(path: Path) -> list[LoadedInput]:
+def _load_file(path: Path, dataset: str) -> list[LoadedInput]:
     """Dispatch on content, not name: an IDX file is often named without a suffix."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
@@ -222,7 +237,7 @@ def _load_file(path: Path) -> list[LoadedInput]:
         return _load_array(path)
     if head[:2] == b"\x1f\x8b" or head[:4] in (IMAGE_MAGIC.to_bytes(4, "big"), LABEL_MAGIC.to_bytes(4, "big")):
         return _load_idx(path)
-    return [load_image(path)]
+    return [load_image(path, dataset=dataset)]
 
 
 def _looks_like_input(path: Path) -> bool:
@@ -270,13 +285,14 @@ def _expand(spec: str) -> tuple[list[Path], str | None]:
     return [], "no such file or folder"
 
 
-def load_inputs(specs: Sequence[str | Path]) -> list[LoadedInput]:
-    """Every input a user named, in order, each image or failure its own row: one bad file never loses the rest."""
+def load_inputs(specs: Sequence[str | Path], dataset: str = "mnist") -> list[LoadedInput]:
+    """Every input a user named, in order, each image or failure its own row: one bad file never loses the rest.
+    Images are brought to `dataset`'s form; arrays and IDX files are taken as already in it."""
     loaded: list[LoadedInput] = []
     for spec in specs:
         files, problem = _expand(str(spec))
         if problem:
             loaded.append(_failed(str(spec), problem))
         for path in files:
-            loaded.extend(_load_file(path))
+            loaded.extend(_load_file(path, dataset))
     return loaded

@@ -12,17 +12,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mnist_core.config import DatasetName
 from mnist_core.errors import DataError
 from mnist_core.files import atomic_write_text
 from mnist_core.idx import CLASS_NAMES
-from mnist_core.images import LoadedInput, load_inputs
+from mnist_core.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
 from mnist_core.registry import read_champion
 from mnist_core.runtimes import CARD_FILE, RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
+# What --output must not be named like: an input (image, array, IDX) or a model file.
+NOT_AN_OUTPUT = IMAGE_SUFFIXES | {".npy", ".gz", ".idx", ".onnx", ".pt2", ".safetensors"}
 CSV_COLUMNS = ["input", "predicted_class", "class_name", "confidence", "top3", "needs_review", "error"]
 
 
@@ -52,6 +54,22 @@ class PredictParams(BaseModel):
         "files you made yourself.",
     )
     output: Path | None = Field(None, description="Write the predictions to this CSV file.")
+
+    @model_validator(mode="after")
+    def _output_is_not_an_input(self) -> "PredictParams":
+        """The CSV replaces whatever is at `output`: never an input, a model, or a folder."""
+        if self.output is None:
+            return self
+        output = Path(self.output).expanduser()
+        if output.suffix.lower() in NOT_AN_OUTPUT or output.name.lower().endswith("-ubyte"):
+            raise ValueError(f"output {str(self.output)!r} looks like an image or model file; name a .csv file")
+        if output.is_dir():
+            raise ValueError(f"output {str(self.output)!r} is a folder; name a .csv file in it")
+        for spec in self.inputs:
+            source = Path(spec).expanduser()
+            if output.exists() and source.is_file() and output.samefile(source):
+                raise ValueError(f"output {str(self.output)!r} is one of the inputs; it would be overwritten")
+        return self
 
 
 @dataclass(frozen=True)
@@ -174,7 +192,7 @@ def predict(params: PredictParams) -> PredictionBatch:
     chosen = choose_model(params.model, params.output_dir, params.dataset, params.runtime)
     predictor = load_predictor(chosen.path, params.trust_pt2)
     loaded_at = time.perf_counter()
-    loaded = load_inputs(params.inputs)
+    loaded = load_inputs(params.inputs, chosen.dataset)  # the model's dataset decides the images' form
     read_at = time.perf_counter()
     rows = predict_loaded(loaded, predictor, chosen.class_names, params.threshold)
     done = time.perf_counter()

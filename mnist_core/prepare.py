@@ -13,6 +13,7 @@ from mnist_core.errors import DataError
 from mnist_core.extra import ExtraFolder, read_extra, split_indices
 from mnist_core.files import atomic_save_tensors
 from mnist_core.idx import IMAGE_SIDE, read_split
+from mnist_core.images import IMAGE_FORM_VERSION
 from mnist_core.records import Downloaded, Prepared
 
 # extra_test: the test part of the user's own images (empty without them), scored apart from the dataset's test set.
@@ -23,7 +24,9 @@ TENSOR_NAMES = frozenset(f"{split}_{kind}" for split in SPLITS for kind in ("ima
 def prepared_path(
     cache_root: Path, dataset: str, sha256s: dict[str, str], val_size: int, seed: int, extra_sha256: str | None = None
 ) -> Path:
-    content_key = hashlib.sha256("".join([*sorted(sha256s.values()), extra_sha256 or ""]).encode()).hexdigest()[:16]
+    # The user's images are prepared by code (images.py): a new preparation must not reuse an older one's cache.
+    extra_key = f"{extra_sha256}:form{IMAGE_FORM_VERSION}" if extra_sha256 else ""
+    content_key = hashlib.sha256("".join([*sorted(sha256s.values()), extra_key]).encode()).hexdigest()[:16]
     name = f"{dataset}-{content_key}-val{val_size}-seed{seed}.safetensors"
     return Path(cache_root).expanduser().resolve() / "prepared" / name
 

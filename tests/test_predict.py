@@ -186,6 +186,20 @@ def test_bad_usage_exits_2_naming_the_flag(capsys) -> None:
     assert main(["train"]) == 2 and main([]) == 2
 
 
+def test_an_output_that_would_overwrite_an_input_or_a_model_is_refused(digits, tmp_path: Path, capsys) -> None:
+    """Found by a new user: `--output` naming an input replaced that image with the CSV."""
+    image = tmp_path / "a.png"
+    image.write_bytes(digits[0][0].read_bytes())
+    csv_named = tmp_path / "predictions"  # an input without a suffix: still refused as the input itself
+    csv_named.write_bytes(image.read_bytes())
+    for output, message in [(image, "looks like an image or model file"), (tmp_path / "m.onnx", "looks like"),
+                            (tmp_path, "is a folder"), (csv_named, "is one of the inputs")]:  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            main(["predict", str(image), str(csv_named), "--output", str(output)])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err, output
+    assert image.read_bytes() == digits[0][0].read_bytes() and csv_named.read_bytes() == image.read_bytes()
+
+
 def test_predicting_with_onnx_never_imports_torch(run, digits) -> None:
     """The console script, as installed, with the default ONNX runtime."""
     _, output_dir = run
