@@ -58,7 +58,8 @@ def claim_checkpoint_data(folder: Path, prepared_file: str, resume: bool) -> Non
         if earlier != prepared_file:
             raise TrainingError(
                 f"{folder}: the checkpoint was trained on other data ({earlier}, now {prepared_file}: the dataset or "
-                "the extra images changed); refusing to mix them. Pass --no-resume to start afresh"
+                "the extra images changed); refusing to mix them. Pass --no-resume to start afresh (its checkpoint "
+                "is then replaced), or --run-name NAME to train apart from it"
             )
     atomic_write(record, lambda stream: stream.write(json.dumps({"prepared": prepared_file}).encode()))
 

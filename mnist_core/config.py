@@ -165,4 +165,12 @@ class RunParams(BaseModel):
         return values
 
     def checkpoint_name(self) -> str:
-        return self.run_name or f"{self.dataset}-{self.training_digest()[:16]}"
+        """The run's checkpoint folder: `run_name`, else the training digest, and the extra images' folder when
+        there is one (a run with them and one without must not share, and so overwrite, one checkpoint)."""
+        if self.run_name:
+            return self.run_name
+        key = self.training_digest()
+        if self.extra_data is not None:
+            extra = str(Path(self.extra_data).expanduser().resolve())
+            key = hashlib.sha256(f"{key}\0{extra}".encode()).hexdigest()
+        return f"{self.dataset}-{key[:16]}"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -34,3 +36,15 @@ def test_training_digest_ignores_where_files_go() -> None:
 def test_checkpoint_name_uses_run_name_when_given() -> None:
     assert RunParams(run_name="nightly").checkpoint_name() == "nightly"
     assert RunParams().checkpoint_name().startswith("mnist-")
+
+
+def test_a_run_with_extra_images_has_its_own_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a new user: with and without --extra-data, runs shared one checkpoint, so resuming one was refused
+    and the advised --no-resume threw the other's epochs away."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    plain, mine = RunParams(), RunParams(extra_data="mine")
+    assert plain.training_digest() == mine.training_digest()  # the digest says how training computes, not on what
+    assert mine.checkpoint_name() != plain.checkpoint_name() == RunParams().checkpoint_name()
+    assert mine.checkpoint_name() == RunParams(extra_data=tmp_path / "mine/").checkpoint_name()  # one folder
+    assert RunParams(extra_data="mine", run_name="nightly").checkpoint_name() == "nightly"

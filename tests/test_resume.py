@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mnist_core.checkpoint import load_checkpoint
+from mnist_core.checkpoint import CHECKPOINT_FILE, claim_checkpoint_data, load_checkpoint
 from mnist_core.config import RunParams
 from mnist_core.errors import TrainingError
 from mnist_core.evaluate import evaluate_model
@@ -247,3 +247,17 @@ def test_half_written_checkpoint_is_never_trusted(damage: str, synthetic_tensors
     checkpoint.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(512)}[damage])
     with pytest.raises(TrainingError, match=rf"(?s){checkpoint.name}: unreadable checkpoint .*--no-resume"):
         train_model(synthetic_tensors, params, CPU, checkpoint)
+
+
+def test_a_checkpoint_is_not_resumed_on_other_data(tmp_path: Path) -> None:
+    """The checkpoint folder is tied to the prepared data it trains on; resuming on other data is refused with both
+    ways out named, and starting afresh (resume off) takes the folder over."""
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    claim_checkpoint_data(folder, "mnist-aaaa-val5000-seed0.safetensors", resume=True)
+    (folder / CHECKPOINT_FILE).write_bytes(b"epochs of training")
+    claim_checkpoint_data(folder, "mnist-aaaa-val5000-seed0.safetensors", resume=True)  # the same data: resumes
+    with pytest.raises(TrainingError, match="trained on other data.*--no-resume.*--run-name NAME"):
+        claim_checkpoint_data(folder, "mnist-bbbb-val5000-seed0.safetensors", resume=True)
+    claim_checkpoint_data(folder, "mnist-bbbb-val5000-seed0.safetensors", resume=False)
+    claim_checkpoint_data(folder, "mnist-bbbb-val5000-seed0.safetensors", resume=True)
