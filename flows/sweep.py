@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from prefect import State, flow, runtime
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
+from pydantic import ValidationError
 
 from flows.local import run_from_command_line
 from flows.mnist import mnist
+from mnist_core.cli import describe_validation_error
 from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import Promotion
@@ -67,10 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         print("Fields of the sweep JSON:", ", ".join(SweepParams.model_fields))
         return 0 if args else 2
+    # Refused before any trial starts, one line per problem.
+    if len(args) > 1:
+        example = '{"base": {"epochs": 1}, ...}'
+        print(f"mnist-sweep: error: expected one argument (the sweep as JSON), got {len(args)}: {args[1:]!r} left "
+              f"over; put every setting in the JSON, e.g. '{example}'", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         params = SweepParams.model_validate(json.loads(args[0]))
-    except ValueError as error:  # JSON or validation: refused before any trial starts
-        print(f"mnist-sweep: invalid sweep: {error}", file=sys.stderr)
+    except json.JSONDecodeError as error:
+        print(f"mnist-sweep: error: the sweep is not valid JSON ({error})", file=sys.stderr)
+        return 2
+    except ValidationError as error:
+        print(f"mnist-sweep: error:\n{describe_validation_error(error, as_flags=False)}", file=sys.stderr)
         return 2
     summary, code = run_from_command_line("mnist-sweep", lambda: sweep(params))
     if summary is None:

@@ -57,13 +57,16 @@ def build_parser(
     return parser
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, naming the flag (or field) and the value given."""
+def describe_validation_error(error: ValidationError, as_flags: bool = True) -> str:
+    """One line per problem, naming the flag (or, not `as_flags`, the field's dotted path) and the value given."""
     lines = []
     for problem in error.errors():
         location = [str(part) for part in problem["loc"]]
-        field = flag_name(location[0]) if location else "parameters"
-        where = field + ("[" + "][".join(location[1:]) + "]" if len(location) > 1 else "")
+        if not as_flags:
+            where = ".".join(location) or "parameters"
+        else:
+            field = flag_name(location[0]) if location else "parameters"
+            where = field + ("[" + "][".join(location[1:]) + "]" if len(location) > 1 else "")
         given = f" (got {problem['input']!r})" if problem["type"] != "missing" and "input" in problem else ""
         lines.append(f"invalid {where}: {problem['msg']}{given}")
     return "\n".join(lines)

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Imported here, not inside a test that captures output: Prefect's console log handler keeps the stream that is
+# sys.stderr when Prefect is first imported, and a captured one is closed after its test.
+from flows.sweep import main as sweep_main
 from mnist_core.config import RunParams
 from mnist_core.sweep import SweepParams, ask, make_study, ranked
 
@@ -29,6 +32,22 @@ def test_an_invalid_sweep_is_refused_naming_the_field(sweep: dict, message: str)
     with pytest.raises(ValueError, match="validation error") as error:
         SweepParams.model_validate(sweep)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (['{"trials": 0}'], "invalid trials: Input should be greater than or equal to 1 (got 0)"),
+        (['{"grid": {"lr": [0.1]}, "base": {"epochs": 0}}'], "invalid base.epochs: Input should be greater"),
+        (["{nope"], "the sweep is not valid JSON"),
+        # Found by a new user: the rest used to be dropped silently, and the sweep ran with defaults.
+        (['{"grid": {"lr": [0.1]}}', "--epochs", "1"], "expected one argument (the sweep as JSON), got 3"),
+    ],
+)
+def test_the_command_line_refuses_a_bad_sweep_in_one_line_per_problem(argv: list[str], message: str, capsys) -> None:
+    assert sweep_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "pydantic.dev" not in err and "Traceback" not in err
 
 
 def test_a_grid_is_a_grid_and_ranges_are_sampled_reproducibly() -> None:
