@@ -59,7 +59,7 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 class RunParams(BaseModel):
     """Everything one training run depends on. Unknown fields are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dataset: DatasetName = Field("mnist", description="Which dataset to train on.")
     data_dir: Path = Field(Path("data"), description="Cache folder for downloaded and processed data.")

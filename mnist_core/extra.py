@@ -39,6 +39,8 @@ def manifest_sha256(manifest: dict[str, str]) -> str:
 
 def _labelled_files(root: Path, dataset: str) -> tuple[list[tuple[Path, int]], list[str]]:
     """Every (file, class) of the folder, and every problem with its layout."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"extra_data={str(root)!r}: exists but is not a folder (one subfolder per class)")
     if not root.is_dir():
         raise DataError(f"extra_data={str(root)!r}: no such folder")
     files, problems = [], []

@@ -31,7 +31,7 @@ CSV_COLUMNS = ["input", "predicted_class", "class_name", "confidence", "top3", "
 class PredictParams(BaseModel):
     """What to predict and with which model. Unknown fields are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     inputs: list[str] = Field(
         min_length=1, description="Image files, folders, globs, .npy arrays (N x 28 x 28) or IDX image files."
@@ -115,7 +115,8 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
         champion = read_champion(output_dir, dataset)
         if champion is None:
             raise DataError(
-                f"no {dataset} champion in {output_dir.resolve()} yet: train one (`make run`) or pass --model"
+                f"no {dataset} champion in {output_dir.resolve()} yet: train one ({_train_command(dataset)}) or pass "
+                "--model"
             )
         return _in_run_folder(Path(champion.run_dir), runtime, f"champion {champion.run_id}'s run folder")
     path = Path(spec).expanduser()
@@ -128,6 +129,10 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
     card = _read_card(path.parent)
     model_dataset = card["dataset"]["name"] if card else dataset
     return ChosenModel(path, card["run_id"] if card else None, model_dataset, CLASS_NAMES[model_dataset])
+
+
+def _train_command(dataset: str) -> str:
+    return "`make run`" if dataset == "mnist" else f"`make run ARGS='--dataset {dataset}'`"
 
 
 def _read_card(folder: Path) -> dict | None:

@@ -162,10 +162,11 @@ def _parse_registry(path: Path, text: str | None) -> pd.DataFrame:
         line = text.count("\n") + 1
         problem = "the file is empty" if not text else f"line {line}, its last, ends without a line break"
         raise _damaged(path, problem)
+    reader = csv.reader(io.StringIO(text), strict=True)
     try:
-        rows = list(csv.reader(io.StringIO(text), strict=True))
+        rows = list(reader)
     except csv.Error as error:
-        raise _damaged(path, f"not valid CSV ({error})") from error
+        raise _damaged(path, f"line {reader.line_num} is not valid CSV ({error})") from error
     if rows[0] not in (COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
         raise _damaged(path, f"line 1 is not the header {','.join(COLUMNS)}")
     for number, row in enumerate(rows[1:], start=2):

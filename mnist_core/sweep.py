@@ -22,7 +22,7 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 class Range(BaseModel):
     """A sampled range: uniform, or log-uniform (`log`, e.g. a learning rate); integers with `integer`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     low: float
     high: float
@@ -42,7 +42,7 @@ class SweepParams(BaseModel):
     """A sweep: the base run, the search space, how many trials, how many at once. Unknown fields are rejected,
     and every value the space can produce is checked against RunParams before any trial starts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base: RunParams = Field(default_factory=lambda: RunParams(epochs=1), description="What every trial starts from.")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Field -> the values to try.")

@@ -48,3 +48,10 @@ def test_a_run_with_extra_images_has_its_own_checkpoint(tmp_path: Path, monkeypa
     assert mine.checkpoint_name() != plain.checkpoint_name() == RunParams().checkpoint_name()
     assert mine.checkpoint_name() == RunParams(extra_data=tmp_path / "mine/").checkpoint_name()  # one folder
     assert RunParams(extra_data="mine", run_name="nightly").checkpoint_name() == "nightly"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_float_that_is_not_finite_is_refused_as_such(value: float) -> None:
+    """Found by a new user: --lr nan was refused as "should be less than or equal to 10"."""
+    with pytest.raises(ValidationError, match="lr\n  Input should be a finite number"):
+        RunParams(lr=value)

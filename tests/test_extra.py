@@ -89,6 +89,9 @@ def test_an_empty_or_missing_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty" / "3").mkdir(parents=True)
     with pytest.raises(DataError, match="no images in its class folders"):
         scan_extra(tmp_path / "empty", "mnist")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(DataError, match="exists but is not a folder"):
+        scan_extra(tmp_path / "a-file", "mnist")
 
 
 def test_the_split_is_seeded_and_leaves_every_part_an_image() -> None:

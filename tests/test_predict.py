@@ -175,7 +175,7 @@ def test_a_model_file_changed_after_export_is_refused_in_its_runs_name(run, name
 def test_no_champion_yet_says_so(digits, tmp_path: Path, capsys) -> None:
     assert main(["predict", str(digits[0][0]), "--output-dir", str(tmp_path / "empty")]) == 1
     assert "no mnist champion in" in capsys.readouterr().err
-    with pytest.raises(DataError, match="no fashion-mnist champion"):
+    with pytest.raises(DataError, match="no fashion-mnist champion.*`make run ARGS='--dataset fashion-mnist'`"):
         choose_model("champion", tmp_path, "fashion-mnist", "onnx")
 
 

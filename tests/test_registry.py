@@ -275,7 +275,7 @@ def test_registry_cut_at_any_byte_is_refused_never_merged(seed: int, tmp_path: P
         assert rows["run_id"].tolist()[-1] == "r4" and rows["decision"].tolist()[-1] == "better"
         assert len(rows) == text[:cut].count("\n")  # the header plus each complete row, and r4's
         return
-    with pytest.raises(DataError, match=r"registry\.csv: damaged registry: .*(line \d+|empty|not valid CSV)"):
+    with pytest.raises(DataError, match=r"registry\.csv: damaged registry: .*(line \d+|empty)"):
         record_run(tmp_path, make_run(tmp_path, "r4", 0.99), 0.0, False, stored_accuracy)
     with pytest.raises(DataError, match="restore it from a backup, or fix or delete the line named"):
         read_registry(tmp_path)
@@ -288,6 +288,17 @@ def test_registry_cut_at_any_byte_is_refused_never_merged(seed: int, tmp_path: P
         path.unlink()
     assert record_run(tmp_path, make_run(tmp_path, "r4", 0.99), 0.0, False, stored_accuracy).promoted
     assert read_registry(tmp_path)["run_id"].tolist()[-1] == "r4"
+
+
+def test_a_line_that_is_not_csv_is_named(tmp_path: Path) -> None:
+    """Found by a new user: "fix or delete the line named" followed a message that named no line."""
+    _three_runs(tmp_path)
+    path = tmp_path / REGISTRY_FILE
+    lines = path.read_text().count("\n")
+    with open(path, "a") as registry:
+        registry.write('garbage,"unterminated\n')
+    with pytest.raises(DataError, match=rf"damaged registry: line {lines + 1} is not valid CSV"):
+        read_registry(tmp_path)
 
 
 @pytest.mark.parametrize("seed", range(6))
