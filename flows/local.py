@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 WATCH_INTERVAL_S = 0.5
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-RESUME_HINT = "the last checkpoint is intact: rerun the same command to resume from it"
+# Not "the checkpoint is intact": a run stopped before its first epoch ended has none (it then starts afresh).
+RESUME_HINT = "rerun the same command to resume from the last completed epoch, if any (checkpoints are written whole)"
 # Prefect's temporary server runs only what one run needs; a standing server's services (scheduling deployments'
 # runs, marking late runs, watching workers, ...) would act on PREFECT_HOME's database for nothing. The user's own
 # settings win.

@@ -92,6 +92,9 @@ def scan_extra(root: Path, dataset: str) -> ExtraFolder:
     if not problems and not files:
         problems.append(f"{root}: no images in its class folders")
     if problems:
+        # Every problem in one go: with the layout refused, the images are decoded too (only on this path: a good
+        # folder's images are decoded once, by read_extra, and only when its prepared data is not cached).
+        problems += [str(loaded.error) for path, _ in files if (loaded := load_image(path, dataset=dataset)).error]
         raise _refuse(root, problems)
     manifest = {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in files}
     return ExtraFolder(root, files, manifest, dataset)

@@ -71,6 +71,17 @@ def test_one_bad_file_or_folder_refuses_the_whole_folder(damage, message: str, d
     assert message in str(error.value)
 
 
+def test_every_problem_is_listed_in_one_go(digits, tmp_path: Path) -> None:
+    """Found by a new user: layout problems were listed first, and a bad image only on the next try."""
+    root = labelled_folder(tmp_path / "mine", *digits)
+    (root / "readme.txt").write_text("mine")
+    (root / "eleven").mkdir()
+    (root / "3" / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="3 problem") as error:
+        scan_extra(root, "mnist")
+    assert all(name in str(error.value) for name in ("readme.txt", "'eleven'", "junk.png"))
+
+
 def test_a_file_changed_between_scan_and_read_is_refused(digits, tmp_path: Path) -> None:
     """The manifest recorded with a run must describe the very bytes it trained on."""
     root = labelled_folder(tmp_path / "mine", *digits)
