@@ -1,5 +1,4 @@
-"""The `mnist` flow: download -> transform -> train -> evaluate -> export -> promote.
-Run `python flows/mnist.py --help`."""
+"""The `mnist` flow: download -> transform -> train -> evaluate -> export -> promote."""
 
 import flows.telemetry  # noqa: F401 - before Prefect is imported
 
@@ -56,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = mnist(params)
             run.finish()
             if isinstance(result, Unchanged):
-                print(f"\nNot retrained: {result.message} (--force-retrain).", flush=True)
+                print(f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
+                      "and code); --force-retrain trains anyway.", flush=True)  # fmt: skip
             else:
                 print_summary(result)
     except (PipelineError, OSError, ServerError) as error:  # the environment or the data, not a bug to trace

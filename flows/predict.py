@@ -1,5 +1,4 @@
-"""The `mnist-predict` flow: batch inference with the champion (or any trained model), written to a CSV.
-Run `python flows/predict.py --help`."""
+"""The `mnist-predict` flow: batch inference with the champion (or any trained model), written to a CSV."""
 
 import flows.telemetry  # noqa: F401 - before Prefect is imported
 

@@ -85,4 +85,6 @@ def parse_params(
     try:
         return model.model_validate(values)
     except ValidationError as error:
-        parser.exit(2, f"{parser.prog}: error:\n{describe_validation_error(error)}\n")
+        problems = describe_validation_error(error)
+        separator = "\n" if "\n" in problems else " "  # one problem: one line
+        parser.exit(2, f"{parser.prog}: error:{separator}{problems}\n")

@@ -151,6 +151,8 @@ def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist")
     `content`: the file's bytes, already read (decoded instead of reading `path`, which names them). `dataset`:
     whose form the image is brought to (`to_mnist_form`)."""
     name = str(path)
+    if content is not None and not content:
+        return _failed(name, "empty file")
     try:
         # Our pixel limit, checked from the header, is below Pillow's own (which only warns first): a bomb is
         # refused before anything is decoded.
@@ -233,6 +235,8 @@ def _load_file(path: Path, dataset: str) -> list[LoadedInput]:
             head = file.read(6)
     except OSError as error:
         return [_failed(str(path), f"cannot read ({error.strerror or error})")]
+    if not head:
+        return [_failed(str(path), "empty file")]
     if path.suffix.lower() == ".npy" or head.startswith(b"\x93NUMPY"):
         return _load_array(path)
     if head[:2] == b"\x1f\x8b" or head[:4] in (IMAGE_MAGIC.to_bytes(4, "big"), LABEL_MAGIC.to_bytes(4, "big")):

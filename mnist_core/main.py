@@ -50,7 +50,8 @@ def print_batch(batch: PredictionBatch, threshold: float) -> None:
     model = batch.model
     source = f"run {model.run_id}" if model.run_id else "a model file"
     print(f"Model: {source}, {model.path} ({batch.runtime}, SHA-256 {batch.sha256[:16]}…)\n")
-    print(format_table(batch.predictions))
+    if len(batch.failed) < len(batch.predictions):  # no table of nothing when every input failed
+        print(format_table(batch.predictions))
     total = len(batch.predictions)
     if batch.for_review:
         print(f"\nFor review, confidence below {threshold:.2f}: {len(batch.for_review)} of {total}")

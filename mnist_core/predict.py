@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mnist_core.config import DatasetName
-from mnist_core.errors import DataError
+from mnist_core.errors import DataError, StorageError
 from mnist_core.files import atomic_write_text
 from mnist_core.idx import CLASS_NAMES
 from mnist_core.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
@@ -214,8 +214,16 @@ def csv_text(rows: list[Prediction]) -> str:
     return buffer.getvalue()
 
 
-def write_csv(rows: list[Prediction], path: Path) -> None:
-    atomic_write_text(Path(path).expanduser(), csv_text(rows))
+def write_csv(rows: list[Prediction], path: Path, make_folder: bool = False) -> None:
+    """Written whole (atomically). A missing folder is made only when asked (the batch flow's default folder):
+    a mistyped --output must not create folders anywhere, e.g. at the filesystem's root."""
+    path = Path(path).expanduser()
+    if not make_folder and not path.parent.is_dir():
+        raise StorageError(f"{path}: cannot write the predictions: folder {path.parent} does not exist")
+    try:
+        atomic_write_text(path, csv_text(rows))
+    except OSError as error:  # not the temp file's name: the user named `path`
+        raise StorageError(f"{path}: cannot write the predictions ({error.strerror or error})") from error
 
 
 def format_table(rows: list[Prediction]) -> str:

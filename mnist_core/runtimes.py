@@ -27,6 +27,7 @@ CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 EXPORTED_PROGRAM_FILE = "model.pt2"
+RUNTIME_NAMES: dict[RuntimeName, str] = {"onnx": "an ONNX", "torch-export": "a torch.export", "pytorch": "a PyTorch"}
 RUNTIME_FILES: dict[RuntimeName, str] = {
     "onnx": ONNX_FILE,
     "torch-export": EXPORTED_PROGRAM_FILE,
@@ -121,7 +122,7 @@ def load_predictor(path: Path, trust_pt2: bool = False) -> Predictor:
         raise DataError(f"{path}: {error}") from error
     except Exception as error:  # each runtime raises its own types for a file that is not its format
         problem = f"{type(error).__name__}: {error}"
-        raise DataError(f"{path}: not a {runtime} model this project can use ({problem})") from error
+        raise DataError(f"{path}: not {RUNTIME_NAMES[runtime]} model this project can use ({problem})") from error
     return Predictor(path=path, runtime=runtime, sha256=sha256, _run=run)
 
 

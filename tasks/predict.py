@@ -67,7 +67,7 @@ def predict_batch(params: PredictParams) -> PredictionSummary:
     batch = predict(params)
     output = Path(params.output or default_output(params)).expanduser().resolve()
     started = time.perf_counter()
-    write_csv(batch.predictions, output)
+    write_csv(batch.predictions, output, make_folder=params.output is None)
     summary = PredictionSummary(
         predictions_csv=output,
         model=batch.model.path.resolve(),

@@ -363,6 +363,8 @@ BAD_INPUTS = {
     "IDX gzip cut": _idx_cut("cut-idx3-ubyte.gz", 12, "corrupt or truncated gzip"),
     "IDX no images": lambda tmp: (write_idx(tmp / "none-idx3-ubyte", np.zeros((0, 28, 28))), "holds no images"),
     "npy header lies": _npy_huge_header,
+    "empty .png": lambda tmp: (_write(tmp / "empty.png", b""), "empty.png: empty file"),
+    "empty .npy": lambda tmp: (_write(tmp / "empty.npy", b""), "empty.npy: empty file"),
     "EPS named .png": lambda tmp: (
         _write(tmp / "eps.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"),
         "not an image file Pillow can read",

@@ -134,7 +134,7 @@ def test_the_model_is_the_champion_a_run_folder_a_run_id_or_a_file(run, digits) 
     ("make", "message"),
     [
         (lambda tmp: tmp / "none.onnx", "none.onnx: no such model file"),
-        (lambda tmp: _write(tmp / "random.onnx", os.urandom(2048)), "random.onnx: not a onnx model"),
+        (lambda tmp: _write(tmp / "random.onnx", os.urandom(2048)), "random.onnx: not an ONNX model"),
         (lambda tmp: _write(tmp / "random.pt2", os.urandom(2048)), "random.pt2: refused: loading a .pt2 file runs"),
         (lambda tmp: _write(tmp / "random.safetensors", os.urandom(64)), "random.safetensors: not a model file"),
         (lambda tmp: _write(tmp / "weights.bin", b"x"), "weights.bin: not a model file"),
@@ -198,6 +198,14 @@ def test_an_output_that_would_overwrite_an_input_or_a_model_is_refused(digits, t
             main(["predict", str(image), str(csv_named), "--output", str(output)])
         assert stopped.value.code == 2 and message in capsys.readouterr().err, output
     assert image.read_bytes() == digits[0][0].read_bytes() and csv_named.read_bytes() == image.read_bytes()
+
+
+def test_an_output_in_a_missing_folder_is_refused_and_creates_nothing(run, digits, tmp_path: Path, capsys) -> None:
+    """Found by a new user: --output /nonexist/dir/x.csv created /nonexist/dir at the filesystem's root."""
+    exported, output_dir = run
+    output = tmp_path / "no" / "such" / "p.csv"
+    assert main(["predict", str(digits[0][0]), "--output-dir", str(output_dir), "--output", str(output)]) == 1
+    assert f"folder {output.parent} does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 def test_predicting_with_onnx_never_imports_torch(run, digits) -> None:
