@@ -218,9 +218,13 @@ class Stack:
         state = self.read_state()
         server_pid, worker_pid = state.get("server_pid"), state.get("worker_pid")
         server_up = self.is_ours(server_pid, "server")
-        print(f"server: {'running' if server_up else 'stopped'} (PID {server_pid}) {state.get('api_url', '')}")
-        print(f"worker: {'running' if self.is_ours(worker_pid, 'worker') else 'stopped'} (PID {worker_pid})")
-        return 0 if server_up else 1
+
+        def pid(value: int | None) -> str:
+            return f" (PID {value})" if value else ""
+
+        print(f"server: {'running' if server_up else 'stopped'}{pid(server_pid)} {state.get('api_url', '')}".rstrip())
+        print(f"worker: {'running' if self.is_ours(worker_pid, 'worker') else 'stopped'}{pid(worker_pid)}")
+        return 0 if server_up else 1  # like `systemctl is-active`: a script can test it
 
 
 def is_running(process: subprocess.Popen[bytes]) -> bool:

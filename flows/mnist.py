@@ -1,5 +1,6 @@
 """The `mnist` flow: download -> transform -> train -> evaluate -> export -> promote."""
 
+import flows.entry  # noqa: F401 - first: a Ctrl-C during the imports below exits quietly
 import flows.telemetry  # noqa: F401 - before Prefect is imported
 
 # isort: split

@@ -1,5 +1,6 @@
 """The `mnist-predict` flow: batch inference with the champion (or any trained model), written to a CSV."""
 
+import flows.entry  # noqa: F401 - first: a Ctrl-C during the imports below exits quietly
 import flows.telemetry  # noqa: F401 - before Prefect is imported
 
 # isort: split

@@ -8,6 +8,7 @@ mnist-pool --limit 1`). Otherwise (e.g. Prefect's temporary server) trials run i
 Run `python flows/sweep.py --help`; pass the sweep as JSON: `python flows/sweep.py '{"grid": {"lr": [0.1, 0.3]}}'`.
 """
 
+import flows.entry  # noqa: F401 - first: a Ctrl-C during the imports below exits quietly
 import flows.telemetry  # noqa: F401 - before Prefect is imported
 
 # isort: split

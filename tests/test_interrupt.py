@@ -205,3 +205,19 @@ def test_a_killed_run_takes_its_server_with_it(flow: FlowProcess) -> None:
         time.sleep(0.2)
     flow.assert_server_gone(url)
     assert 1 <= load_checkpoint(flow.checkpoint, _params(flow.output))["epoch"] < EPOCHS
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.5])
+def test_ctrl_c_while_the_command_is_still_importing_exits_quietly(
+    after_s: float, tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path
+) -> None:
+    """Found by a new user: a Ctrl-C in the seconds the imports take (torch, Prefect) printed a KeyboardInterrupt
+    traceback. Now one line, status 130, and nothing started."""
+    started = FlowProcess(mnist_data_dir, mnist_mirror, tmp_path / "runs", prefect_home, tmp_path / "flow.log")
+    time.sleep(after_s)
+    assert started.process.poll() is None, started.output_text()
+    code, _ = started.signal_and_time((signal.SIGINT, True))
+    output = started.output_text()
+    assert code == 130 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1].startswith("mnist: interrupted (Ctrl-C)"), output
+    assert not (tmp_path / "runs").exists(), "work started"
