@@ -24,10 +24,13 @@ for attempt in 1 2; do
     echo "run $attempt: exit $rc, $(( ($(date +%s%N) - started) / 1000000 )) ms wall" | tee -a "$OUT/flow.txt"
     [ "$rc" -eq 0 ] || exit "$rc"
 done
+grep -q "^Not retrained: nothing changed" "$OUT/flow.txt" || { echo "run 2 did not stop as Unchanged" >&2; exit 1; }
 grep -E "accuracy|epoch [0-9]|environment|Unchanged|nothing changed|champion" "$OUT/flow.txt" | tail -20
 card=$(ls "$WORK"/runs/*/model_card.json | head -1)
 cp "$card" "$OUT/model_card.json"
 "$PY" -m mnist_core predict "$MIRROR/t10k-images-idx3-ubyte.gz" --output-dir "$WORK/runs" \
     --output "$OUT/predictions.csv" >"$OUT/predict.txt" 2>&1
-echo "mnist predict: exit $?" | tee -a "$OUT/predict.txt"
+predict_rc=$?
+echo "mnist predict: exit $predict_rc" | tee -a "$OUT/predict.txt"
 tail -5 "$OUT/predict.txt"
+exit "$predict_rc"

@@ -15,7 +15,7 @@ FLOWS = Path(__file__).resolve().parent
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     # os._exit, not SystemExit: raised at an arbitrary point of an import, an exception can be swallowed by a
     # library's broad `except` (seen: the run went on). Nothing has started yet that would need cleaning up.
-    sys.stderr.write(f"{Path(sys.argv[0]).stem}: interrupted (Ctrl-C); nothing more was done\n")
+    sys.stderr.write(f"{Path(sys.argv[0]).stem}: interrupted (Ctrl-C) before the run started\n")
     sys.stderr.flush()
     os._exit(130)
 

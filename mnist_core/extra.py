@@ -86,7 +86,8 @@ def _refuse(root: Path, problems: list[str]) -> DataError:
 
 
 def scan_extra(root: Path, dataset: str) -> ExtraFolder:
-    """The folder's layout checked and every file hashed (cheap: nothing decoded)."""
+    """The folder's layout checked and every file hashed (cheap: nothing decoded, unless the layout is refused:
+    then its images are decoded too, so that one refusal lists every problem)."""
     root = Path(root).expanduser().resolve()
     files, problems = _labelled_files(root, dataset)
     if not problems and not files:

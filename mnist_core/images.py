@@ -50,13 +50,19 @@ class LoadedInput:
 
 
 def _paper_behind(rgba: Image.Image) -> str:
-    """The colour to composite a transparent background on: white behind dark ink, black behind light ink (a digit
-    drawn in white on a transparent canvas must not vanish into white paper). The ink's colour is the opaque
-    pixels' grey level, weighted by their opacity."""
+    """The colour to composite a transparent background on.
+
+    When the visible pixels hold both a canvas and ink (a drawing with transparent rounded corners or margins),
+    the transparent part takes the canvas's colour: the visible pixels' median grey. When they are of one tone,
+    they are the ink on a transparent canvas: the paper contrasts with it, white behind dark ink, black behind
+    light (a digit drawn in white must not vanish into white paper)."""
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
     if alpha.min() == 255 or alpha.sum() == 0:
         return "white"  # opaque (nothing to composite) or wholly transparent (blank either way)
     gray = np.asarray(ImageOps.grayscale(rgba.convert("RGB")), dtype=np.float64)
+    visible = gray[alpha > 127]
+    if visible.size and np.percentile(visible, 99) - np.percentile(visible, 1) > MIN_CONTRAST:
+        return "white" if np.median(visible) > 127 else "black"
     return "black" if np.average(gray, weights=alpha) > 127 else "white"
 
 
@@ -116,6 +122,8 @@ def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{width}x{height} px is too small to hold a digit (need at least {MIN_SIDE} px a side)")
     ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    if fashion:  # an item in Fashion-MNIST's form fills the frame and may cover most of its border, not its corners
+        ring = np.concatenate([gray[:2, :2], gray[:2, -2:], gray[-2:, :2], gray[-2:, -2:]], axis=None)
     if np.median(ring) > 127:  # the border is paper: light paper means dark ink, MNIST wants the opposite
         gray, ring = 255 - gray, 255 - ring
     paper = float(np.median(ring))

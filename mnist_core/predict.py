@@ -19,7 +19,7 @@ from mnist_core.errors import DataError, StorageError
 from mnist_core.files import atomic_write_text
 from mnist_core.idx import CLASS_NAMES
 from mnist_core.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
-from mnist_core.registry import read_champion
+from mnist_core.registry import REGISTRY_FILE, read_champion
 from mnist_core.runtimes import CARD_FILE, RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
@@ -57,7 +57,7 @@ class PredictParams(BaseModel):
 
     @model_validator(mode="after")
     def _output_is_not_an_input(self) -> "PredictParams":
-        """The CSV replaces whatever is at `output`: never an input, a model, or a folder."""
+        """The CSV replaces whatever is at `output`: never an input, a model, a folder, or a training record."""
         if self.output is None:
             return self
         output = Path(self.output).expanduser()
@@ -65,6 +65,9 @@ class PredictParams(BaseModel):
             raise ValueError(f"output {str(self.output)!r} looks like an image or model file; name a .csv file")
         if output.is_dir():
             raise ValueError(f"output {str(self.output)!r} is a folder; name a .csv file in it")
+        if output.name == REGISTRY_FILE or output.name.startswith("champion-") or (output.parent / CARD_FILE).is_file():
+            raise ValueError(f"output {str(self.output)!r} would replace one of the training records (the registry, "
+                             "a champion pointer or a run folder's files); name a .csv file elsewhere")  # fmt: skip
         for spec in self.inputs:
             source = Path(spec).expanduser()
             if output.exists() and source.is_file() and output.samefile(source):

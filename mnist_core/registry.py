@@ -163,10 +163,17 @@ def _parse_registry(path: Path, text: str | None) -> pd.DataFrame:
         problem = "the file is empty" if not text else f"line {line}, its last, ends without a line break"
         raise _damaged(path, problem)
     reader = csv.reader(io.StringIO(text), strict=True)
-    try:
-        rows = list(reader)
-    except csv.Error as error:
-        raise _damaged(path, f"line {reader.line_num} is not valid CSV ({error})") from error
+    rows: list[list[str]] = []
+    while True:
+        # The row's first line, noted before reading it: an unterminated quote makes the reader consume every line
+        # to the end, and the message must name where the bad row starts, not the (valid) last line.
+        start = reader.line_num + 1
+        try:
+            rows.append(next(reader))
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise _damaged(path, f"line {start} is not valid CSV ({error})") from error
     if rows[0] not in (COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
         raise _damaged(path, f"line 1 is not the header {','.join(COLUMNS)}")
     for number, row in enumerate(rows[1:], start=2):

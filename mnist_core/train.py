@@ -82,7 +82,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     """bf16 autocast only when asked for, and only on CUDA GPUs that support it. `auto` is fp32 everywhere: on an
     H200 the fast98 recipe trained as fast in fp32 as in bf16 (0.13 s vs 0.14 s) and 0.09 points more accurately
     (98.28 % vs 98.19 %, seeds 0-2), since this MLP's matrices are too small for bf16 tensor cores to pay for the
-    casts; on a CPU bf16 is slower (benchmarks/results/speed-cuda.md)."""
+    casts; on a CPU bf16 is slower (benchmarks/results/speed-cuda-h200*.md, speed-cpu.md)."""
     if precision != "bf16":
         return False
     if not (device.type == "cuda" and torch.cuda.is_bf16_supported()):

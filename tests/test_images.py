@@ -120,6 +120,21 @@ def test_light_ink_on_a_transparent_background_is_not_lost(mode: str) -> None:
         assert correlation(to_mnist_form(drawn), reference) > 0.99
 
 
+@pytest.mark.parametrize("clear", ["rounded corners", "a margin"])
+def test_a_canvas_with_transparent_corners_or_margin_keeps_its_paper(clear: str) -> None:
+    """Found in review: a white canvas whose corners (or margin) are transparent had its clear part composited on
+    black, which then read as ink."""
+    reference = to_mnist_form(draw_seven(size=(200, 200)))
+    canvas = np.array(draw_seven(size=(200, 200), mode="RGBA", ink=(0, 0, 0, 255), paper=(255, 255, 255, 255)))
+    rows, cols = np.mgrid[0:200, 0:200]
+    x, y = np.minimum(cols, 199 - cols), np.minimum(rows, 199 - rows)
+    if clear == "rounded corners":
+        canvas[(x < 12) & (y < 12) & ((x - 12) ** 2 + (y - 12) ** 2 > 144), 3] = 0
+    else:
+        canvas[(x < 10) | (y < 10), 3] = 0
+    assert correlation(to_mnist_form(Image.fromarray(canvas)), reference) > 0.99
+
+
 def test_float_and_16_bit_grey_holding_other_ranges() -> None:
     """Float images (TIFF) in 0-1, and 16-bit files holding 8-bit values, are not read as black pages."""
     reference = to_mnist_form(draw_seven(mode="L"))
@@ -142,6 +157,9 @@ def test_a_fashion_item_is_brought_to_fashion_mnists_form_not_a_digits() -> None
     """Found by a new user: PNGs of Fashion-MNIST's own test images, prepared like digits (a 20 px box, saturated
     ink), scored 42.7 % where the same pixels as .npy scored 88.7 %; prepared in Fashion-MNIST's form, 85.7 %."""
     item = fashion_item()
+    wide = item.copy()
+    wide[3:12, :] = 150  # sleeves to both edges: most of the border is the item (found in review: read as paper)
+    assert correlation(to_mnist_form(wide, "fashion-mnist"), wide) > 0.97
     as_fashion = to_mnist_form(item, "fashion-mnist")
     assert correlation(as_fashion, item) > 0.97 and np.abs(as_fashion.astype(int) - item).mean() < 12
     assert ink_box(as_fashion)[0] == 28 and max(ink_box(to_mnist_form(item))) == 20  # the digit form shrinks it

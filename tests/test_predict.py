@@ -192,8 +192,14 @@ def test_an_output_that_would_overwrite_an_input_or_a_model_is_refused(digits, t
     image.write_bytes(digits[0][0].read_bytes())
     csv_named = tmp_path / "predictions"  # an input without a suffix: still refused as the input itself
     csv_named.write_bytes(image.read_bytes())
+    run_folder = tmp_path / "runs" / "20261127T000000Z-0"
+    run_folder.mkdir(parents=True)
+    (run_folder / "model_card.json").write_text("{}")
+    records = "would replace one of the training records"  # found in review: the registry was not protected
     for output, message in [(image, "looks like an image or model file"), (tmp_path / "m.onnx", "looks like"),
-                            (tmp_path, "is a folder"), (csv_named, "is one of the inputs")]:  # fmt: skip
+                            (tmp_path, "is a folder"), (csv_named, "is one of the inputs"),
+                            (tmp_path / "runs" / "registry.csv", records), (run_folder / "metrics.csv", records),
+                            (tmp_path / "runs" / "champion-mnist.json", records)]:  # fmt: skip
         with pytest.raises(SystemExit) as stopped:
             main(["predict", str(image), str(csv_named), "--output", str(output)])
         assert stopped.value.code == 2 and message in capsys.readouterr().err, output

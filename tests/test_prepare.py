@@ -51,7 +51,7 @@ def test_a_missing_device_is_not_blamed_on_the_prepared_file(synthetic_dataset, 
     delete it to rebuild", advice that would throw away a good file."""
     name, mirror, _ = synthetic_dataset
     path = prepare_dataset(download_dataset(name, tmp_path, [str(mirror)]), tmp_path, val_size=100, seed=0).path
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises((RuntimeError, AssertionError)) as raised:  # a CPU-only torch build raises AssertionError
         load_prepared(path, "cuda")
     assert "delete it" not in str(raised.value) and path.is_file()
     assert len(load_prepared(path)["val_images"]) == 100

@@ -294,10 +294,14 @@ def test_a_line_that_is_not_csv_is_named(tmp_path: Path) -> None:
     """Found by a new user: "fix or delete the line named" followed a message that named no line."""
     _three_runs(tmp_path)
     path = tmp_path / REGISTRY_FILE
-    lines = path.read_text().count("\n")
+    lines = path.read_text().splitlines(keepends=True)
     with open(path, "a") as registry:
         registry.write('garbage,"unterminated\n')
-    with pytest.raises(DataError, match=rf"damaged registry: line {lines + 1} is not valid CSV"):
+    with pytest.raises(DataError, match=rf"damaged registry: line {len(lines) + 1} is not valid CSV"):
+        read_registry(tmp_path)
+    # In the middle (found in review: the reader runs to the end, and the valid last line was named).
+    path.write_text("".join([*lines[:2], 'garbage,"unterminated\n', *lines[2:]]))
+    with pytest.raises(DataError, match="damaged registry: line 3 is not valid CSV"):
         read_registry(tmp_path)
 
 
