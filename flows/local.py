@@ -168,13 +168,19 @@ def local_run() -> Iterator[LocalRun]:
                 yield run
 
 
-def run_from_command_line(program: str, call: Callable[[], T]) -> tuple[T | None, int]:
+def run_from_command_line(
+    program: str, call: Callable[[], T], hint: str = "", report: Callable[[T], None] | None = None
+) -> tuple[T | None, int]:
     """`call` (a flow) under `local_run`: (its result, 0), or (None, the exit status) after a one-line message for
-    an error of the environment or the data (1), Ctrl-C (130) or SIGTERM (143)."""
+    an error of the environment or the data (1), Ctrl-C (130) or SIGTERM (143); `hint` follows a stop's message.
+    `report` prints the result while the run's signal handling still holds: a Ctrl-C after it only cuts the
+    server's clean-up short."""
     try:
         with local_run() as run:
             result = call()
             run.finish()
+            if report is not None:
+                report(result)
     except (PipelineError, OSError, ServerError) as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         return None, 1
@@ -183,6 +189,7 @@ def run_from_command_line(program: str, call: Callable[[], T]) -> tuple[T | None
         if not isinstance(interrupt, KeyboardInterrupt | TerminationSignal):
             raise
         ctrl_c = isinstance(interrupt, KeyboardInterrupt)
-        print(f"{program}: {'interrupted (Ctrl-C)' if ctrl_c else 'terminated (SIGTERM)'}", file=sys.stderr)
+        stopped = "interrupted (Ctrl-C)" if ctrl_c else "terminated (SIGTERM)"
+        print(f"{program}: {stopped}{'; ' + hint if hint else ''}", file=sys.stderr)
         return None, 130 if ctrl_c else 143
     return result, 0

@@ -8,15 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from prefect import flow
-from prefect.exceptions import TerminationSignal
 from prefect.states import Completed, State
 
-from deployments.server import ServerError
-from flows.local import RESUME_HINT, local_run
+from flows.local import RESUME_HINT, run_from_command_line
 from mnist_core.checkpoint import checkpoint_lock, discard_checkpoint
 from mnist_core.cli import parse_params
 from mnist_core.config import RunParams
-from mnist_core.errors import PipelineError, disguised_interrupt
+from mnist_core.errors import PipelineError
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
 from tasks import download, evaluate, export, fingerprint, promote, train, transform
@@ -52,34 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
         # before a Prefect server is started.
         preflight(params)
-        with local_run() as run:
-            result = mnist(params)
-            run.finish()
-            if isinstance(result, Unchanged):
-                print(f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
-                      "and code); --force-retrain trains anyway.", flush=True)  # fmt: skip
-            else:
-                print_summary(result)
-    except (PipelineError, OSError, ServerError) as error:  # the environment or the data, not a bug to trace
+    except (PipelineError, OSError) as error:
         print(f"mnist: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"mnist: interrupted (Ctrl-C); {RESUME_HINT}", file=sys.stderr)
-        return 130
-    except TerminationSignal:
-        print(f"mnist: terminated (SIGTERM); {RESUME_HINT}", file=sys.stderr)
-        return 143
-    except Exception as error:
-        interrupt = disguised_interrupt(error)  # a signal that landed in a library and came out wrapped
-        if interrupt is None:
-            raise
-        stopped = "interrupted (Ctrl-C)" if isinstance(interrupt, KeyboardInterrupt) else "terminated (SIGTERM)"
-        print(f"mnist: {stopped}; {RESUME_HINT}", file=sys.stderr)
-        return 130 if isinstance(interrupt, KeyboardInterrupt) else 143
-    return 0
+    _, code = run_from_command_line("mnist", lambda: mnist(params), hint=RESUME_HINT, report=print_summary)
+    return code
 
 
-def print_summary(result: RunResult) -> None:
+def print_summary(result: RunResult | Unchanged) -> None:
+    if isinstance(result, Unchanged):
+        print(f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
+              "and code); --force-retrain trains anyway.", flush=True)  # fmt: skip
+        return
     print(f"\nTest accuracy: {result.exported.card.metrics.test_accuracy:.2%}")
     print(f"Report: {result.exported.report}")
     print(f"Model:  {result.exported.model}")

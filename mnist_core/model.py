@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as safetensors_load
 from torch import nn
 
@@ -83,15 +82,14 @@ def safetensors_metadata(content: bytes) -> dict[str, str]:
 def load_weights(path: Path, device: torch.device | str = "cpu") -> MLP:
     """A fresh MLP with the weights of a safetensors file written by `save_weights` (no unpickling)."""
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            architecture = json.loads((handle.metadata() or {})["architecture"])
-            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not iterable
+        content = Path(path).read_bytes()
     except FileNotFoundError as error:
         raise DataError(f"{path}: model file not found") from error
-    except PermissionError:
-        raise  # the file may be fine: not being allowed to read it says nothing about the model
-    except Exception as error:
-        raise DataError(f"{path}: not a model file written by this project ({error})") from error
-    model = MLP(architecture["hidden_sizes"], architecture["dropout"]).to(device)
-    model.load_state_dict(state)
-    return model
+    except IsADirectoryError as error:
+        raise DataError(f"{path}: not a model file written by this project (a folder)") from error
+    # A PermissionError goes up as it is: the file may be fine, not being allowed to read it says nothing about it.
+    try:
+        model = weights_from_bytes(content)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from error
+    return model.to(device)

@@ -68,10 +68,10 @@ class PredictParams(BaseModel):
         if output.name == REGISTRY_FILE or output.name.startswith("champion-") or (output.parent / CARD_FILE).is_file():
             raise ValueError(f"output {str(self.output)!r} would replace one of the training records (the registry, "
                              "a champion pointer or a run folder's files); name a .csv file elsewhere")  # fmt: skip
-        for spec in self.inputs:
-            source = Path(spec).expanduser()
-            if output.exists() and source.is_file() and output.samefile(source):
-                raise ValueError(f"output {str(self.output)!r} is one of the inputs; it would be overwritten")
+        if output.exists() and any(
+            (source := Path(spec).expanduser()).is_file() and output.samefile(source) for spec in self.inputs
+        ):
+            raise ValueError(f"output {str(self.output)!r} is one of the inputs; it would be overwritten")
         return self
 
 
