@@ -27,7 +27,7 @@ TRAIN = """
 import json, sys, torch
 from safetensors.torch import load_file
 from mnist_core.config import RunParams
-from mnist_core.train import train_model
+from mnist_core.training.loop import train_model
 data = load_file(sys.argv[1])
 out = {}
 for name, overrides in json.loads(sys.argv[2]).items():
@@ -41,8 +41,8 @@ print("MARKER" + json.dumps(out))
 def prepared_file(data_dir: Path, mirror: str) -> Path:
     """The default split of MNIST, prepared by this checkout's code (both sides read the same file)."""
     from mnist_core.config import RunParams
-    from mnist_core.download import download_dataset
-    from mnist_core.prepare import prepare_dataset
+    from mnist_core.data.download import download_dataset
+    from mnist_core.data.prepare import prepare_dataset
 
     params = RunParams()
     downloaded = download_dataset("mnist", data_dir, [mirror])

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from mnist_core.steps import FixedShapeStep, state_restored
+from mnist_core.training.steps import FixedShapeStep, state_restored
 
 
 def compile_step(step: FixedShapeStep, warmup_steps: int = 3) -> Callable[[], None]:

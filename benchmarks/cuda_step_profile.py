@@ -24,11 +24,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mnist_core.config import RunParams
-from mnist_core.download import download_dataset
-from mnist_core.model import MLP
-from mnist_core.optim import build_optimizer, init_optimizer_state
-from mnist_core.prepare import load_prepared, prepare_dataset
-from mnist_core.steps import FixedShapeStep, capture_cuda_graph, state_restored
+from mnist_core.data.download import download_dataset
+from mnist_core.data.prepare import load_prepared, prepare_dataset
+from mnist_core.training.model import MLP
+from mnist_core.training.optim import build_optimizer, init_optimizer_state
+from mnist_core.training.steps import FixedShapeStep, capture_cuda_graph, state_restored
 
 RECIPES = {"seed": RunParams(preset="seed"), "default": RunParams()}
 VARIANTS = {"fp32, written-out": (False, True), "fp32, autograd": (False, False), "bf16, autograd": (True, False)}

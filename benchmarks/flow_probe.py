@@ -13,8 +13,8 @@ import time
 STARTED = time.perf_counter()
 
 import tasks  # noqa: E402 - imported after the clock starts, to time the imports
-from deployments.server import finished_task_runs  # noqa: E402
 from flows.mnist import mnist  # noqa: E402
+from launch.server import finished_task_runs  # noqa: E402
 from mnist_core.cli import parse_params  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
 

@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from mnist_core.config import RunParams
-from mnist_core.download import download_dataset
-from mnist_core.export import save_portable
-from mnist_core.model import save_weights
-from mnist_core.prepare import load_prepared, prepare_dataset
-from mnist_core.runtimes import RUNTIME_FILES, load_predictor
-from mnist_core.train import train_model
+from mnist_core.data.download import download_dataset
+from mnist_core.data.prepare import load_prepared, prepare_dataset
+from mnist_core.export.run_folder import save_portable
+from mnist_core.export.runtimes import RUNTIME_FILES, load_predictor
+from mnist_core.training.loop import train_model
+from mnist_core.training.model import save_weights
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn, optim
 from torchvision import datasets, transforms
 
-from mnist_core.download import DATASETS, download_dataset
+from mnist_core.data.download import DATASETS, download_dataset
 
 # torchvision looks for the decompressed files under <root>/MNIST/raw/ and, if they are there, never downloads.
 RAW_NAMES = {role: name.removesuffix(".gz") for role, (name, _) in DATASETS["mnist"].files.items()}

@@ -29,14 +29,14 @@ import torch
 from compiled_step import compile_step
 from seed_workflow import test_accuracy_seed, torchvision_root, train_seed
 
-from deployments.server import running_server
+from launch.server import running_server
 from mnist_core.config import RunParams
-from mnist_core.device import resolve_device
-from mnist_core.download import download_dataset
-from mnist_core.evaluate import evaluate_model
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.prepare import load_prepared, prepare_dataset
-from mnist_core.train import train_model
+from mnist_core.data.download import download_dataset
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.prepare import load_prepared, prepare_dataset
+from mnist_core.evaluation.evaluate import evaluate_model
+from mnist_core.training.device import resolve_device
+from mnist_core.training.loop import train_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLEAR_REFS = Path("/proc/self/clear_refs")

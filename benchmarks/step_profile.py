@@ -23,11 +23,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mnist_core.config import RunParams
-from mnist_core.download import download_dataset
-from mnist_core.model import MLP
-from mnist_core.optim import build_optimizer, init_optimizer_state
-from mnist_core.prepare import load_prepared, prepare_dataset
-from mnist_core.steps import FixedShapeStep, PlainStep
+from mnist_core.data.download import download_dataset
+from mnist_core.data.prepare import load_prepared, prepare_dataset
+from mnist_core.training.model import MLP
+from mnist_core.training.optim import build_optimizer, init_optimizer_state
+from mnist_core.training.steps import FixedShapeStep, PlainStep
 
 CPU = torch.device("cpu")
 # Ops that only describe memory (or allocate it): no kernel runs for them.

@@ -14,9 +14,9 @@ import torch
 from speed import project_data
 
 from mnist_core.config import RunParams
-from mnist_core.evaluate import evaluate_model
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.train import train_model
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.evaluation.evaluate import evaluate_model
+from mnist_core.training.loop import train_model
 
 
 def run_one(params: RunParams, data: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:

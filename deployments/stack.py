@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deployments.server import (
+from launch.server import (
     api_url,
     prefect_command,
     server_healthy,

@@ -1,22 +1,26 @@
 """The `mnist` flow: download -> transform -> train -> evaluate -> export -> promote."""
 
-import flows.entry  # noqa: F401 - first: a Ctrl-C during the imports below exits quietly
-import flows.telemetry  # noqa: F401 - before Prefect is imported
+if __name__ == "__main__":  # a command line: its arguments are read before torch and Prefect are imported
+    import sys
+    from pathlib import Path
 
-# isort: split
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, also from a Python without it
+    from launch.cli import run_script
+
+    sys.exit(run_script("train", sys.argv[1:]))
+
 import sys
 from collections.abc import Sequence
 
 from prefect import flow
 from prefect.states import Completed, State
 
-from flows.local import RESUME_HINT, run_from_command_line
-from mnist_core.checkpoint import checkpoint_lock, discard_checkpoint
-from mnist_core.cli import parse_params
+from launch.local import RESUME_HINT, run_from_command_line
 from mnist_core.config import RunParams
 from mnist_core.errors import PipelineError
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
+from mnist_core.training.checkpoint import checkpoint_lock, discard_checkpoint
 from tasks import download, evaluate, export, fingerprint, promote, train, transform
 
 
@@ -45,7 +49,14 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    params = parse_params(RunParams, argv, description=__doc__)
+    """`mnist train ARGS`: the command line's parsing, then `run`."""
+    from launch.cli import train
+
+    return train(sys.argv[1:] if argv is None else argv)
+
+
+def run(params: RunParams) -> int:
+    """The flow from the command line: checks, a Prefect API, a summary; the exit status."""
     try:
         # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
         # before a Prefect server is started.
@@ -68,7 +79,3 @@ def print_summary(result: RunResult | Unchanged) -> None:
     print(f"Run folder: {result.exported.run_dir}")
     decision = result.promotion.reason if result.promotion else "not offered for promotion (promote is off)."
     print(f"Champion: {decision}", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

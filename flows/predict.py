@@ -1,17 +1,21 @@
 """The `mnist-predict` flow: batch inference with the champion (or any trained model), written to a CSV."""
 
-import flows.entry  # noqa: F401 - first: a Ctrl-C during the imports below exits quietly
-import flows.telemetry  # noqa: F401 - before Prefect is imported
+if __name__ == "__main__":  # a command line: its arguments are read before torch and Prefect are imported
+    import sys
+    from pathlib import Path
 
-# isort: split
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, also from a Python without it
+    from launch.cli import run_script
+
+    sys.exit(run_script("predict-batch", sys.argv[1:]))
+
 import sys
 from collections.abc import Sequence
 
 from prefect import flow
 
-from flows.local import run_from_command_line
-from mnist_core.cli import parse_params
-from mnist_core.predict import PredictParams
+from launch.local import run_from_command_line
+from mnist_core.inference.predict import PredictParams
 from tasks.predict import PredictionSummary, predict_batch
 
 
@@ -24,7 +28,13 @@ def predict(params: PredictParams) -> PredictionSummary:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    params = parse_params(PredictParams, argv, __doc__, positional="inputs")
+    """`mnist predict-batch ARGS`: the command line's parsing, then `run`."""
+    from launch.cli import predict_batch
+
+    return predict_batch(sys.argv[1:] if argv is None else argv)
+
+
+def run(params: PredictParams) -> int:
     summary, code = run_from_command_line("mnist-predict", lambda: predict(params))
     if summary is None:
         return code
@@ -32,7 +42,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Predictions: {summary.predictions_csv}")
     print(f"Model: {summary.model} (SHA-256 {summary.model_sha256})", flush=True)
     return 3 if summary.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,18 @@
 """The `mnist-sweep` flow: a hyperparameter sweep. Optuna asks for each trial's parameters; each trial is a full
 run of the `mnist` flow; the best trial by validation accuracy is offered to the champion/challenger rule.
 
-Where trials run: when the Prefect API has the `mnist/trial` deployment (PREFECT_API_URL pointing at the stack or
-any server with deployments/prefect.yaml applied), each trial is a run of it on the `mnist-pool` work pool,
-`concurrency` at a time, on whichever workers are free (one per machine or GPU: `prefect worker start --pool
-mnist-pool --limit 1`). Otherwise (e.g. Prefect's temporary server) trials run in this process, one after another.
-Run `python flows/sweep.py --help`; pass the sweep as JSON: `python flows/sweep.py '{"grid": {"lr": [0.1, 0.3]}}'`.
+How trials are placed on the pool: `mnist sweep --help` (mnist_core/sweep.py).
 """
 
-import flows.entry  # noqa: F401 - first: a Ctrl-C during the imports below exits quietly
-import flows.telemetry  # noqa: F401 - before Prefect is imported
+if __name__ == "__main__":  # a command line: its arguments are read before torch and Prefect are imported
+    import sys
+    from pathlib import Path
 
-# isort: split
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, also from a Python without it
+    from launch.cli import run_script
+
+    sys.exit(run_script("sweep", sys.argv[1:]))
+
 import json
 import sys
 import uuid
@@ -20,11 +21,9 @@ from collections.abc import Sequence
 from prefect import State, flow, runtime
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
-from pydantic import ValidationError
 
-from flows.local import run_from_command_line
 from flows.mnist import mnist
-from mnist_core.cli import describe_validation_error
+from launch.local import run_from_command_line
 from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import Promotion
@@ -65,31 +64,15 @@ def sweep(sweep: SweepParams) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        print("Fields of the sweep JSON:", ", ".join(SweepParams.model_fields))
-        return 0 if args else 2
-    # Refused before any trial starts, one line per problem.
-    if len(args) > 1:
-        example = '{"base": {"epochs": 1}, ...}'
-        print(f"mnist-sweep: error: expected one argument (the sweep as JSON), got {len(args)}: {args[1:]!r} left "
-              f"over; put every setting in the JSON, e.g. '{example}'", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        params = SweepParams.model_validate(json.loads(args[0]))
-    except json.JSONDecodeError as error:
-        print(f"mnist-sweep: error: the sweep is not valid JSON ({error})", file=sys.stderr)
-        return 2
-    except ValidationError as error:
-        print(f"mnist-sweep: error:\n{describe_validation_error(error, as_flags=False)}", file=sys.stderr)
-        return 2
+    """`mnist sweep SWEEP_JSON`: the command line's parsing, then `run`."""
+    from launch.cli import sweep as sweep_command
+
+    return sweep_command(sys.argv[1:] if argv is None else argv, prog="mnist-sweep")
+
+
+def run(params: SweepParams) -> int:
     summary, code = run_from_command_line("mnist-sweep", lambda: sweep(params))
     if summary is None:
         return code
     print(json.dumps(summary, indent=2), flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

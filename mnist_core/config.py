@@ -1,13 +1,13 @@
 """The run parameters: one Pydantic model, validated once before any work starts."""
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mnist_core.redact import redact_url
+from mnist_core.stamps import json_sha256
 
 DatasetName = Literal["mnist", "fashion-mnist"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -156,7 +156,7 @@ class RunParams(BaseModel):
     def training_digest(self) -> str:
         """SHA-256 of the fields that change what training computes (not where files go)."""
         relevant = self.model_dump(mode="json", exclude=NOT_IN_TRAINING_DIGEST)
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+        return json_sha256(relevant)
 
     def public_dump(self) -> dict[str, Any]:
         """The parameters as JSON values, safe to log or publish: mirror credentials are masked."""

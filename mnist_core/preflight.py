@@ -6,10 +6,10 @@ from pathlib import Path
 import torch
 
 from mnist_core.config import RunParams
-from mnist_core.device import resolve_device
 from mnist_core.errors import StorageError
-from mnist_core.registry import check_registry
-from mnist_core.train import use_bf16
+from mnist_core.registry.store import check_registry
+from mnist_core.training.device import resolve_device
+from mnist_core.training.loop import use_bf16
 
 
 def ensure_writable_dir(path: Path, field: str) -> Path:

@@ -67,7 +67,7 @@ class TrainingSummary(Record):
     setup_seconds: float = 0.0  # warm-up and CUDA-graph capture, apart from training
     precision: str = "fp32"
     step_kind: str = "plain"
-    gradients: str = "autograd"  # or "written_out" (mnist_core/backprop.py)
+    gradients: str = "autograd"  # or "written_out" (mnist_core/training/backprop.py)
     environment: dict[str, str | int | None] = {}
 
     @property

@@ -3,13 +3,19 @@ and the table of trials ranked by validation accuracy. Where trials run is the c
 dispatches them to a Prefect work pool)."""
 
 import itertools
+import json
 import math
-from typing import Any, Literal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mnist_core.cli import describe_validation_error
 from mnist_core.config import RunParams
+
+if TYPE_CHECKING:  # imported where a study is made: `mnist sweep --help` and its usage errors stay quick
+    import optuna
 
 # What a trial may vary: what training computes. Where files go, the dataset and the promotion rule stay the base's.
 NOT_SEARCHABLE = frozenset(
@@ -95,7 +101,9 @@ def check_trial(base: RunParams, overrides: dict[str, Any]) -> RunParams:
         raise ValueError(f"{overrides}: invalid {field}: {problem['msg']}") from None
 
 
-def make_study(params: SweepParams) -> optuna.Study:
+def make_study(params: SweepParams) -> "optuna.Study":
+    import optuna
+
     """An in-memory study maximizing validation accuracy: TPE or random over the ranges, the grid's values as
     categories. A grid alone is a grid: every point is enqueued, in order. (Optuna's GridSampler stops the study
     once the grid is done, which raises outside `study.optimize`, i.e. in ask-and-tell.)"""
@@ -112,7 +120,7 @@ def make_study(params: SweepParams) -> optuna.Study:
     return study
 
 
-def ask(study: optuna.Study, params: SweepParams) -> tuple[optuna.Trial, dict[str, Any]]:
+def ask(study: "optuna.Study", params: SweepParams) -> tuple["optuna.Trial", dict[str, Any]]:
     """The next trial and its parameter values."""
     trial = study.ask()
     values: dict[str, Any] = {name: trial.suggest_categorical(name, choices) for name, choices in params.grid.items()}
@@ -129,3 +137,38 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     scored = sorted((row for row in rows if row.get("val_accuracy") is not None), key=lambda row: -row["val_accuracy"])
     unscored = [row for row in rows if row.get("val_accuracy") is None]
     return [{"rank": rank, **row} for rank, row in zip(itertools.count(1), [*scored, *unscored], strict=False)]
+
+
+SWEEP_HELP = """A hyperparameter sweep. Optuna asks for each trial's parameters; each trial is a full run of the
+`mnist` flow; the best trial by validation accuracy is offered to the champion/challenger rule.
+
+Where trials run: when the Prefect API has the `mnist/trial` deployment (PREFECT_API_URL pointing at the stack or
+any server with deployments/prefect.yaml applied), each trial is a run of it on the `mnist-pool` work pool,
+`concurrency` at a time, on whichever workers are free (one per machine or GPU: `prefect worker start --pool
+mnist-pool --limit 1`). Otherwise (e.g. Prefect's temporary server) trials run in this process, one after another.
+Pass the sweep as JSON: `mnist sweep '{"grid": {"lr": [0.1, 0.3]}}'`."""
+
+
+def parse_sweep_arguments(argv: Sequence[str], prog: str = "mnist-sweep") -> SweepParams | int:
+    """The sweep from the command line's one JSON argument, or the exit status after help (0) or a one-line-per-
+    problem refusal (2): refused before any trial starts."""
+    args = list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(SWEEP_HELP)
+        print("Fields of the sweep JSON:", ", ".join(SweepParams.model_fields))
+        return 0 if args else 2
+    if len(args) > 1:
+        example = '{"base": {"epochs": 1}, ...}'
+        print(
+            f"{prog}: error: expected one argument (the sweep as JSON), got {len(args)}: {args[1:]!r} left over; "
+            f"put every setting in the JSON, e.g. '{example}'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return SweepParams.model_validate(json.loads(args[0]))
+    except json.JSONDecodeError as error:
+        print(f"{prog}: error: the sweep is not valid JSON ({error})", file=sys.stderr)
+    except ValidationError as error:
+        print(f"{prog}: error:\n{describe_validation_error(error, as_flags=False)}", file=sys.stderr)
+    return 2

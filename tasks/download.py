@@ -4,10 +4,10 @@ from typing import Any
 from prefect import State, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mnist_core.download import download_dataset
+from mnist_core.data.download import download_dataset
 from mnist_core.errors import DownloadError
 from mnist_core.records import Downloaded
-from tasks.terminal import download_bar
+from reporting.terminal import download_bar
 
 
 def _may_be_transient(task: Any, task_run: Any, state: State) -> bool:

@@ -1,11 +1,11 @@
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mnist_core.evaluate import evaluate_model
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.model import load_weights
-from mnist_core.prepare import load_prepared
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.prepare import load_prepared
+from mnist_core.evaluation.evaluate import evaluate_model
 from mnist_core.records import Evaluation, Prepared, Trained
+from mnist_core.training.model import load_weights
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)

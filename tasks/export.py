@@ -8,12 +8,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
-from mnist_core.evaluate import confusion_frame
-from mnist_core.export import CARD_FILE, MODEL_FILE, REPORT_FILE, export_trained, history_frame
-from mnist_core.plots import PLOT_FILES
+from mnist_core.evaluation.evaluate import confusion_frame
+from mnist_core.export.run_folder import export_trained, history_frame
+from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, PLOT_FILES, REPORT_FILE, WEIGHTS_FILE
 from mnist_core.records import Downloaded, Evaluation, Exported, Fingerprint, Prepared, Trained
-from mnist_core.runtimes import EXPORTED_PROGRAM_FILE, ONNX_FILE
-from tasks.publish import BestEffort
+from reporting.publish import BestEffort
 
 
 def inline_plots(report: str, run_dir: Path) -> str:
@@ -50,7 +49,7 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
     links = [
         (f"{dataset}-{key}", (run_dir / name).as_uri(), text)
         for key, name, text in (
-            ("model", MODEL_FILE, "Model weights (safetensors)"),
+            ("model", WEIGHTS_FILE, "Model weights (safetensors)"),
             ("onnx", ONNX_FILE, "ONNX model (uint8 images N x 28 x 28 -> logits)"),
             ("pt2", EXPORTED_PROGRAM_FILE, "torch.export program (uint8 images N x 28 x 28 -> logits)"),
             ("report-file", REPORT_FILE, "Report (markdown)"),

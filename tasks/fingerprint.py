@@ -4,7 +4,7 @@ from prefect.cache_policies import NO_CACHE
 from mnist_core.config import RunParams
 from mnist_core.fingerprint import code_digest, run_fingerprint
 from mnist_core.records import Downloaded, Fingerprint, Prepared
-from mnist_core.registry import unchanged_since
+from mnist_core.registry.store import unchanged_since
 
 
 @task(name="fingerprint", cache_policy=NO_CACHE, persist_result=False)

@@ -9,9 +9,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mnist_core.predict import PredictionBatch, PredictParams, class_counts, predict, write_csv
+from mnist_core.inference.predict import PredictionBatch, PredictParams, class_counts, predict, write_csv
 from mnist_core.records import Record
-from tasks.publish import BestEffort
+from mnist_core.stamps import utc_compact
+from reporting.publish import BestEffort
 
 TABLE_ROWS = 100  # the table artifact shows the first rows; the CSV has them all
 LOGGED_FAILURES = 20  # one log line each (an API call each on a worker); the CSV lists every one
@@ -34,7 +35,7 @@ class PredictionSummary(Record):
 
 def default_output(params: PredictParams) -> Path:
     # The time for people, a random suffix so that two batches started in the same second never share a file.
-    name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{secrets.token_hex(3)}.csv"
+    name = utc_compact() + f"-{secrets.token_hex(3)}.csv"
     return Path(params.output_dir).expanduser() / "predictions" / name
 
 

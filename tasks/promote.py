@@ -3,12 +3,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
-from mnist_core.evaluate import decisive_accuracy, score_model_file
-from mnist_core.export import append_to_report
-from mnist_core.prepare import load_prepared
+from mnist_core.data.prepare import load_prepared
+from mnist_core.evaluation.evaluate import decisive_accuracy, score_model_file
+from mnist_core.export.run_folder import append_to_report
 from mnist_core.records import Exported, Prepared, Promotion
-from mnist_core.registry import ChampionPointer, promotion_markdown, record_run
-from tasks.publish import BestEffort
+from mnist_core.registry.store import ChampionPointer, promotion_markdown, record_run
+from reporting.publish import BestEffort
 
 MEASURES = {
     "test": "test accuracy",

@@ -26,7 +26,7 @@ from prefect.states import Cancelling
 
 from mnist_core.config import RunParams
 from mnist_core.sweep import FINAL_STATES, SweepParams, ask, check_trial, make_study
-from tasks.publish import BestEffort
+from reporting.publish import BestEffort
 
 TRIAL_DEPLOYMENT = "mnist/trial"
 POLL_S = 1.0

@@ -10,11 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
-from mnist_core.export import MODEL_FILE, REPORT_FILE
+from mnist_core.layout import CARD_FILE, REPORT_FILE, WEIGHTS_FILE
 from mnist_core.records import Exported, ModelCard, Promotion
-from mnist_core.runtimes import CARD_FILE
 from mnist_core.sweep import SweepParams, ranked
-from tasks.publish import BestEffort
+from reporting.publish import BestEffort
 
 
 @task(name="best-trial", cache_policy=NO_CACHE, persist_result=False)
@@ -35,7 +34,7 @@ def best_trial(rows: list[dict[str, Any]]) -> Exported | None:
             "output_dir between the workers and the sweep to promote trials", run_dir, error,
         )  # fmt: skip
         return None
-    return Exported(run_id=card.run_id, run_dir=run_dir, model=run_dir / MODEL_FILE, report=run_dir / REPORT_FILE,
+    return Exported(run_id=card.run_id, run_dir=run_dir, model=run_dir / WEIGHTS_FILE, report=run_dir / REPORT_FILE,
                     model_card=run_dir / CARD_FILE, card=card)  # fmt: skip
 
 

@@ -8,17 +8,16 @@ from prefect import State, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mnist_core.checkpoint import CHECKPOINT_FILE, checkpoint_dir, claim_checkpoint_data
 from mnist_core.config import RunParams
+from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import PipelineError, disguised_interrupt
-from mnist_core.model import save_weights
-from mnist_core.prepare import load_prepared
+from mnist_core.layout import WEIGHTS_FILE
 from mnist_core.records import EpochStats, Prepared, Trained
-from mnist_core.train import train_model
-from tasks.publish import PUBLISH_RETRIES, BestEffort
-from tasks.terminal import chain, training_bar
-
-BEST_WEIGHTS_FILE = "model.safetensors"
+from mnist_core.training.checkpoint import CHECKPOINT_FILE, checkpoint_dir, claim_checkpoint_data
+from mnist_core.training.loop import train_model
+from mnist_core.training.model import save_weights
+from reporting.publish import PUBLISH_RETRIES, BestEffort
+from reporting.terminal import chain, training_bar
 
 
 def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:
@@ -68,6 +67,6 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
         )
     # The last word, with retries, whatever happened to the epochs' (and when the run resumed after its last epoch).
     show_progress(100.0, retries=PUBLISH_RETRIES)
-    model_path = work_dir / BEST_WEIGHTS_FILE
+    model_path = work_dir / WEIGHTS_FILE
     save_weights(result.model, model_path)
     return Trained(**result.model_dump(exclude={"model"}), model_path=model_path, checkpoint_dir=work_dir)

@@ -2,8 +2,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
-from mnist_core.extra import scan_extra
-from mnist_core.prepare import prepare_dataset
+from mnist_core.data.extra import scan_extra
+from mnist_core.data.prepare import prepare_dataset
 from mnist_core.records import Downloaded, Prepared
 
 

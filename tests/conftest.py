@@ -12,11 +12,11 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_SESSION_HOME / 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from deployments.server import running_server  # noqa: E402
-from mnist_core import download as download_module  # noqa: E402
+from launch.server import running_server  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
-from mnist_core.download import download_dataset  # noqa: E402
-from mnist_core.prepare import load_prepared, prepare_dataset  # noqa: E402
+from mnist_core.data import download as download_module  # noqa: E402
+from mnist_core.data.download import download_dataset  # noqa: E402
+from mnist_core.data.prepare import load_prepared, prepare_dataset  # noqa: E402
 from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
 from tests import synthetic  # noqa: E402
 

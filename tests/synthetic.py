@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_core.download import DatasetSpec
+from mnist_core.data.download import DatasetSpec
 
 FILE_NAMES = {
     "train_images": "train-images-idx3-ubyte.gz",

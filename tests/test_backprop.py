@@ -1,5 +1,5 @@
-"""The written-out forward and backward (mnist_core/backprop.py) against autograd: same loss, same gradients, same
-updates, same training."""
+"""The written-out forward and backward (mnist_core/training/backprop.py) against autograd: same loss, same
+gradients, same updates, same training."""
 
 import copy
 
@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn import functional
 
-from mnist_core.backprop import loss_and_gradients
 from mnist_core.config import RunParams
-from mnist_core.model import MLP
-from mnist_core.optim import build_optimizer, init_optimizer_state
-from mnist_core.steps import FixedShapeStep, PlainStep, capture_cuda_graph
-from mnist_core.train import choose_gradients, train_model
+from mnist_core.training.backprop import loss_and_gradients
+from mnist_core.training.loop import choose_gradients, train_model
+from mnist_core.training.model import MLP
+from mnist_core.training.optim import build_optimizer, init_optimizer_state
+from mnist_core.training.steps import FixedShapeStep, PlainStep, capture_cuda_graph
 
 CPU = torch.device("cpu")
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.server import free_port
-from mnist_core import download as download_module
-from mnist_core.download import download_dataset
+from launch.server import free_port
+from mnist_core.data import download as download_module
+from mnist_core.data.download import download_dataset
+from mnist_core.data.idx import read_bytes, read_images, read_labels
+from mnist_core.data.prepare import prepare_dataset
 from mnist_core.errors import DataError, DownloadError
-from mnist_core.idx import read_bytes, read_images, read_labels
-from mnist_core.prepare import prepare_dataset
 from tests import synthetic
 from tests.synthetic import assert_no_partial_files, snapshot
 

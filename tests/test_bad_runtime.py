@@ -14,20 +14,21 @@ import pandas as pd
 import pytest
 import torch
 
-import mnist_core.download as download_module
+import mnist_core.data.download as download_module
 import mnist_core.files as files_module
 from flows.mnist import main
-from mnist_core.checkpoint import checkpoint_dir, load_checkpoint
 from mnist_core.config import RunParams
-from mnist_core.device import resolve_device
-from mnist_core.download import download_dataset
+from mnist_core.data.download import download_dataset
+from mnist_core.data.prepare import load_prepared, prepare_dataset
 from mnist_core.errors import DeviceError, DownloadError, StorageError, TrainingError
-from mnist_core.export import CARD_FILE, MODEL_FILE, ONNX_FILE, export_run, new_run_id
-from mnist_core.model import MLP, load_weights
+from mnist_core.export.run_folder import export_run, new_run_id
+from mnist_core.layout import CARD_FILE, ONNX_FILE, WEIGHTS_FILE
 from mnist_core.preflight import ensure_writable_dir, preflight
-from mnist_core.prepare import load_prepared, prepare_dataset
 from mnist_core.records import Downloaded
-from mnist_core.train import train_model
+from mnist_core.training.checkpoint import checkpoint_dir, load_checkpoint
+from mnist_core.training.device import resolve_device
+from mnist_core.training.loop import train_model
+from mnist_core.training.model import MLP, load_weights
 from tests.records import make_card, make_evaluation, make_history, make_test_split
 from tests.synthetic import assert_no_partial_files, snapshot
 
@@ -276,7 +277,7 @@ def test_disk_full_while_exporting_leaves_earlier_runs_intact(tmp_path: Path, mo
         _export(root)
     assert snapshot(root) == before
     assert sorted(p.name for p in root.iterdir()) == [earlier.name]
-    assert load_weights(earlier / MODEL_FILE).hidden_sizes == [8]
+    assert load_weights(earlier / WEIGHTS_FILE).hidden_sizes == [8]
 
 
 # --- two runs at once -------------------------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def test_two_exports_to_the_same_root_at_once(tmp_path: Path) -> None:
         card = json.loads((run_dir / CARD_FILE).read_text())
         assert card["run_id"] == run_dir.name
         assert len(pd.read_csv(run_dir / "metrics.csv")) == i + 1
-        load_weights(run_dir / MODEL_FILE)
+        load_weights(run_dir / WEIGHTS_FILE)
 
 
 def test_parallel_exports_trace_the_model_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_core.checkpoint import CHECKPOINT_FILE, checkpoint_dir
 from mnist_core.config import RunParams
-from mnist_core.download import download_dataset
-from mnist_core.evaluate import evaluate_model
-from mnist_core.export import export_trained
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.model import load_weights, save_weights
-from mnist_core.prepare import load_prepared, prepare_dataset
+from mnist_core.data.download import download_dataset
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.prepare import load_prepared, prepare_dataset
+from mnist_core.evaluation.evaluate import evaluate_model
+from mnist_core.export.run_folder import export_trained
+from mnist_core.export.runtimes import load_predictor
+from mnist_core.layout import ONNX_FILE
 from mnist_core.records import Trained
-from mnist_core.runtimes import ONNX_FILE, load_predictor
-from mnist_core.train import train_model
+from mnist_core.training.checkpoint import CHECKPOINT_FILE, checkpoint_dir
+from mnist_core.training.loop import train_model
+from mnist_core.training.model import load_weights, save_weights
 
 
 @pytest.mark.cuda

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_core.registry import REGISTRY_FILE, record_run
+from mnist_core.layout import REGISTRY_FILE
+from mnist_core.registry.store import record_run
 from tests.conftest import PROJECT_ROOT
 from tests.records import make_exported
 from tests.synthetic import snapshot

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deployments.server import free_port, log_tail
 from deployments.stack import DEFAULT_POOL, Stack
-from mnist_core.checkpoint import load_checkpoint
+from launch.server import free_port, log_tail
 from mnist_core.config import RunParams
-from mnist_core.registry import read_champion, read_registry
+from mnist_core.registry.store import read_champion, read_registry
+from mnist_core.training.checkpoint import load_checkpoint
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -292,7 +292,7 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
 def test_batch_inference_deployment_predicts_with_the_champion(stack: StackHandle, tmp_path: Path) -> None:
     """`prefect deployment run mnist-predict/batch` on the worker: every input predicted or reported, a CSV, and
     artifacts naming the champion's run id and model SHA-256."""
-    from mnist_core.idx import read_images, read_labels
+    from mnist_core.data.idx import read_images, read_labels
 
     if read_champion(stack.output_dir, "mnist") is None:  # run alone (-k): train the champion first
         stack.run_deployment(stack.base_params)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_core.download import DATASETS, decompressed_sha256, download_dataset, mirrors_for
+from mnist_core.data.download import DATASETS, decompressed_sha256, download_dataset, mirrors_for
 from mnist_core.files import FILE_MODE
 
 
@@ -68,7 +68,7 @@ def test_unreachable_mirror_is_tried_once_per_dataset(
 ) -> None:
     import urllib.error
 
-    from mnist_core import download as download_module
+    from mnist_core.data import download as download_module
 
     name, mirror, _ = synthetic_dataset
     dead = "http://127.0.0.1:9/"  # the discard port: nothing listens, the connection is refused

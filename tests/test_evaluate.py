@@ -4,16 +4,16 @@ import pandas as pd
 import pytest
 import torch
 
+from mnist_core.data.idx import CLASS_NAMES
 from mnist_core.errors import DataError
-from mnist_core.evaluate import (
+from mnist_core.evaluation.evaluate import (
     confusion_frame,
     confusion_matrix,
     evaluate_model,
     per_class_table,
     score_model_file,
 )
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.model import MLP, save_weights
+from mnist_core.training.model import MLP, save_weights
 
 
 def test_confusion_rows_are_true_columns_predicted() -> None:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_core.download import download_dataset
+from mnist_core.data.download import download_dataset
+from mnist_core.data.extra import class_index, read_extra, scan_extra, split_indices
+from mnist_core.data.prepare import load_prepared, prepare_dataset
 from mnist_core.errors import DataError
-from mnist_core.extra import class_index, read_extra, scan_extra, split_indices
-from mnist_core.prepare import load_prepared, prepare_dataset
 from tests.photos import write_photos
 
 

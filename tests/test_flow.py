@@ -35,7 +35,7 @@ def flow_run(trained_run):
 
 
 def test_flow_writes_a_complete_run_folder(flow_run, mnist_tensors) -> None:
-    from mnist_core.evaluate import score_model_file
+    from mnist_core.evaluation.evaluate import score_model_file
 
     result, _, output_dir = flow_run
     run_dir = result.exported.run_dir
@@ -61,7 +61,7 @@ def test_flow_writes_a_complete_run_folder(flow_run, mnist_tensors) -> None:
 def test_every_stage_is_a_task_run_with_its_duration_in_prefect(flow_run) -> None:
     """Stage durations are Prefect's own records of the task runs, not timed by hand."""
     result, flow_run_id, _ = flow_run
-    from deployments.server import finished_task_runs
+    from launch.server import finished_task_runs
     from tasks import __all__ as stages
 
     task_runs = finished_task_runs(flow_run_id, stages)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_core.idx import read_images, read_labels, read_split
+from mnist_core.data.idx import read_images, read_labels, read_split
 from tests.synthetic import idx_bytes, learnable_split
 
 

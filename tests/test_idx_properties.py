@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from mnist_core.data.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, NUM_CLASSES, parse_idx, read_images, read_labels
 from mnist_core.errors import DataError
-from mnist_core.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, NUM_CLASSES, parse_idx, read_images, read_labels
 from tests.synthetic import idx_bytes
 
 PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile
 
-from mnist_core import images
+from mnist_core.data import images
+from mnist_core.data.images import MAX_PIXELS, LoadedInput, load_inputs, to_mnist_form
 from mnist_core.errors import DataError
-from mnist_core.images import MAX_PIXELS, LoadedInput, load_inputs, to_mnist_form
 from tests.photos import make_photo, write_photos
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -510,5 +510,7 @@ def test_a_folder_of_folders_says_its_subfolders_are_not_read(tmp_path: Path) ->
 
 
 def test_import_does_not_pull_in_torch() -> None:
-    code = "import sys, mnist_core.images; assert not {'torch', 'pandas', 'prefect'} & set(sys.modules), sys.modules"
+    code = (
+        "import sys, mnist_core.data.images; assert not {'torch', 'pandas', 'prefect'} & set(sys.modules), sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=60)

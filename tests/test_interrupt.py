@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mnist_core.checkpoint import load_checkpoint
 from mnist_core.config import RunParams
+from mnist_core.training.checkpoint import load_checkpoint
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_core.model import MLP, load_weights, save_weights
+from mnist_core.training.model import MLP, load_weights, save_weights
 
 
 def test_seed_architecture_parameter_count() -> None:

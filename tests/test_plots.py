@@ -11,8 +11,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mnist_core import plots
-from mnist_core.idx import CLASS_NAMES
+from mnist_core import layout
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.evaluation import plots
 from mnist_core.records import EpochStats
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -53,31 +54,31 @@ def mistakes(rng: np.random.Generator, size: int = 200, wrong: int = 50) -> dict
 
 @pytest.mark.parametrize("epochs", [1, 10])
 def test_curves(tmp_path: Path, epochs: int) -> None:
-    path = tmp_path / plots.CURVES_FILE
+    path = tmp_path / layout.CURVES_PNG
     plots.plot_curves(history(epochs), best_epoch=min(3, epochs), path=path, dataset="mnist")
     assert_png(path)
 
 
 def test_curves_refuse_an_unknown_best_epoch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="best epoch 7"):
-        plots.plot_curves(history(3), best_epoch=7, path=tmp_path / plots.CURVES_FILE)
+        plots.plot_curves(history(3), best_epoch=7, path=tmp_path / layout.CURVES_PNG)
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_confusion(tmp_path: Path, dataset: str) -> None:
-    path = tmp_path / plots.CONFUSION_FILE_PNG
+    path = tmp_path / layout.CONFUSION_PNG
     plots.plot_confusion(confusion(np.random.default_rng(0)), CLASS_NAMES[dataset], path)
     assert_png(path)
 
 
 def test_confusion_refuses_a_matrix_of_the_wrong_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="class names"):
-        plots.plot_confusion([[1, 0], [0, 1]], CLASS_NAMES["mnist"], tmp_path / plots.CONFUSION_FILE_PNG)
+        plots.plot_confusion([[1, 0], [0, 1]], CLASS_NAMES["mnist"], tmp_path / layout.CONFUSION_PNG)
 
 
 @pytest.mark.parametrize(("wrong", "limit"), [(50, 36), (5, 36), (50, 4)])
 def test_mistakes_shows_at_most_limit(tmp_path: Path, wrong: int, limit: int) -> None:
-    path = tmp_path / plots.MISTAKES_FILE
+    path = tmp_path / layout.MISTAKES_PNG
     shown = plots.plot_mistakes(**mistakes(np.random.default_rng(1), wrong=wrong), class_names=CLASS_NAMES["mnist"],
                                 path=path, limit=limit)  # fmt: skip
     assert shown == min(limit, wrong)
@@ -85,14 +86,14 @@ def test_mistakes_shows_at_most_limit(tmp_path: Path, wrong: int, limit: int) ->
 
 
 def test_mistakes_with_long_class_names(tmp_path: Path) -> None:
-    path = tmp_path / plots.MISTAKES_FILE
+    path = tmp_path / layout.MISTAKES_PNG
     assert plots.plot_mistakes(**mistakes(np.random.default_rng(2)), class_names=CLASS_NAMES["fashion-mnist"],
                                path=path, limit=12) == 12  # fmt: skip
     assert_png(path)
 
 
 def test_no_mistakes_writes_a_message(tmp_path: Path) -> None:
-    path = tmp_path / plots.MISTAKES_FILE
+    path = tmp_path / layout.MISTAKES_PNG
     data = mistakes(np.random.default_rng(3), wrong=0)
     assert plots.plot_mistakes(**data, class_names=CLASS_NAMES["mnist"], path=path) == 0
     with Image.open(path) as image:
@@ -132,7 +133,7 @@ def test_two_threads_plot_at_once(tmp_path: Path) -> None:
     def plot(index: int) -> None:
         try:
             rng = np.random.default_rng(index)
-            plots.plot_curves(history(5), 3, tmp_path / f"{index}-{plots.CURVES_FILE}")
+            plots.plot_curves(history(5), 3, tmp_path / f"{index}-{layout.CURVES_PNG}")
             plots.plot_confusion(confusion(rng), CLASS_NAMES["fashion-mnist"], tmp_path / f"{index}-confusion.png")
             plots.plot_mistakes(**mistakes(rng), class_names=CLASS_NAMES["mnist"], path=tmp_path / f"{index}-m.png",
                                 limit=4)  # fmt: skip
@@ -152,5 +153,8 @@ def test_two_threads_plot_at_once(tmp_path: Path) -> None:
 
 
 def test_import_pulls_in_neither_torch_nor_pyplot() -> None:
-    code = "import mnist_core.plots, sys; assert 'torch' not in sys.modules and 'matplotlib.pyplot' not in sys.modules"
+    code = (
+        "import mnist_core.evaluation.plots, sys; "
+        "assert 'torch' not in sys.modules and 'matplotlib.pyplot' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=60)

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from mnist_core.errors import DataError
-from mnist_core.main import main
-from mnist_core.model import load_weights
-from mnist_core.predict import PredictParams, choose_model, predict
-from mnist_core.registry import read_champion
-from mnist_core.runtimes import load_predictor
+from mnist_core.export.runtimes import load_predictor
+from mnist_core.inference.cli import main
+from mnist_core.inference.predict import PredictParams, choose_model, predict
+from mnist_core.registry.store import read_champion
+from mnist_core.training.model import load_weights
 from tests.conftest import PROJECT_ROOT
 from tests.photos import write_photos
 
@@ -218,7 +218,7 @@ def test_predicting_with_onnx_never_imports_torch(run, digits) -> None:
     """The console script, as installed, with the default ONNX runtime."""
     _, output_dir = run
     script = (
-        "import sys; from mnist_core.main import main; code = main(sys.argv[1:]); "
+        "import sys; from mnist_core.inference.cli import main; code = main(sys.argv[1:]); "
         "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
     )
     command = [sys.executable, "-c", script, "predict", *map(str, digits[0]), "--output-dir", str(output_dir)]

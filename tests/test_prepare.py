@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_core.download import download_dataset
-from mnist_core.prepare import load_prepared, prepare_dataset
+from mnist_core.data.download import download_dataset
+from mnist_core.data.prepare import load_prepared, prepare_dataset
 
 
 def test_split_sizes_disjoint_and_seeded(synthetic_dataset, tmp_path: Path) -> None:

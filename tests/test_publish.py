@@ -7,7 +7,7 @@ import httpx
 import pytest
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 
-from tasks.publish import PUBLISH_RETRIES, BestEffort
+from reporting.publish import PUBLISH_RETRIES, BestEffort
 
 
 def _wrapped_interrupt() -> Exception:
@@ -30,7 +30,7 @@ def test_a_ctrl_c_wrapped_by_the_client_still_stops_the_run(monkeypatch: pytest.
     """It was once logged as a publishing failure, and the train task retried and finished the run."""
     from prefect.states import Failed
 
-    import tasks.publish as publish_module
+    import reporting.publish as publish_module
     from tasks.train import _worth_retrying
 
     publisher = BestEffort(logging.getLogger("test-publish"))
@@ -71,7 +71,7 @@ def test_a_failed_publication_is_logged_once_and_the_run_goes_on(caplog: pytest.
 
 
 def test_a_publisher_rests_only_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks import publish
+    from reporting import publish
 
     publisher = BestEffort(logging.getLogger("test-publish"))
     assert not publisher.resting()
@@ -97,7 +97,7 @@ def test_publishing_to_a_server_that_is_gone_costs_seconds_not_minutes(caplog: p
     from prefect.artifacts import create_markdown_artifact, update_progress_artifact
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.server import free_port
+    from launch.server import free_port
 
     publisher = BestEffort(logging.getLogger("test-publish"))
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):

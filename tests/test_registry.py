@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from mnist_core.errors import DataError
 from mnist_core.files import FILE_MODE
-from mnist_core.registry import (
+from mnist_core.registry.store import (
     COLUMNS,
     COLUMNS_BEFORE_FINGERPRINTS,
     REGISTRY_FILE,
@@ -172,7 +172,7 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from mnist_core import registry
+    from mnist_core.registry import store as registry
     from tests.records import make_exported
     root = Path(sys.argv[1])
     real_replace = os.replace
@@ -324,8 +324,8 @@ def test_a_row_lost_to_a_full_disk_is_written_by_the_retry(tmp_path: Path, monke
     written. The error names the file; the retry writes the row of the same decision, once."""
     import errno
 
-    from mnist_core import registry as registry_module
     from mnist_core.errors import StorageError
+    from mnist_core.registry import store as registry_module
 
     record_run(tmp_path, make_run(tmp_path, "r1", 0.90), 0.0, False, stored_accuracy)
     real_write = registry_module.atomic_write_text

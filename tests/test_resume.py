@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mnist_core.checkpoint import CHECKPOINT_FILE, claim_checkpoint_data, load_checkpoint
 from mnist_core.config import RunParams
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.prepare import pixel_statistics
 from mnist_core.errors import TrainingError
-from mnist_core.evaluate import evaluate_model
-from mnist_core.export import CARD_FILE, METRICS_FILE
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.prepare import pixel_statistics
-from mnist_core.train import TrainResult, train_model
+from mnist_core.evaluation.evaluate import evaluate_model
+from mnist_core.layout import CARD_FILE, METRICS_FILE
+from mnist_core.training.checkpoint import CHECKPOINT_FILE, claim_checkpoint_data, load_checkpoint
+from mnist_core.training.loop import TrainResult, train_model
 from tests.conftest import PROJECT_ROOT
 
 CPU = torch.device("cpu")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_core.checkpoint import checkpoint_dir, load_checkpoint
 from mnist_core.config import RunParams
-from mnist_core.download import fetch_verified
+from mnist_core.data.download import fetch_verified
 from mnist_core.errors import DataError, DownloadError, TrainingError
-from mnist_core.export import build_model_card
-from mnist_core.model import MLP, load_weights, save_weights
+from mnist_core.export.run_folder import build_model_card
 from mnist_core.records import DatasetFile, Downloaded, Prepared, Trained
 from mnist_core.redact import redact_url
+from mnist_core.training.checkpoint import checkpoint_dir, load_checkpoint
+from mnist_core.training.model import MLP, load_weights, save_weights
 from tests import synthetic
 from tests.conftest import PROJECT_ROOT
 from tests.records import make_evaluation, make_history
@@ -122,7 +122,7 @@ def test_no_source_file_can_unpickle() -> None:
                 if name.endswith("jit.load") or name.endswith("np.load") and allows_pickle:
                     problems.append(f"{where}:{call.lineno}: {name} can execute or unpickle")
                 # torch.export.load unpickles: only runtimes.py may call it, behind its trust_pt2 refusal.
-                if name.endswith("export.load") and where.as_posix() != "mnist_core/runtimes.py":
+                if name.endswith("export.load") and where.as_posix() != "mnist_core/export/runtimes.py":
                     problems.append(f"{where}:{call.lineno}: {name} unpickles (load .pt2 files through load_predictor)")
     assert not problems, "\n".join(problems)
     assert loads >= 1, "the scan found no torch.load at all: is it looking at the right files?"

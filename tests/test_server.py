@@ -1,4 +1,4 @@
-"""deployments/server.py: how the project starts Prefect's own processes."""
+"""launch/server.py: how the project starts Prefect's own processes."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import prefect
 import pytest
 
-from deployments.server import prefect_command
+from launch.server import prefect_command
 
 
 def test_prefect_is_the_one_this_python_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,7 +132,7 @@ def test_describe_database_hides_the_password(
 def test_a_throwaway_server_never_gets_the_callers_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests and the benchmark start servers of their own: whatever database, profile or API the caller's environment
     names, theirs is SQLite in their own home, run away from the caller's .env and prefect.toml."""
-    from deployments import server as server_module
+    from launch import server as server_module
 
     started: dict[str, object] = {}
 

@@ -74,7 +74,7 @@ def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
 ) -> None:
     """No `mnist/trial` deployment on this server: the trials run in the sweep's process, one after another."""
     from flows.sweep import sweep
-    from mnist_core.registry import read_champion, read_registry
+    from mnist_core.registry.store import read_champion, read_registry
     from tests.test_flow import read_artifacts
 
     base = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs")

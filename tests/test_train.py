@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mnist_core.config import RunParams
-from mnist_core.evaluate import evaluate_split
-from mnist_core.train import train_model
+from mnist_core.training.loop import train_model
+from mnist_core.training.model import evaluate_split
 
 CPU = torch.device("cpu")
 

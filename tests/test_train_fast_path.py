@@ -10,11 +10,11 @@ from torch import nn
 
 from mnist_core.config import PRESETS, RunParams
 from mnist_core.errors import TrainingError
-from mnist_core.model import MLP
-from mnist_core.optim import build_optimizer, build_scheduler, init_optimizer_state
 from mnist_core.records import EpochStats
-from mnist_core.steps import FixedShapeStep, batch_weights, epoch_batches, state_restored
-from mnist_core.train import choose_step_kind, train_model, use_bf16
+from mnist_core.training.loop import choose_step_kind, train_model, use_bf16
+from mnist_core.training.model import MLP
+from mnist_core.training.optim import build_optimizer, build_scheduler, init_optimizer_state
+from mnist_core.training.steps import FixedShapeStep, batch_weights, epoch_batches, state_restored
 from tests.conftest import PROJECT_ROOT
 
 CPU = torch.device("cpu")

@@ -15,7 +15,6 @@ filesystem whose locks span machines.
 
 import csv
 import io
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -24,13 +23,14 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from mnist_core.download import ROLES as DATA_ROLES
+from mnist_core.data.download import ROLES as DATA_ROLES
 from mnist_core.errors import DataError, PipelineError, StorageError
 from mnist_core.files import atomic_write_text, exclusive_lock, temp_files_glob
+from mnist_core.layout import REGISTRY_FILE, REGISTRY_LOCK_FILE, champion_file
 from mnist_core.records import Exported, Promotion, PromotionKind, Record
+from mnist_core.stamps import utc_iso
 
-REGISTRY_FILE = "registry.csv"
-LOCK_FILE = ".registry.lock"
+LOCK_FILE = REGISTRY_LOCK_FILE
 # Accuracies are counts over the test-set size; this only absorbs float rounding in `challenger - champion`.
 TOLERANCE = 1e-9
 COLUMNS_BEFORE_FINGERPRINTS = [
@@ -116,7 +116,7 @@ def decide(
 
 
 def champion_path(output_root: Path, dataset: str) -> Path:
-    return Path(output_root) / f"champion-{dataset}.json"
+    return Path(output_root) / champion_file(dataset)
 
 
 def read_champion(output_root: Path, dataset: str) -> ChampionPointer | None:
@@ -340,7 +340,7 @@ def record_run(
             return promotion
         challenger = run.card.metrics.test_accuracy if challenger_accuracy is None else challenger_accuracy
         promotion = _compare(challenger, champion, margin, force, champion_accuracy, measure)
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = utc_iso()
         if promotion.promoted:
             pointer = champion_pointer(run, promotion, now, champion)
             _write(champion_path(root, pointer.dataset), pointer.model_dump_json(indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The `mnist` command (also `python -m mnist_core`): `mnist predict INPUT...` predicts with the champion or any
+"""`mnist predict` (also `python -m mnist_core predict`): `mnist predict INPUT...` predicts with the champion or any
 trained model. Exit status: 0 every input predicted, 1 no model to predict with (none, or a bad model file) or the
 CSV could not be written, 2 bad usage, 3 some or all inputs failed (their rows say why; the others are predicted
 and written)."""
@@ -9,24 +9,19 @@ from collections.abc import Sequence
 
 from mnist_core.cli import parse_params
 from mnist_core.errors import PipelineError
-from mnist_core.predict import PredictionBatch, PredictParams, format_table, predict, write_csv
+from mnist_core.inference.predict import PredictionBatch, PredictParams, format_table, predict, write_csv
 
 USAGE = "usage: mnist predict INPUT... [--model champion|RUN|FILE] [--threshold P] [--output FILE.csv]  (-h for more)"
 SOME_FAILED = 3
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str]) -> int:
+    """`mnist predict ARGV`: ARGV are the arguments after `predict`."""
+    args = list(argv)
     if not args:
         print(USAGE, file=sys.stderr)
         return 2
-    if args[0] in ("-h", "--help"):
-        print(__doc__ + "\n\n" + USAGE)
-        return 0
-    if args[0] != "predict":
-        print(f"mnist: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
-        return 2
-    params = parse_params(PredictParams, args[1:], __doc__, prog="mnist predict", positional="inputs")
+    params = parse_params(PredictParams, args, __doc__, prog="mnist predict", positional="inputs")
     try:
         batch = predict(params)
         # The file first: a closed pipe (`| head`) or a broken terminal must not cost the predictions.
@@ -61,7 +56,3 @@ def print_batch(batch: PredictionBatch, threshold: float) -> None:
         for row in batch.failed:
             print(f"  {row.error}", file=sys.stderr)
     sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

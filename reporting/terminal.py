@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.theme import Theme
 
-from mnist_core.download import OnBytes
+from mnist_core.data.download import OnBytes
 from mnist_core.records import EpochStats
 
 

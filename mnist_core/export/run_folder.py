@@ -6,27 +6,36 @@ import secrets
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from mnist_core.config import RunParams
+from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import StorageError
-from mnist_core.evaluate import confusion_frame
-from mnist_core.files import atomic_write_text
-from mnist_core.model import MLP, load_weights, save_weights
-from mnist_core.plots import (
-    CONFUSION_FILE_PNG,
-    CURVES_FILE,
-    MISTAKES_FILE,
-    PLOT_FILES,
+from mnist_core.evaluation.evaluate import confusion_frame
+from mnist_core.evaluation.plots import (
     plot_confusion,
     plot_curves,
     plot_mistakes,
 )
-from mnist_core.prepare import load_prepared
+from mnist_core.export.runtimes import IMAGES, LOGITS, describe_model_files
+from mnist_core.files import atomic_write_text
+from mnist_core.layout import (
+    CARD_FILE,
+    CONFUSION_FILE,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    EXPORTED_PROGRAM_FILE,
+    METRICS_FILE,
+    MISTAKES_PNG,
+    ONNX_FILE,
+    PER_CLASS_FILE,
+    REPORT_FILE,
+    RUN_FILES,
+    WEIGHTS_FILE,
+)
 from mnist_core.records import (
     DatasetFacts,
     Downloaded,
@@ -40,23 +49,9 @@ from mnist_core.records import (
     Timings,
     Trained,
 )
-from mnist_core.runtimes import (
-    CARD_FILE,
-    EXPORTED_PROGRAM_FILE,
-    IMAGES,
-    LOGITS,
-    ONNX_FILE,
-    WEIGHTS_FILE,
-    describe_model_files,
-)
+from mnist_core.stamps import utc_compact, utc_iso
+from mnist_core.training.model import MLP, load_weights, save_weights
 
-MODEL_FILE = WEIGHTS_FILE
-METRICS_FILE = "metrics.csv"
-PER_CLASS_FILE = "per_class.csv"
-CONFUSION_FILE = "confusion_matrix.csv"
-REPORT_FILE = "report.md"
-RUN_FILES = [MODEL_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE, METRICS_FILE, PER_CLASS_FILE, CONFUSION_FILE, *PLOT_FILES,
-             REPORT_FILE, CARD_FILE]  # fmt: skip
 TestSplit = tuple[torch.Tensor, torch.Tensor]  # test images (uint8 N x 28 x 28) and labels
 # In the checkpoint folder: the run folder this training produced, so a rerun after a later failure reuses it.
 EXPORTED_MARKER = "exported.json"
@@ -70,7 +65,7 @@ ONNX_OPSET = 20  # pinned: ONNX Runtime 1.17 and later run it, and a torch upgra
 
 
 def new_run_id(training_digest: str) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{training_digest[:8]}-{secrets.token_hex(3)}"
+    return utc_compact() + f"-{training_digest[:8]}-{secrets.token_hex(3)}"
 
 
 def build_model_card(
@@ -86,7 +81,7 @@ def build_model_card(
     best = trained.best
     return ModelCard(
         run_id=run_id,
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        created_at=utc_iso(),
         params=params.public_dump(),
         training_digest=params.training_digest(),
         fingerprint=fingerprint.value if fingerprint else "",
@@ -152,11 +147,11 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         "Train loss and accuracy are averaged over each epoch while the weights change, and the train loss includes "
         f"label smoothing ({card.params['label_smoothing']}); validation is measured after each epoch, without it.",
         "",
-        f"![Loss and accuracy per epoch]({CURVES_FILE})",
+        f"![Loss and accuracy per epoch]({CURVES_PNG})",
         "",
-        f"![Confusion matrix on the test set]({CONFUSION_FILE_PNG})",
+        f"![Confusion matrix on the test set]({CONFUSION_PNG})",
         "",
-        f"![The most confident mistakes on the test set]({MISTAKES_FILE})",
+        f"![The most confident mistakes on the test set]({MISTAKES_PNG})",
         "",
         "## Where the files are",
         f"Run folder: `{run_dir}`",
@@ -246,10 +241,10 @@ def write_plots(folder: Path, model: MLP, card: ModelCard, history: list[EpochSt
         probabilities = torch.softmax(model(images.cpu()), dim=1)
     confidence, predicted = probabilities.max(dim=1)
     if history:
-        plot_curves(history, card.metrics.best_epoch, folder / CURVES_FILE, card.dataset.name)
-    plot_confusion(evaluation.confusion, evaluation.class_names, folder / CONFUSION_FILE_PNG)
+        plot_curves(history, card.metrics.best_epoch, folder / CURVES_PNG, card.dataset.name)
+    plot_confusion(evaluation.confusion, evaluation.class_names, folder / CONFUSION_PNG)
     plot_mistakes(images.cpu().numpy(), labels.cpu().numpy(), predicted.numpy(), confidence.numpy(),
-                  evaluation.class_names, folder / MISTAKES_FILE)  # fmt: skip
+                  evaluation.class_names, folder / MISTAKES_PNG)  # fmt: skip
 
 
 def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, history: list[EpochStats],
@@ -257,7 +252,7 @@ def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, histo
     cpu_model = MLP(model.hidden_sizes, model.dropout)
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     cpu_model.eval()
-    save_weights(cpu_model, folder / MODEL_FILE)
+    save_weights(cpu_model, folder / WEIGHTS_FILE)
     write_plots(folder, cpu_model, card, history, evaluation, test_split)
     save_portable(cpu_model, folder)
     card = card.model_copy(update={"model_files": describe_model_files(folder)})
@@ -306,7 +301,7 @@ def _exported(run_dir: Path, card: ModelCard) -> Exported:
     return Exported(
         run_id=card.run_id,
         run_dir=run_dir,
-        model=run_dir / MODEL_FILE,
+        model=run_dir / WEIGHTS_FILE,
         report=run_dir / REPORT_FILE,
         model_card=run_dir / CARD_FILE,
         card=card,

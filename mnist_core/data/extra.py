@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from mnist_core.errors import DataError
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.images import IMAGE_SUFFIXES, load_image
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.images import IMAGE_SUFFIXES, load_image
+from mnist_core.stamps import json_sha256
 
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
@@ -34,7 +35,7 @@ def class_index(folder: str, dataset: str) -> int | None:
 
 
 def manifest_sha256(manifest: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return json_sha256(manifest)
 
 
 def _labelled_files(root: Path, dataset: str) -> tuple[list[tuple[Path, int]], list[str]]:

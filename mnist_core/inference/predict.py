@@ -15,12 +15,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mnist_core.config import DatasetName
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
 from mnist_core.errors import DataError, StorageError
+from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 from mnist_core.files import atomic_write_text
-from mnist_core.idx import CLASS_NAMES
-from mnist_core.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
-from mnist_core.registry import REGISTRY_FILE, read_champion
-from mnist_core.runtimes import CARD_FILE, RUNTIME_FILES, Predictor, RuntimeName, load_predictor
+from mnist_core.layout import CARD_FILE, REGISTRY_FILE
+from mnist_core.registry.store import read_champion
 
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
 # What --output must not be named like: an input (image, array, IDX) or a model file.

@@ -15,18 +15,16 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from mnist_core.data.idx import IMAGE_SIDE, NUM_CLASSES
 from mnist_core.errors import DataError
-from mnist_core.idx import IMAGE_SIDE, NUM_CLASSES
+from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, WEIGHTS_FILE
 from mnist_core.records import ModelFile, TensorSpec
+from mnist_core.stamps import file_sha256
 
 if TYPE_CHECKING:  # only to load .pt2 and .safetensors files: ONNX predictions never import torch
     import torch
 
 RuntimeName = Literal["onnx", "torch-export", "pytorch"]
-CARD_FILE = "model_card.json"
-WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "model.onnx"
-EXPORTED_PROGRAM_FILE = "model.pt2"
 RUNTIME_NAMES: dict[RuntimeName, str] = {"onnx": "an ONNX", "torch-export": "a torch.export", "pytorch": "a PyTorch"}
 RUNTIME_FILES: dict[RuntimeName, str] = {
     "onnx": ONNX_FILE,
@@ -50,18 +48,10 @@ WEIGHTS_IMAGES = IMAGES.model_copy(
     }
 )
 FORMATS: dict[str, tuple[str, str, TensorSpec]] = {
-    WEIGHTS_FILE: ("safetensors", "mnist_core.model.load_weights, then model(images)", WEIGHTS_IMAGES),
+    WEIGHTS_FILE: ("safetensors", "mnist_core.training.model.load_weights, then model(images)", WEIGHTS_IMAGES),
     ONNX_FILE: ("onnx", "onnxruntime.InferenceSession(path).run(None, {'images': images})", IMAGES),
     EXPORTED_PROGRAM_FILE: ("torch.export", "torch.export.load(path).module()(images)", IMAGES),
 }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_model_files(run_dir: Path) -> dict[str, ModelFile]:
@@ -176,6 +166,6 @@ def _exported_program(content: bytes) -> Runner:
 
 
 def _weights(content: bytes) -> Runner:
-    from mnist_core.model import weights_from_bytes
+    from mnist_core.training.model import weights_from_bytes
 
     return _torch_runner(weights_from_bytes(content).eval())

@@ -18,7 +18,7 @@ from numpy.lib import format as npy_format
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_core.errors import DataError
-from mnist_core.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, parse_idx, read_bytes
+from mnist_core.data.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, parse_idx, read_bytes
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}

@@ -10,10 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mnist_core.errors import DataError
-from mnist_core.extra import ExtraFolder, read_extra, split_indices
+from mnist_core.data.extra import ExtraFolder, read_extra, split_indices
 from mnist_core.files import atomic_save_tensors
-from mnist_core.idx import IMAGE_SIDE, read_split
-from mnist_core.images import IMAGE_FORM_VERSION
+from mnist_core.data.idx import IMAGE_SIDE, read_split
+from mnist_core.data.images import IMAGE_FORM_VERSION
 from mnist_core.records import Downloaded, Prepared
 
 # extra_test: the test part of the user's own images (empty without them), scored apart from the dataset's test set.

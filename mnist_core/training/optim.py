@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mnist_core.config import RunParams
-from mnist_core.steps import StepKind
+from mnist_core.training.steps import StepKind
 
 
 def build_optimizer(model: nn.Module, params: RunParams, device: torch.device, step: StepKind) -> torch.optim.Optimizer:

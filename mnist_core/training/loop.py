@@ -13,15 +13,14 @@ from typing import Any, Literal
 import torch
 from pydantic import ConfigDict
 
-from mnist_core.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mnist_core.config import RunParams
-from mnist_core.device import describe_environment
 from mnist_core.errors import TrainingError
-from mnist_core.evaluate import evaluate_split
-from mnist_core.model import MLP, MNIST_MEAN, MNIST_STD
-from mnist_core.optim import build_optimizer, build_scheduler, current_lr, init_optimizer_state, pin_lr
 from mnist_core.records import EpochStats, TrainingSummary
-from mnist_core.steps import Capture, FixedShapeStep, PlainStep, StepKind, capture_cuda_graph
+from mnist_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mnist_core.training.device import describe_environment
+from mnist_core.training.model import MLP, MNIST_MEAN, MNIST_STD, evaluate_split
+from mnist_core.training.optim import build_optimizer, build_scheduler, current_lr, init_optimizer_state, pin_lr
+from mnist_core.training.steps import Capture, FixedShapeStep, PlainStep, StepKind, capture_cuda_graph
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from mnist_core.backprop import loss_and_gradients
+from mnist_core.training.backprop import loss_and_gradients
 
 StepKind = Literal["plain", "fixed_shape", "cuda_graph"]
 # Turns a fixed-shape step into the callable replayed each step (capture_cuda_graph; the benchmark's torch.compile).

@@ -15,7 +15,7 @@ batch: the same code can be captured in a CUDA graph. bf16 autocast is not writt
 import torch
 from torch import nn
 
-from mnist_core.model import MLP
+from mnist_core.training.model import MLP
 
 
 def linear_layers(model: MLP) -> list[nn.Linear]:

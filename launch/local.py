@@ -28,8 +28,8 @@ from typing import NoReturn, TypeVar
 from prefect.exceptions import TerminationSignal
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from deployments.server import ServerError, serving
-from flows.entry import hand_over
+from launch.entry import hand_over
+from launch.server import ServerError, serving
 from mnist_core.errors import PipelineError, disguised_interrupt
 
 T = TypeVar("T")
@@ -150,7 +150,7 @@ def _import_for_training() -> None:
 def local_run() -> Iterator[LocalRun]:
     """The API for this command-line run (PREFECT_API_URL, or a server of its own), signals handled."""
     run = LocalRun()
-    hand_over()  # the quiet exit of the imports' seconds (flows/entry.py) ends here
+    hand_over()  # the quiet exit of the imports' seconds (launch/entry.py) ends here
     with signals_handled(run):
         configured = PREFECT_API_URL.value()
         if configured:

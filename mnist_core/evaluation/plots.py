@@ -18,11 +18,6 @@ from matplotlib.ticker import MaxNLocator
 from mnist_core.files import atomic_write
 from mnist_core.records import EpochStats
 
-CURVES_FILE = "curves.png"
-CONFUSION_FILE_PNG = "confusion_matrix.png"
-MISTAKES_FILE = "misclassified.png"
-PLOT_FILES = [CURVES_FILE, CONFUSION_FILE_PNG, MISTAKES_FILE]
-
 DPI = 100  # with the figure sizes below, every PNG stays well under 200 KB
 TRAIN_COLOR = "tab:blue"
 VAL_COLOR = "tab:orange"

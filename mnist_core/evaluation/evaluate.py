@@ -7,30 +7,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mnist_core.model import load_weights
 from mnist_core.records import Evaluation
-
-EVAL_CHUNK = 10_000
-
-
-@torch.no_grad()
-def evaluate_split(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed loss, number correct (device tensors, no sync) and predictions over a whole split."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=images.device)
-    predictions = []
-    for start in range(0, len(images), EVAL_CHUNK):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(images[start : start + EVAL_CHUNK]).float()
-        target = labels[start : start + EVAL_CHUNK].long()
-        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
-        predictions.append(logits.argmax(1))
-    model.train(was_training)
-    predicted = torch.cat(predictions)
-    return loss_sum, (predicted == labels.long()).sum(), predicted
+from mnist_core.training.model import evaluate_split, load_weights
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,0 +1,122 @@
+"""The `mnist` command: one entry point for everything a user does.
+
+    mnist train [FLAGS]          train, evaluate, export and promote (the `mnist` flow; = python flows/mnist.py)
+    mnist predict INPUT...       predict with the champion or any trained model
+    mnist predict-batch INPUT... the same as a Prefect flow run (the `mnist-predict` flow; = python flows/predict.py)
+    mnist sweep SWEEP_JSON       a hyperparameter sweep (the `mnist-sweep` flow; = python flows/sweep.py)
+    mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker
+
+`mnist COMMAND --help` lists each command's flags. The arguments are read and checked before torch or Prefect is
+imported, so help and usage errors answer at once; the imports then take seconds, during which Ctrl-C exits
+quietly (status 130).
+"""
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+
+from launch.entry import quiet_interrupts, telemetry_off
+
+# What each command needs imported: checked first, so a Python without the project's packages says what to do.
+NEEDS = ("torch", "prefect", "pydantic")
+
+
+def _missing_packages() -> list[str]:
+    return [name for name in NEEDS if importlib.util.find_spec(name) is None]
+
+
+def train(argv: Sequence[str]) -> int:
+    from mnist_core.cli import parse_params
+    from mnist_core.config import RunParams
+
+    params = parse_params(RunParams, argv, description=TRAIN_HELP, prog="mnist train")
+    return _flow_module("flows.mnist", "mnist").run(params)
+
+
+def predict(argv: Sequence[str]) -> int:
+    from mnist_core.inference.cli import main
+
+    return main(argv)
+
+
+def sweep(argv: Sequence[str], prog: str = "mnist sweep") -> int:
+    from mnist_core.sweep import parse_sweep_arguments
+
+    params = parse_sweep_arguments(argv, prog=prog)
+    if isinstance(params, int):
+        return params
+    return _flow_module("flows.sweep", "mnist-sweep").run(params)
+
+
+def predict_batch(argv: Sequence[str]) -> int:
+    from mnist_core.cli import parse_params
+    from mnist_core.inference.predict import PredictParams
+
+    params = parse_params(PredictParams, argv, PREDICT_BATCH_HELP, prog="mnist predict-batch", positional="inputs")
+    return _flow_module("flows.predict", "mnist-predict").run(params)
+
+
+def stack(argv: Sequence[str]) -> int:
+    from deployments.stack import main
+
+    return main(list(argv))
+
+
+def _flow_module(name: str, program: str):  # noqa: ANN202 - a module
+    """Import a flow module (torch and Prefect: seconds), Ctrl-C meanwhile exiting quietly."""
+    quiet_interrupts(program)
+    telemetry_off()
+    return importlib.import_module(name)
+
+
+TRAIN_HELP = """Train and evaluate the MLP on MNIST (or Fashion-MNIST), export a run folder with report and model
+files, and promote the model to champion if it beats the current one. Without PREFECT_API_URL, a Prefect server
+is started for the run. When nothing changed since the champion (same data, parameters and code), the run stops
+before training unless --force-retrain."""
+
+PREDICT_BATCH_HELP = """Batch inference as a Prefect flow run (the `mnist-predict` flow, recorded in the UI): the class
+of every input (images, folders, globs, .npy or IDX files) with the chosen model; a bad input is a row with its
+error, never the end of the batch. The CSV goes to --output (default: under <output_dir>/predictions/)."""
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": train,
+    "predict": predict,
+    "predict-batch": predict_batch,
+    "sweep": sweep,
+    "stack": stack,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: mnist {{{','.join(COMMANDS)}}} ...  (mnist --help, mnist COMMAND --help)"
+    if not args:
+        print(usage, file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"mnist: error: unknown command {args[0]!r}\n{usage}", file=sys.stderr)
+        return 2
+    missing = _missing_packages()
+    if missing:
+        print(
+            f"mnist: error: this Python ({sys.executable}) lacks the project's packages ({', '.join(missing)}); "
+            "run `make setup` in the project folder, then use .venv/bin/mnist or .venv/bin/python (or "
+            "`source .venv/bin/activate`)",
+            file=sys.stderr,
+        )
+        return 1
+    return command(args[1:])
+
+
+def run_script(command: str, argv: Sequence[str]) -> int:
+    """`python flows/<name>.py ARGS` is `mnist COMMAND ARGS`."""
+    return main([command, *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

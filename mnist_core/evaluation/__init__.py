@@ -1,0 +1,1 @@
+"""Scoring a model (accuracy, per class, confusion, mistakes) and the run's plots."""
