@@ -6,7 +6,8 @@
 Each round trains, in a fresh process per checkout (PYTHONPATH picks the checkout's `mnist_core`), the seed
 tutorial's settings (batch 64, SGD lr 0.01) and the default recipe on the same prepared data, alternating which
 checkout goes first. Reported: the median seconds per epoch of each, their ratio, and whether both checkouts
-computed the same metrics (same seed, same device: they should, bit for bit, unless the change meant otherwise).
+computed the same metrics and weights (same seed, same device: they should, bit for bit, unless the change meant
+otherwise).
 Nothing fails on a timing.
 """
 
@@ -24,16 +25,21 @@ RECIPES = {"seed": {"preset": "seed", "epochs": 3}, "default": {}}
 
 # Run inside each checkout: only APIs both sides share (train_model and RunParams), on an already prepared file.
 TRAIN = """
-import json, sys, torch
+import hashlib, json, sys, torch
 from safetensors.torch import load_file
 from mnist_core.config import RunParams
-from mnist_core.training.loop import train_model
+try:
+    from mnist_core.training.loop import train_model
+except ImportError:  # a checkout from before the layer packages (Dec 2026)
+    from mnist_core.train import train_model
 data = load_file(sys.argv[1])
 out = {}
 for name, overrides in json.loads(sys.argv[2]).items():
     result = train_model(data, RunParams(**overrides), torch.device("cpu"))
     out[name] = {"epoch_seconds": [s.seconds for s in result.history],
-                 "metrics": [[s.train_loss, s.val_loss, s.val_accuracy] for s in result.history]}
+                 "metrics": [[s.train_loss, s.val_loss, s.val_accuracy] for s in result.history],
+                 "weights_sha256": hashlib.sha256(b"".join(
+                     t.detach().cpu().numpy().tobytes() for t in result.model.state_dict().values())).hexdigest()}
 print("MARKER" + json.dumps(out))
 """.replace("MARKER", MARKER)
 
@@ -83,11 +89,18 @@ def main() -> None:
             for side, results in runs.items()
         }
         pairs = zip(runs["before"], runs["after"], strict=True)
-        same = all(before[recipe]["metrics"] == after[recipe]["metrics"] for before, after in pairs)
+        same = all(
+            before[recipe]["metrics"] == after[recipe]["metrics"]
+            and before[recipe].get("weights_sha256") == after[recipe].get("weights_sha256")
+            for before, after in pairs
+        )
         report[recipe] = {"epoch_seconds_median": medians, "after_over_before": medians["after"] / medians["before"],
                           "same_metrics": same}  # fmt: skip
-        print(f"{recipe}: s/epoch before {medians['before']:.3f}, after {medians['after']:.3f} "
-              f"(after/before {medians['after'] / medians['before']:.3f}); same metrics: {same}")  # fmt: skip
+        ratio = medians["after"] / medians["before"]
+        print(
+            f"{recipe}: s/epoch before {medians['before']:.3f}, after {medians['after']:.3f} "
+            f"(after/before {ratio:.3f}); same metrics and weights: {same}"
+        )
     if args.out:
         args.out.write_text(json.dumps({**report, "runs": runs}, indent=1))
 

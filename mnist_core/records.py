@@ -2,13 +2,15 @@
 
 `download -> Downloaded -> transform -> Prepared -> train -> Trained -> evaluate -> Evaluation -> export -> Exported
 -> promote -> Promotion`. Each fact about a run is written once, in the `ModelCard` that export builds from these;
-the registry row and the champion pointer are derived from the card (see registry.py).
+the registry row and the champion pointer are derived from the card (see registry/store.py).
 """
 
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from mnist_core.layout import CARD_FILE, REPORT_FILE, WEIGHTS_FILE
 
 PromotionKind = Literal["first", "better", "forced", "replaced", "kept"]
 
@@ -177,6 +179,11 @@ class ModelCard(Record):
     model_files: dict[str, ModelFile] = {}  # file name -> contract and SHA-256 (filled in once the files exist)
 
 
+def read_card(run_dir: Path) -> ModelCard:
+    """The model card of a run folder: the one reader. Raises OSError (no such file) or ValueError (not a card)."""
+    return ModelCard.model_validate_json((Path(run_dir) / CARD_FILE).read_text(encoding="utf-8"))
+
+
 class Exported(Record):
     run_id: str
     run_dir: Path
@@ -184,6 +191,12 @@ class Exported(Record):
     report: Path
     model_card: Path
     card: ModelCard
+
+    @classmethod
+    def in_folder(cls, run_dir: Path, card: ModelCard) -> "Exported":
+        """A run folder as export leaves it."""
+        return cls(run_id=card.run_id, run_dir=run_dir, model=run_dir / WEIGHTS_FILE, report=run_dir / REPORT_FILE,
+                   model_card=run_dir / CARD_FILE, card=card)  # fmt: skip
 
 
 class Promotion(Record):

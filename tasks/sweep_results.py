@@ -8,10 +8,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import ValidationError
 
-from mnist_core.layout import CARD_FILE, REPORT_FILE, WEIGHTS_FILE
-from mnist_core.records import Exported, ModelCard, Promotion
+from mnist_core.records import Exported, Promotion, read_card
 from mnist_core.sweep import SweepParams, ranked
 from reporting.publish import BestEffort
 
@@ -27,15 +25,14 @@ def best_trial(rows: list[dict[str, Any]]) -> Exported | None:
         return None
     run_dir = Path(scored[0]["run_dir"])
     try:
-        card = ModelCard.model_validate_json((run_dir / CARD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as error:
+        card = read_card(run_dir)
+    except (OSError, ValueError) as error:
         logger.warning(
             "the best trial's run folder %s cannot be read here (%s): it stays on the worker that ran it; share "
             "output_dir between the workers and the sweep to promote trials", run_dir, error,
         )  # fmt: skip
         return None
-    return Exported(run_id=card.run_id, run_dir=run_dir, model=run_dir / WEIGHTS_FILE, report=run_dir / REPORT_FILE,
-                    model_card=run_dir / CARD_FILE, card=card)  # fmt: skip
+    return Exported.in_folder(run_dir, card)
 
 
 def summary_markdown(rows: list[dict[str, Any]], params: SweepParams, promotion: Promotion | None, mode: str) -> str:

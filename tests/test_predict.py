@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from launch.cli import main
 from mnist_core.errors import DataError
 from mnist_core.export.runtimes import load_predictor
-from mnist_core.inference.cli import main
 from mnist_core.inference.predict import PredictParams, choose_model, predict
 from mnist_core.registry.store import read_champion
 from mnist_core.training.model import load_weights
@@ -183,7 +183,7 @@ def test_bad_usage_exits_2_naming_the_flag(capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["predict", "x.png", "--threshold", "1.5"])
     assert stopped.value.code == 2 and "--threshold" in capsys.readouterr().err
-    assert main(["train"]) == 2 and main([]) == 2
+    assert main(["bogus"]) == 2 and main([]) == 2
 
 
 def test_an_output_that_would_overwrite_an_input_or_a_model_is_refused(digits, tmp_path: Path, capsys) -> None:
@@ -218,7 +218,7 @@ def test_predicting_with_onnx_never_imports_torch(run, digits) -> None:
     """The console script, as installed, with the default ONNX runtime."""
     _, output_dir = run
     script = (
-        "import sys; from mnist_core.inference.cli import main; code = main(sys.argv[1:]); "
+        "import sys; from launch.cli import main; code = main(sys.argv[1:]); "
         "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
     )
     command = [sys.executable, "-c", script, "predict", *map(str, digits[0]), "--output-dir", str(output_dir)]

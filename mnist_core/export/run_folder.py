@@ -294,18 +294,7 @@ def export_run(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _exported(run_dir, card)
-
-
-def _exported(run_dir: Path, card: ModelCard) -> Exported:
-    return Exported(
-        run_id=card.run_id,
-        run_dir=run_dir,
-        model=run_dir / WEIGHTS_FILE,
-        report=run_dir / REPORT_FILE,
-        model_card=run_dir / CARD_FILE,
-        card=card,
-    )
+    return Exported.in_folder(run_dir, card)
 
 
 def export_trained(
@@ -325,7 +314,7 @@ def export_trained(
     card = build_model_card(run_id, params, downloaded, prepared, trained, evaluation, fingerprint)
     if earlier and Path(earlier["run_dir"]).is_dir():
         run_dir = Path(earlier["run_dir"])
-        return _exported(run_dir, card.model_copy(update={"model_files": describe_model_files(run_dir)}))
+        return Exported.in_folder(run_dir, card.model_copy(update={"model_files": describe_model_files(run_dir)}))
     data = load_prepared(prepared.path)
     test_split = (data["test_images"], data["test_labels"])
     model = load_weights(trained.model_path)

@@ -7,7 +7,6 @@ or `.pt2` files, so predicting with an `.onnx` model runs on ONNX Runtime alone.
 
 import hashlib
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ import numpy as np
 
 from mnist_core.data.idx import IMAGE_SIDE, NUM_CLASSES
 from mnist_core.errors import DataError
-from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, WEIGHTS_FILE
-from mnist_core.records import ModelFile, TensorSpec
+from mnist_core.layout import EXPORTED_PROGRAM_FILE, ONNX_FILE, WEIGHTS_FILE
+from mnist_core.records import ModelFile, TensorSpec, read_card
 from mnist_core.stamps import file_sha256
 
 if TYPE_CHECKING:  # only to load .pt2 and .safetensors files: ONNX predictions never import torch
@@ -120,8 +119,8 @@ def _check_against_card(path: Path, sha256: str) -> None:
     """A model file in a run folder must be the one its model card describes: a run id printed beside another
     file's predictions would be a lie."""
     try:
-        recorded = json.loads((path.parent / CARD_FILE).read_text(encoding="utf-8"))["model_files"][path.name]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = read_card(path.parent).model_files[path.name].sha256
+    except (OSError, ValueError, KeyError):
         return  # a model file outside a run folder (or from before the card listed its files)
     if recorded != sha256:
         raise DataError(

@@ -6,7 +6,6 @@ Never imports torch itself: with an `.onnx` model (the default runtime) a predic
 
 import csv
 import io
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from mnist_core.errors import DataError, StorageError
 from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 from mnist_core.files import atomic_write_text
 from mnist_core.layout import CARD_FILE, REGISTRY_FILE
+from mnist_core.records import ModelCard, read_card
 from mnist_core.registry.store import read_champion
 
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
@@ -131,20 +131,20 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
     if not path.exists():
         raise DataError(f"{spec}: no such model file, run folder, or run id under {output_dir.resolve()}")
     card = _read_card(path.parent)
-    model_dataset = card["dataset"]["name"] if card else dataset
-    return ChosenModel(path, card["run_id"] if card else None, model_dataset, CLASS_NAMES[model_dataset])
+    model_dataset = card.dataset.name if card else dataset
+    return ChosenModel(path, card.run_id if card else None, model_dataset, CLASS_NAMES[model_dataset])
 
 
 def _train_command(dataset: str) -> str:
     return "`make run`" if dataset == "mnist" else f"`make run ARGS='--dataset {dataset}'`"
 
 
-def _read_card(folder: Path) -> dict | None:
+def _read_card(folder: Path) -> ModelCard | None:
     try:
-        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-        return card if card["dataset"]["name"] in CLASS_NAMES and isinstance(card["run_id"], str) else None
-    except (OSError, ValueError, KeyError, TypeError):
+        card = read_card(folder)
+    except (OSError, ValueError):
         return None
+    return card if card.dataset.name in CLASS_NAMES else None
 
 
 def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenModel:
@@ -154,7 +154,7 @@ def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenMode
     path = run_dir / RUNTIME_FILES[runtime]
     if not path.is_file():
         raise DataError(f"{path}: {what} has no {runtime} model; pick another --runtime")
-    return ChosenModel(path, card["run_id"], card["dataset"]["name"], CLASS_NAMES[card["dataset"]["name"]])
+    return ChosenModel(path, card.run_id, card.dataset.name, CLASS_NAMES[card.dataset.name])
 
 
 def printable(text: str) -> str:
