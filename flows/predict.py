@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from prefect import flow
 
 from launch.local import run_from_command_line
+from mnist_core.inference.cli import SOME_FAILED
 from mnist_core.inference.predict import PredictParams
 from tasks.predict import PredictionSummary, predict_batch
 
@@ -41,4 +42,4 @@ def run(params: PredictParams) -> int:
     print(f"\n{summary.count} predictions ({summary.failed} failed, {summary.for_review} for review)")
     print(f"Predictions: {summary.predictions_csv}")
     print(f"Model: {summary.model} (SHA-256 {summary.model_sha256})", flush=True)
-    return 3 if summary.failed else 0
+    return SOME_FAILED if summary.failed else 0

@@ -24,12 +24,13 @@ from prefect.logging import get_logger
 
 from flows.mnist import mnist
 from launch.local import run_from_command_line
+from launch.trials import cancel_trials, start_on_pool
 from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import Promotion
 from mnist_core.sweep import SweepParams
 from tasks import download, promote, transform
-from tasks.sweep import cancel_trials, run_trials, start_on_pool, trial_mode
+from tasks.sweep import run_trials, trial_mode
 from tasks.sweep_results import best_trial, publish_sweep
 
 

@@ -55,3 +55,10 @@ def test_a_float_that_is_not_finite_is_refused_as_such(value: float) -> None:
     """Found by a new user: --lr nan was refused as "should be less than or equal to 10"."""
     with pytest.raises(ValidationError, match="lr\n  Input should be a finite number"):
         RunParams(lr=value)
+
+
+def test_the_defaults_are_the_fast98_recipe() -> None:
+    """One source of truth: the defaults read their values from the fast98 preset."""
+    defaults, fast98 = RunParams(), RunParams(preset="fast98")
+    assert defaults.model_dump(exclude={"preset"}) == fast98.model_dump(exclude={"preset"})
+    assert RunParams(preset="seed").lr != defaults.lr

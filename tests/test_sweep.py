@@ -119,7 +119,7 @@ def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect
     from prefect.states import Cancelled, Completed, Scheduled
 
     from flows.sweep import _cancel_trials, sweep
-    from tasks.sweep import cancel_trials, sweep_tag
+    from launch.trials import cancel_trials, sweep_tag
 
     with get_client(sync_client=True) as client:
         sweep_run = client.create_flow_run(stand_in, state=Cancelled())
@@ -143,7 +143,7 @@ def test_a_trial_past_its_timeout_is_a_row_and_is_stopped(prefect_server, stand_
     from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
-    from tasks.sweep import Trials
+    from launch.trials import Trials
 
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run(stand_in, state=Scheduled())  # no worker ever picks it up
