@@ -26,7 +26,7 @@ from types import FrameType
 from typing import NoReturn, TypeVar
 
 from prefect.exceptions import TerminationSignal
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, temporary_settings
 
 from launch.entry import hand_over
 from launch.server import ServerError, serving
@@ -164,8 +164,15 @@ def local_run() -> Iterator[LocalRun]:
         with serving(env, log_path, cwd=Path.cwd(), meanwhile=_import_for_training) as (url, server):
             run.server = server
             print(f"mnist: Prefect server of this run: {url.removesuffix('/api')} (log: {log_path})", flush=True)
-            with watched(run, log_path), temporary_settings({PREFECT_API_URL: url}):
+            # No "View at <this server>/runs/..." line from Prefect: the server stops when the run ends, and the
+            # link would lead nowhere. Where to see the run afterwards is printed below.
+            with watched(run, log_path), temporary_settings({PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
                 yield run
+        print(
+            f"mnist: the run's Prefect server has stopped; the run stays recorded in {home / 'prefect.db'}: "
+            "`prefect server start` shows it at http://127.0.0.1:4200/runs",
+            flush=True,
+        )
 
 
 def run_from_command_line(
