@@ -157,6 +157,9 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> Non
     output = result.stdout + result.stderr
     assert "epoch 1/1: train loss" in output and "━" not in output and " steps " not in output
     assert not [line for line in output.splitlines() if "| ERROR" in line or "| WARNING" in line], output[-3000:]
+    # No link to the run's own server, which is gone once the run ends; instead, where the run stays recorded.
+    assert "View at" not in output
+    assert result.stdout.splitlines()[-1].startswith("mnist: the run's Prefect server has stopped")
 
 
 def test_on_a_terminal_training_and_download_show_a_progress_bar(mnist_mirror: Path, tmp_path: Path) -> None:

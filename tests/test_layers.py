@@ -3,6 +3,7 @@ import, also those inside functions), `mnist_core` never imports Prefect, and th
 imports torch."""
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,17 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
 def test_the_onnx_path_imports_no_torch(statement: str) -> None:
     code = f"import sys; {statement}; bad = {{'torch', 'prefect'}} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "load_with",
+    [
+        "mnist_core.model.load_weights, then model(images)",  # cards written before the layer packages
+        "mnist_core.training.model.load_weights, then model(images)",  # cards written since
+    ],
+)
+def test_the_loader_a_model_card_names_still_imports(load_with: str) -> None:
+    from mnist_core.training.model import load_weights
+
+    module, _, name = load_with.split(",")[0].rpartition(".")
+    assert getattr(importlib.import_module(module), name) is load_weights
