@@ -179,8 +179,15 @@ class Stack:
             # Until the child has exec'd, /proc shows this script's command line: watch the Popen, not /proc.
             server_pid, server_running = server.pid, partial(is_running, server)
             print(f"server: starting (PID {server_pid}, database {describe_database(self.home)})")
-        state = {**state, "server_pid": server_pid, "port": self.port, "host": self.host, "api_url": self.api_url,
-                 "prefect_home": str(self.home), "pool": self.pool}  # fmt: skip
+        state = {
+            **state,
+            "server_pid": server_pid,
+            "port": self.port,
+            "host": self.host,
+            "api_url": self.api_url,
+            "prefect_home": str(self.home),
+            "pool": self.pool,
+        }
         # Saved before waiting, so `down` can stop a server that never became healthy.
         self.write_state(state)
         self.wait_for("server", self.server_healthy, server_running, "server")

@@ -70,8 +70,11 @@ def run(params: RunParams) -> int:
 
 def print_summary(result: RunResult | Unchanged) -> None:
     if isinstance(result, Unchanged):
-        print(f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
-              "and code); --force-retrain trains anyway.", flush=True)  # fmt: skip
+        print(
+            f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
+            "and code); --force-retrain trains anyway.",
+            flush=True,
+        )
         return
     print(f"\nTest accuracy: {result.exported.card.metrics.test_accuracy:.2%}")
     print(f"Report: {result.exported.report}")

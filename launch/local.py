@@ -41,8 +41,15 @@ RESUME_HINT = "rerun the same command to resume from the last completed epoch, i
 # Prefect's temporary server runs only what one run needs; a standing server's services (scheduling deployments'
 # runs, marking late runs, watching workers, ...) would act on PREFECT_HOME's database for nothing. The user's own
 # settings win.
-STANDING_SERVER_SERVICES = ("scheduler", "late_runs", "foreman", "cancellation_cleanup", "pause_expirations",
-                            "repossessor", "cleanup_reconciler")  # fmt: skip
+STANDING_SERVER_SERVICES = (
+    "scheduler",
+    "late_runs",
+    "foreman",
+    "cancellation_cleanup",
+    "pause_expirations",
+    "repossessor",
+    "cleanup_reconciler",
+)
 
 
 class LocalRun:
@@ -97,8 +104,9 @@ class LocalRun:
         assert self.server is not None
         if self.signals:  # the same signal reached the server (a service manager stops the whole cgroup)
             which = self.signals[0]
-            self.stop_now(f"{which.name}: stopping now (the Prefect server stopped too); {RESUME_HINT}",
-                          EXIT_CODES[which])  # fmt: skip
+            self.stop_now(
+                f"{which.name}: stopping now (the Prefect server stopped too); {RESUME_HINT}", EXIT_CODES[which]
+            )
         self.stop_now(
             f"error: the Prefect server of this run (PID {self.server.pid}) exited with status "
             f"{self.server.returncode}; the run cannot record anything any more and stops here; {RESUME_HINT}. "
@@ -158,8 +166,10 @@ def local_run() -> Iterator[LocalRun]:
             return
         home = Path(PREFECT_HOME.value()).expanduser()
         log_path = home / "logs" / "mnist-run-server.log"
-        env = {**{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false" for name in STANDING_SERVER_SERVICES},
-               **os.environ}  # fmt: skip
+        env = {
+            **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false" for name in STANDING_SERVER_SERVICES},
+            **os.environ,
+        }
         print("mnist: starting a Prefect server for this run (set PREFECT_API_URL to use your own)", flush=True)
         with serving(env, log_path, cwd=Path.cwd(), meanwhile=_import_for_training) as (url, server):
             run.server = server

@@ -119,8 +119,13 @@ def log_tail(log_path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def wait_for(what: str, check: Callable[[], bool], running: Callable[[], bool], log_path: Path,
-             timeout_s: float = HEALTH_TIMEOUT_S) -> None:  # fmt: skip
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    running: Callable[[], bool],
+    log_path: Path,
+    timeout_s: float = HEALTH_TIMEOUT_S,
+) -> None:
     """Poll `check` until it holds; ServerError (with the log's tail) if the process exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

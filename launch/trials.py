@@ -123,8 +123,9 @@ def run_all(
 def start_on_pool(run_params: RunParams, tags: list[str]) -> uuid.UUID:
     """A run of the trial deployment. timeout=0: returns once the run exists; the pool's workers pick it up as
     they are free."""
-    run = run_deployment(TRIAL_DEPLOYMENT, parameters={"params": run_params.model_dump(mode="json")}, timeout=0,
-                         tags=tags)  # fmt: skip
+    run = run_deployment(
+        TRIAL_DEPLOYMENT, parameters={"params": run_params.model_dump(mode="json")}, timeout=0, tags=tags
+    )
     return run.id
 
 

@@ -52,9 +52,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Where files go and how a run is named or judged, not what training computes. `preset` is out too: its values
 # are already in the fields it filled.
 NOT_IN_TRAINING_DIGEST = frozenset(
-    {"data_dir", "output_dir", "mirror", "run_name", "resume", "promotion_margin", "force_promote", "preset",
-     "force_retrain", "promotion_metric", "extra_data", "promote"}
-)  # fmt: skip
+    {
+        "data_dir",
+        "output_dir",
+        "mirror",
+        "run_name",
+        "resume",
+        "promotion_margin",
+        "force_promote",
+        "preset",
+        "force_retrain",
+        "promotion_metric",
+        "extra_data",
+        "promote",
+    }
+)
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 

@@ -195,8 +195,14 @@ class Exported(Record):
     @classmethod
     def in_folder(cls, run_dir: Path, card: ModelCard) -> "Exported":
         """A run folder as export leaves it."""
-        return cls(run_id=card.run_id, run_dir=run_dir, model=run_dir / WEIGHTS_FILE, report=run_dir / REPORT_FILE,
-                   model_card=run_dir / CARD_FILE, card=card)  # fmt: skip
+        return cls(
+            run_id=card.run_id,
+            run_dir=run_dir,
+            model=run_dir / WEIGHTS_FILE,
+            report=run_dir / REPORT_FILE,
+            model_card=run_dir / CARD_FILE,
+            card=card,
+        )
 
 
 class Promotion(Record):

@@ -19,9 +19,23 @@ if TYPE_CHECKING:  # imported where a study is made: `mnist sweep --help` and it
 
 # What a trial may vary: what training computes. Where files go, the dataset and the promotion rule stay the base's.
 NOT_SEARCHABLE = frozenset(
-    {"dataset", "data_dir", "output_dir", "mirror", "extra_data", "run_name", "resume", "promote", "promotion_margin",
-     "force_promote", "force_retrain", "promotion_metric", "preset", "device"}
-)  # fmt: skip
+    {
+        "dataset",
+        "data_dir",
+        "output_dir",
+        "mirror",
+        "extra_data",
+        "run_name",
+        "resume",
+        "promote",
+        "promotion_margin",
+        "force_promote",
+        "force_retrain",
+        "promotion_metric",
+        "preset",
+        "device",
+    }
+)
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 

@@ -58,8 +58,13 @@ def download_bar() -> Iterator[OnBytes]:
     if not interactive():
         yield lambda name, copied, total: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with _bar(*columns) as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -84,8 +89,9 @@ class TrainingBar:
     def epoch_done(self, stats: EpochStats) -> None:
         loss = f"train loss {stats.train_loss:.4f}  val loss {stats.val_loss:.4f}  val acc {stats.val_accuracy:.2%}"
         # Set, not counted: a run resumed from a checkpoint starts its ticks at 0, and is put right here.
-        self.progress.update(self.task, completed=stats.epoch * self.steps_per_epoch,
-                             epoch=min(stats.epoch + 1, self.epochs), loss=loss)  # fmt: skip
+        self.progress.update(
+            self.task, completed=stats.epoch * self.steps_per_epoch, epoch=min(stats.epoch + 1, self.epochs), loss=loss
+        )
 
 
 @contextmanager
@@ -93,8 +99,14 @@ def training_bar(epochs: int, steps_per_epoch: int) -> Iterator[TrainingBar | No
     if not interactive():
         yield None
         return
-    columns = (TextColumn(f"epoch {{task.fields[epoch]}}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("steps"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"))  # fmt: skip
+    columns = (
+        TextColumn(f"epoch {{task.fields[epoch]}}/{epochs}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[loss]}"),
+    )
     with _bar(*columns) as progress:
         yield TrainingBar(progress, epochs, steps_per_epoch)
 

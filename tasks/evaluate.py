@@ -18,6 +18,9 @@ def evaluate(trained: Trained, prepared: Prepared, device: str) -> Evaluation:
     logger = get_run_logger()
     logger.info("test accuracy %.2f%%, test loss %.4f", 100 * evaluation.accuracy, evaluation.loss)
     if evaluation.extra_accuracy is not None:
-        logger.info("accuracy on the %d test images of extra_data: %.2f%%", evaluation.extra_size,
-                    100 * evaluation.extra_accuracy)  # fmt: skip
+        logger.info(
+            "accuracy on the %d test images of extra_data: %.2f%%",
+            evaluation.extra_size,
+            100 * evaluation.extra_accuracy,
+        )
     return evaluation

@@ -61,8 +61,9 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
     with publisher.attempt(f"the artifacts of {run_dir}"):
         create_markdown_artifact(key=f"{dataset}-report", markdown=report, description="Run report")
         create_table_artifact(key=f"{dataset}-epoch-metrics", table=epochs, description="Per-epoch metrics")
-        create_table_artifact(key=f"{dataset}-per-class", table=evaluation.per_class,
-                              description="Per-class test metrics")  # fmt: skip
+        create_table_artifact(
+            key=f"{dataset}-per-class", table=evaluation.per_class, description="Per-class test metrics"
+        )
         create_table_artifact(
             key=f"{dataset}-confusion-matrix",
             table=confusion,
@@ -71,8 +72,9 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
         for key, link, text in links:
             create_link_artifact(key=key, link=link, link_text=text)
         # What a sweep reads back through the API (never through a shared disk) from each of its trials.
-        create_table_artifact(key=f"{dataset}-run-result", table=[run_result(exported)],
-                              description="This run's figures, for a sweep")  # fmt: skip
+        create_table_artifact(
+            key=f"{dataset}-run-result", table=[run_result(exported)], description="This run's figures, for a sweep"
+        )
 
 
 @task(name="export", cache_policy=NO_CACHE, persist_result=False)

@@ -13,6 +13,7 @@ def fingerprint(downloaded: Downloaded, prepared: Prepared, params: RunParams) -
     code = code_digest()
     value = run_fingerprint(downloaded.sha256, prepared.extra_sha256, params.training_digest(), code)
     since = unchanged_since(params.output_dir, params.dataset, value)
-    get_run_logger().info("fingerprint %s (code %s)%s", value[:16], code[:16],
-                          f": the same as run {since}'s" if since else "")  # fmt: skip
+    get_run_logger().info(
+        "fingerprint %s (code %s)%s", value[:16], code[:16], f": the same as run {since}'s" if since else ""
+    )
     return Fingerprint(value=value, code_digest=code, unchanged_since=since)

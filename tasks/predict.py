@@ -86,15 +86,19 @@ def predict_batch(params: PredictParams) -> PredictionSummary:
         logger.warning("%s", row.error)
     if len(batch.failed) > LOGGED_FAILURES:
         logger.warning("... and %d more failed inputs: see the CSV", len(batch.failed) - LOGGED_FAILURES)
-    logger.info("%d predictions, %d failed, %d for review: %s", summary.count, summary.failed, summary.for_review,
-                output)  # fmt: skip
+    logger.info(
+        "%d predictions, %d failed, %d for review: %s", summary.count, summary.failed, summary.for_review, output
+    )
     dataset = batch.model.dataset
     with BestEffort(logger).attempt("the prediction artifacts"):
         rows = [asdict(row) for row in batch.predictions[:TABLE_ROWS]]
-        create_table_artifact(key=f"{dataset}-predictions", table=rows,
-                              description=f"The first {TABLE_ROWS} predictions")  # fmt: skip
-        create_markdown_artifact(key=f"{dataset}-prediction-summary",
-                                 markdown=summary_markdown(summary, params.threshold, batch),
-                                 description="Batch inference summary")  # fmt: skip
+        create_table_artifact(
+            key=f"{dataset}-predictions", table=rows, description=f"The first {TABLE_ROWS} predictions"
+        )
+        create_markdown_artifact(
+            key=f"{dataset}-prediction-summary",
+            markdown=summary_markdown(summary, params.threshold, batch),
+            description="Batch inference summary",
+        )
         create_link_artifact(key=f"{dataset}-predictions-csv", link=output.as_uri(), link_text=f"Predictions {output}")
     return summary

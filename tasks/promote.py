@@ -42,10 +42,18 @@ def promote(exported: Exported, prepared: Prepared, params: RunParams, device: s
         scores["extra"] = (metrics.extra_test_accuracy, extra)
         return decisive_accuracy(test, extra, sizes["test"], sizes["extra_test"], metric)
 
-    challenger = decisive_accuracy(metrics.test_accuracy, metrics.extra_test_accuracy, sizes["test"],
-                                   sizes["extra_test"], metric)  # fmt: skip
-    promotion = record_run(params.output_dir, exported, params.promotion_margin, params.force_promote, rescore,
-                           challenger, MEASURES[metric])  # fmt: skip
+    challenger = decisive_accuracy(
+        metrics.test_accuracy, metrics.extra_test_accuracy, sizes["test"], sizes["extra_test"], metric
+    )
+    promotion = record_run(
+        params.output_dir,
+        exported,
+        params.promotion_margin,
+        params.force_promote,
+        rescore,
+        challenger,
+        MEASURES[metric],
+    )
     section = promotion_markdown(promotion, params.dataset, scores if has_extra else None)
     append_to_report(exported.report, section)
     logger = get_run_logger()

@@ -43,9 +43,13 @@ def run_trials(params: SweepParams, sweep_run_id: uuid.UUID, start: Starter, con
         nonlocal done
         done += 1
         logger.info(
-            "trial %d of %d: %s, validation accuracy %s (%s)", done, total, row["state"], row["val_accuracy"],
+            "trial %d of %d: %s, validation accuracy %s (%s)",
+            done,
+            total,
+            row["state"],
+            row["val_accuracy"],
             row["params"],
-        )  # fmt: skip
+        )
         if progress_id is not None and not publisher.resting():
             with publisher.attempt("the sweep's progress", retries=0):
                 update_progress_artifact(progress_id, progress=100.0 * done / total)

@@ -29,8 +29,10 @@ def best_trial(rows: list[dict[str, Any]]) -> Exported | None:
     except (OSError, ValueError) as error:
         logger.warning(
             "the best trial's run folder %s cannot be read here (%s): it stays on the worker that ran it; share "
-            "output_dir between the workers and the sweep to promote trials", run_dir, error,
-        )  # fmt: skip
+            "output_dir between the workers and the sweep to promote trials",
+            run_dir,
+            error,
+        )
         return None
     return Exported.in_folder(run_dir, card)
 
@@ -49,14 +51,21 @@ def summary_markdown(rows: list[dict[str, Any]], params: SweepParams, promotion:
             f"on {best['worker']}.",
         ]
     decision = promotion.reason if promotion else "not offered (see the log)" if params.promote_best else "off"
-    lines += ["", f"**Promotion of the best trial:** {decision}", "", "| rank | trial | state | params | val acc | "
-              "test acc | seconds | worker |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"**Promotion of the best trial:** {decision}",
+        "",
+        "| rank | trial | state | params | val acc | test acc | seconds | worker |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in table:
         val = "-" if row["val_accuracy"] is None else f"{row['val_accuracy']:.2%}"
         test = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2%}"
         seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.1f}"
-        lines.append(f"| {row['rank']} | {row['trial']} | {row['state']} | `{row['params']}` | {val} | {test} | "
-                     f"{seconds} | {row['worker'] or '-'} |")  # fmt: skip
+        lines.append(
+            f"| {row['rank']} | {row['trial']} | {row['state']} | `{row['params']}` | {val} | {test} | "
+            f"{seconds} | {row['worker'] or '-'} |"
+        )
     if failed:
         lines += [
             "",

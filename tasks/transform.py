@@ -16,7 +16,11 @@ def transform(downloaded: Downloaded, params: RunParams) -> Prepared:
         sizes = prepared.sizes
         get_run_logger().info(
             "extra images from %s: %d files (manifest SHA-256 %s): %d for training, %d for validation, %d for testing",
-            extra.root, len(extra.manifest), extra.sha256[:16], sizes["extra_train"], sizes["extra_val"],
+            extra.root,
+            len(extra.manifest),
+            extra.sha256[:16],
+            sizes["extra_train"],
+            sizes["extra_val"],
             sizes["extra_test"],
-        )  # fmt: skip
+        )
     return prepared

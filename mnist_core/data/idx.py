@@ -18,7 +18,7 @@ CLASS_NAMES: dict[str, list[str]] = {
     "fashion-mnist": [
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ],
-}  # fmt: skip
+}
 
 
 def read_bytes(path: Path, limit: int | None = None) -> bytes:

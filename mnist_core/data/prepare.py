@@ -100,7 +100,7 @@ def prepare_dataset(
     extra_sizes = {"extra_train": len(extra_parts["train"][1]), "extra_val": len(extra_parts["val"][1])}
     metadata = {"dataset": downloaded.dataset, "val_size": str(val_size), "seed": str(seed), "mean": repr(mean),
                 "std": repr(std), "extra_sha256": extra_sha256 or "",
-                "extra_sizes": json.dumps(extra_sizes)}  # fmt: skip
+                "extra_sizes": json.dumps(extra_sizes)}
     metadata.update({f"sha256_{role}": digest for role, digest in downloaded.sha256.items()})
     atomic_save_tensors(tensors, target, metadata)
     sizes = {**{split: len(tensors[f"{split}_labels"]) for split in SPLITS}, **extra_sizes}

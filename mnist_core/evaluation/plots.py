@@ -63,8 +63,15 @@ def _draw_panel(axes: Axes, epochs: list[int], train: list[float], val: list[flo
     axes.plot(epochs, train, marker="o", markersize=4, color=TRAIN_COLOR, label="train")
     axes.plot(epochs, val, marker="o", markersize=4, color=VAL_COLOR, label="validation")
     axes.axvline(epochs[best], color=BEST_COLOR, linestyle="--", linewidth=1, zorder=1)  # behind the points
-    axes.plot(epochs[best], val[best], marker="*", markersize=14, color=BEST_COLOR, linestyle="none",
-              label=f"best epoch {epochs[best]}")  # fmt: skip
+    axes.plot(
+        epochs[best],
+        val[best],
+        marker="*",
+        markersize=14,
+        color=BEST_COLOR,
+        linestyle="none",
+        label=f"best epoch {epochs[best]}",
+    )
     axes.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
     axes.margins(y=0.1)  # room for the best-epoch star at the top or bottom edge
     if len(epochs) <= 20:
@@ -113,8 +120,15 @@ def _write_counts(axes: Axes, counts: np.ndarray, norm: LogNorm) -> None:
         axes.text(col, row, str(count), ha="center", va="center", color=color, fontsize=fontsize)
 
 
-def plot_mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray,
-                  class_names: list[str], path: Path, limit: int = 36) -> int:  # fmt: skip
+def plot_mistakes(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    confidence: np.ndarray,
+    class_names: list[str],
+    path: Path,
+    limit: int = 36,
+) -> int:
     """A grid of the misclassified test images, most confident mistakes first: those show label noise and the
     model's blind spots better than near-ties do. Returns how many were shown."""
     chosen = _worst_mistakes(labels, predicted, confidence, limit)

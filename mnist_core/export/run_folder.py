@@ -233,8 +233,9 @@ def save_portable(model: MLP, folder: Path) -> None:
         )
 
 
-def write_plots(folder: Path, model: MLP, card: ModelCard, history: list[EpochStats], evaluation: Evaluation,
-                test_split: TestSplit) -> None:  # fmt: skip
+def write_plots(
+    folder: Path, model: MLP, card: ModelCard, history: list[EpochStats], evaluation: Evaluation, test_split: TestSplit
+) -> None:
     """The run's PNGs; the mistakes are the exported model's own, on the test images it was scored on."""
     images, labels = test_split
     with torch.no_grad():
@@ -243,12 +244,25 @@ def write_plots(folder: Path, model: MLP, card: ModelCard, history: list[EpochSt
     if history:
         plot_curves(history, card.metrics.best_epoch, folder / CURVES_PNG, card.dataset.name)
     plot_confusion(evaluation.confusion, evaluation.class_names, folder / CONFUSION_PNG)
-    plot_mistakes(images.cpu().numpy(), labels.cpu().numpy(), predicted.numpy(), confidence.numpy(),
-                  evaluation.class_names, folder / MISTAKES_PNG)  # fmt: skip
+    plot_mistakes(
+        images.cpu().numpy(),
+        labels.cpu().numpy(),
+        predicted.numpy(),
+        confidence.numpy(),
+        evaluation.class_names,
+        folder / MISTAKES_PNG,
+    )
 
 
-def _write_files(folder: Path, run_dir: Path, model: MLP, card: ModelCard, history: list[EpochStats],
-                 evaluation: Evaluation, test_split: TestSplit) -> ModelCard:  # fmt: skip
+def _write_files(
+    folder: Path,
+    run_dir: Path,
+    model: MLP,
+    card: ModelCard,
+    history: list[EpochStats],
+    evaluation: Evaluation,
+    test_split: TestSplit,
+) -> ModelCard:
     cpu_model = MLP(model.hidden_sizes, model.dropout)
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     cpu_model.eval()

@@ -67,8 +67,10 @@ class PredictParams(BaseModel):
         if output.is_dir():
             raise ValueError(f"output {str(self.output)!r} is a folder; name a .csv file in it")
         if output.name == REGISTRY_FILE or output.name.startswith("champion-") or (output.parent / CARD_FILE).is_file():
-            raise ValueError(f"output {str(self.output)!r} would replace one of the training records (the registry, "
-                             "a champion pointer or a run folder's files); name a .csv file elsewhere")  # fmt: skip
+            raise ValueError(
+                f"output {str(self.output)!r} would replace one of the training records (the registry, "
+                "a champion pointer or a run folder's files); name a .csv file elsewhere"
+            )
         if output.exists() and any(
             (source := Path(spec).expanduser()).is_file() and output.samefile(source) for spec in self.inputs
         ):
@@ -235,8 +237,10 @@ def format_table(rows: list[Prediction]) -> str:
     header = ("input", "class", "confidence", "top-3")
     cells = [(row.input, row.class_name, f"{row.confidence:.3f}", row.top3) for row in rows if row.error is None]
     widths = [max([len(header[i])] + [len(cell[i]) for cell in cells]) for i in range(len(header))]
-    return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
-                     for line in [header, *cells])  # fmt: skip
+    return "\n".join(
+        "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *cells]
+    )
 
 
 def class_counts(rows: list[Prediction], class_names: list[str]) -> dict[str, int]:

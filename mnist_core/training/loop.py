@@ -68,8 +68,16 @@ def build_step(
     if kind == "plain" and capture is not None:
         raise TrainingError("only a fixed-shape step can be captured; pass step_kind='fixed_shape' with capture")
     step_class = PlainStep if kind == "plain" else FixedShapeStep
-    step = step_class(training.model, training.optimizer, images, labels, batch_size,
-                      training.params.label_smoothing, bf16, written_out=gradients == "written_out")  # fmt: skip
+    step = step_class(
+        training.model,
+        training.optimizer,
+        images,
+        labels,
+        batch_size,
+        training.params.label_smoothing,
+        bf16,
+        written_out=gradients == "written_out",
+    )
     if capture is None and kind == "cuda_graph":
         capture = capture_cuda_graph
     if capture is not None:
@@ -331,6 +339,11 @@ def _end_epoch(
 def _log_epoch(logger: Logger, stats: EpochStats, epochs: int) -> None:
     logger.info(
         "epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.2f%%, %.2f s, %.0f samples/s",
-        stats.epoch, epochs, stats.train_loss, stats.val_loss, 100 * stats.val_accuracy,
-        stats.seconds, stats.samples_per_s,
-    )  # fmt: skip
+        stats.epoch,
+        epochs,
+        stats.train_loss,
+        stats.val_loss,
+        100 * stats.val_accuracy,
+        stats.seconds,
+        stats.samples_per_s,
+    )
