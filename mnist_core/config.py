@@ -105,6 +105,13 @@ class RunParams(BaseModel):
         default_factory=lambda: [128, 64], min_length=1, max_length=8, description="Hidden layer widths."
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")
+    augment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Strength of on-device augmentation of training batches (random affine, elastic distortion, "
+        "stroke thickness, blur, noise; 1 = the strongest that keeps digits legible); 0 is off.",
+    )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps.")
     precision: PrecisionName = Field(
         "auto", description="fp32, bf16 autocast (CUDA only), or auto (fp32: as fast as bf16 on a GPU for this MLP)."

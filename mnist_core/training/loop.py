@@ -16,6 +16,7 @@ from pydantic import ConfigDict
 from mnist_core.config import RunParams
 from mnist_core.errors import TrainingError
 from mnist_core.records import EpochStats, TrainingSummary
+from mnist_core.training.augment import Augment
 from mnist_core.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mnist_core.training.device import describe_environment
 from mnist_core.training.model import MLP, MNIST_MEAN, MNIST_STD, evaluate_split
@@ -77,6 +78,7 @@ def build_step(
         training.params.label_smoothing,
         bf16,
         written_out=gradients == "written_out",
+        augment=Augment(training.params.augment) if training.params.augment > 0 else None,
     )
     if capture is None and kind == "cuda_graph":
         capture = capture_cuda_graph

@@ -63,6 +63,7 @@ class _Step:
     label_smoothing: float = 0.0
     bf16: bool = False
     written_out: bool = False  # gradients from backprop.py instead of autograd (not with bf16)
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> augmented float batch (augment.py)
 
     def __post_init__(self) -> None:
         if self.written_out and self.bf16:
@@ -130,6 +131,8 @@ class FixedShapeStep(_Step):
         # index_select, not images[index]: on the CPU, advanced indexing of a uint8 tensor is ~10x slower.
         batch_x = torch.index_select(self.images, 0, self.index)
         batch_y = torch.index_select(self.labels, 0, self.index)
+        if self.augment is not None:
+            batch_x = self.augment(batch_x)
         weighted, logits = self._loss_and_gradients(batch_x, batch_y, self.weight)
         self.optimizer.step()
         self.loss_sum += weighted
@@ -150,6 +153,8 @@ class PlainStep(_Step):
     def run(self, index: torch.Tensor) -> None:
         batch_x = torch.index_select(self.images, 0, index)
         batch_y = torch.index_select(self.labels, 0, index)
+        if self.augment is not None:
+            batch_x = self.augment(batch_x)
         loss_sum, logits = self._loss_and_gradients(batch_x, batch_y, None)
         self.optimizer.step()
         self.loss_sum += loss_sum
