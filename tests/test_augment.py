@@ -45,7 +45,7 @@ def test_augmented_digits_differ_but_stay_legible(mnist_tensors: dict[str, torch
     images, labels = mnist_tensors["val_images"][:1000], mnist_tensors["val_labels"][:1000]
     torch.manual_seed(0)
     out = Augment(1.0)(images)
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert correlation(out, images.float() / 255).max() < 0.995  # every image was changed
     with torch.no_grad():
         as_is = (model(images).argmax(1) == labels).float().mean()
