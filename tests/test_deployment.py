@@ -266,7 +266,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     stack_env: dict[str, str],
     stack_database: StackDatabase,
-    prefect_home_with_database,
+    request: pytest.FixtureRequest,
     mnist_data_dir: Path,
     mnist_mirror: Path,
 ) -> Iterator[StackHandle]:
@@ -278,8 +278,8 @@ def stack(
             "mirror": [str(mnist_mirror)], "device": "cpu"}  # fmt: skip
     if stack_database.url:
         stack_env = {**stack_env, "PREFECT_API_DATABASE_CONNECTION_URL": stack_database.url}
-    else:
-        prefect_home_with_database(state_dir / "prefect-home")
+    else:  # asked for only here: on PostgreSQL, the session's server is not needed
+        request.getfixturevalue("prefect_home_with_database")(state_dir / "prefect-home")
     with running_stack(state_dir, stack_env, output_dir, base) as handle:
         yield handle
 
