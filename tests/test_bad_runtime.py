@@ -306,6 +306,7 @@ def _in_parallel(count: int, work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
+@pytest.mark.slow  # four real exports at once: ~6 s, the longest of the quick layer
 def test_two_exports_to_the_same_root_at_once(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     run_dirs = _in_parallel(4, lambda i: _export(root, metrics_rows=i + 1))
@@ -318,6 +319,7 @@ def test_two_exports_to_the_same_root_at_once(tmp_path: Path) -> None:
         load_weights(run_dir / WEIGHTS_FILE)
 
 
+@pytest.mark.slow  # four real exports at once: ~6 s, the longest of the quick layer
 def test_parallel_exports_trace_the_model_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Dynamo's state is process-wide (torch.jit.script, before it, raced with itself on CI once).
     original_export = torch.export.export

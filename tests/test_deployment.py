@@ -61,6 +61,7 @@ class StackHandle:
     output_dir: Path
     base_params: dict[str, Any]
     up_seconds: float
+    first_run_id: str | None = None  # the first run of mnist/train (test_retrain_promotes_keeps_and_queues)
 
     @property
     def stack(self) -> Stack:
@@ -182,14 +183,103 @@ def running_stack(
                     os.killpg(pid, signal.SIGKILL)
 
 
+# --- PostgreSQL: the module's one stack keeps its state there where PostgreSQL can run ------------------------
+
+
+def _version_key(bindir: Path) -> tuple[int, ...]:
+    """/usr/lib/postgresql/9.6/bin -> (9, 6): compared as numbers, so 16 sorts above 9.6."""
+    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
+
+
+def postgres_bindir() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
+        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
+            return candidate
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@dataclass
+class StackDatabase:
+    """The module stack's database: PostgreSQL where it can run here (its `url`), else SQLite (`why_not` says why)."""
+
+    url: str | None
+    why_not: str = ""
+
+
+@pytest.fixture(scope="module")
+def stack_database() -> Iterator[StackDatabase]:
+    """A throwaway PostgreSQL cluster on a free loopback port for the module's stack; $MNIST_TEST_POSTGRES_URL uses
+    an existing one. Without PostgreSQL's binaries (or, as root, a `postgres` user) the stack uses SQLite and only
+    test_deployment_runs_against_postgres is skipped."""
+    if os.environ.get("MNIST_TEST_POSTGRES_URL"):
+        yield StackDatabase(os.environ["MNIST_TEST_POSTGRES_URL"])
+        return
+    bindir = postgres_bindir()
+    if bindir is None:
+        yield StackDatabase(None, "PostgreSQL server binaries not found (run .ci/postgres.sh to install them)")
+        return
+    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
+    user = None
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            yield StackDatabase(None, "running as root and there is no `postgres` user to run PostgreSQL as")
+            return
+    data_dir = Path(tempfile.mkdtemp(prefix="mnist-test-pg-"))
+    if user:
+        os.chown(data_dir, user.pw_uid, user.pw_gid)
+    as_user: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+    port = free_port()
+    server = None
+    try:
+        subprocess.run([str(bindir / "initdb"), "-D", str(data_dir / "db"), "-U", "prefect", "--auth=trust",
+                        "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, **as_user)  # fmt: skip
+        with open(data_dir / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [str(bindir / "postgres"), "-D", str(data_dir / "db"), "-p", str(port), "-h", "127.0.0.1",
+                 "-k", str(data_dir), "-c", "fsync=off"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:  # fmt: skip
+            assert server.poll() is None and time.monotonic() < deadline, (data_dir / "server.log").read_text()
+            time.sleep(0.2)
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
+                       check=True, capture_output=True)  # fmt: skip
+        yield StackDatabase(f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect")
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)  # fast shutdown: disconnect clients, no waiting for them
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, stack_env: dict[str, str], mnist_data_dir: Path, mnist_mirror: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_env: dict[str, str],
+    stack_database: StackDatabase,
+    request: pytest.FixtureRequest,
+    mnist_data_dir: Path,
+    mnist_mirror: Path,
 ) -> Iterator[StackHandle]:
+    """The one stack of this module: on PostgreSQL where it can run here, else on SQLite (a PREFECT_HOME whose
+    database is already set up, as after a first `stack up`: the server is healthy ~13 s sooner)."""
     state_dir = tmp_path_factory.mktemp("stack")
     output_dir = tmp_path_factory.mktemp("runs")
     base = {"epochs": 1, "data_dir": str(mnist_data_dir), "output_dir": str(output_dir),
             "mirror": [str(mnist_mirror)], "device": "cpu"}  # fmt: skip
+    if stack_database.url:
+        stack_env = {**stack_env, "PREFECT_API_DATABASE_CONNECTION_URL": stack_database.url}
+    else:  # asked for only here: on PostgreSQL, the session's server is not needed
+        request.getfixturevalue("prefect_home_with_database")(state_dir / "prefect-home")
     with running_stack(state_dir, stack_env, output_dir, base) as handle:
         yield handle
 
@@ -234,6 +324,7 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     """Run 1 becomes champion. Then two retrains at once: one forced (submitted through the API) and one worse
     (`deployment run --watch`): they run one after the other, the worse one keeps the champion, the forced one wins."""
     first_id, first_seconds = stack.run_deployment(stack.base_params)
+    stack.first_run_id = first_id
     print(f"\nfirst run (deployment run --watch, 1 epoch): {first_seconds:.1f} s")
     assert stack.flow_run(first_id)["state_type"] == "COMPLETED"
     artifacts = stack.artifacts(first_id)
@@ -530,6 +621,22 @@ def test_cancelling_a_sweep_deployment_run_cancels_its_trials(stack: StackHandle
     assert states and set(states.values()) == {"CANCELLED"}, (states, stack.worker_log())
 
 
+def test_deployment_runs_against_postgres(stack: StackHandle, stack_database: StackDatabase) -> None:
+    """The stack on PostgreSQL: a run of mnist/train (the first one of this module's stack) completes, and the
+    server really kept its state in PostgreSQL."""
+    if stack_database.url is None:
+        pytest.skip(stack_database.why_not)
+    if stack.first_run_id is None:  # run alone (-k): run it here
+        stack.first_run_id, seconds = stack.run_deployment(stack.base_params)
+        print(f"\nrun on PostgreSQL: {seconds:.1f} s")
+    flow_run_id = stack.first_run_id
+    assert stack.flow_run(flow_run_id)["state_type"] == "COMPLETED"
+    assert "mnist-promotion" in stack.artifacts(flow_run_id)
+    # The server really kept its state in PostgreSQL: the run is a row there.
+    assert flow_run_state_in_postgres(stack_database.url, flow_run_id) == "COMPLETED"
+    assert not (stack.state_dir / "prefect-home" / "prefect.db").exists()
+
+
 def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
     """Last test on this stack: `down` stops the worker and the server by PID; a second `down` is a no-op."""
     state = json.loads((stack.state_dir / "stack.json").read_text())
@@ -542,93 +649,6 @@ def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
     assert not stack.stack.server_healthy()
     again = stack.stack_command("down", timeout=60)
     assert again.returncode == 0 and "server: not running" in again.stdout
-
-
-# --- PostgreSQL ------------------------------------------------------------------------------------------------
-
-
-def _version_key(bindir: Path) -> tuple[int, ...]:
-    """/usr/lib/postgresql/9.6/bin -> (9, 6): compared as numbers, so 16 sorts above 9.6."""
-    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
-
-
-def postgres_bindir() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
-        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
-            return candidate
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free loopback port; $MNIST_TEST_POSTGRES_URL uses an existing one."""
-    if os.environ.get("MNIST_TEST_POSTGRES_URL"):
-        yield os.environ["MNIST_TEST_POSTGRES_URL"]
-        return
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (run .ci/postgres.sh to install Debian's postgresql)")
-    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
-    user = None
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
-    data_dir = Path(tempfile.mkdtemp(prefix="mnist-test-pg-"))
-    if user:
-        os.chown(data_dir, user.pw_uid, user.pw_gid)
-    as_user: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
-    port = free_port()
-    server = None
-    try:
-        subprocess.run([str(bindir / "initdb"), "-D", str(data_dir / "db"), "-U", "prefect", "--auth=trust",
-                        "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, **as_user)  # fmt: skip
-        with open(data_dir / "server.log", "wb") as log:
-            server = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data_dir / "db"), "-p", str(port), "-h", "127.0.0.1",
-                 "-k", str(data_dir), "-c", "fsync=off"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:  # fmt: skip
-            assert server.poll() is None and time.monotonic() < deadline, (data_dir / "server.log").read_text()
-            time.sleep(0.2)
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
-                       check=True, capture_output=True)  # fmt: skip
-        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
-    finally:
-        if server is not None:
-            server.send_signal(signal.SIGINT)  # fast shutdown: disconnect clients, no waiting for them
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def test_deployment_runs_against_postgres(
-    tmp_path_factory: pytest.TempPathFactory,
-    stack_env: dict[str, str],
-    postgres_url: str,
-    mnist_data_dir: Path,
-    mnist_mirror: Path,
-) -> None:
-    output_dir = tmp_path_factory.mktemp("pg-runs")
-    env = {**stack_env, "PREFECT_API_DATABASE_CONNECTION_URL": postgres_url}
-    base = {"epochs": 1, "data_dir": str(mnist_data_dir), "output_dir": str(output_dir),
-            "mirror": [str(mnist_mirror)], "device": "cpu"}  # fmt: skip
-    with running_stack(tmp_path_factory.mktemp("pg-stack"), env, output_dir, base) as handle:
-        flow_run_id, seconds = handle.run_deployment(base)
-        print(f"run on PostgreSQL: {seconds:.1f} s")
-        assert handle.flow_run(flow_run_id)["state_type"] == "COMPLETED"
-        assert "mnist-promotion" in handle.artifacts(flow_run_id)
-    # The server really kept its state in PostgreSQL: the run is a row there.
-    assert flow_run_state_in_postgres(postgres_url, flow_run_id) == "COMPLETED"
-    assert not (handle.state_dir / "prefect-home" / "prefect.db").exists()
 
 
 def flow_run_state_in_postgres(url: str, flow_run_id: str) -> str | None:

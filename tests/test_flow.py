@@ -140,9 +140,10 @@ def test_invalid_parameters_fail_before_any_work(prefect_server, tmp_path: Path)
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
-def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> None:
+def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path, prefect_home_with_database) -> None:
     """`python flows/mnist.py` as a user runs it: the Prefect server it starts, flags, the closing summary."""
-    env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(tmp_path / "prefect")}
+    home = prefect_home_with_database(tmp_path / "prefect")  # set up as by a first run: its server starts in ~5 s
+    env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "1", "--batch-size", "128",
                "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
@@ -162,12 +163,14 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path) -> Non
     assert result.stdout.splitlines()[-1].startswith("mnist: the run's Prefect server has stopped")
 
 
-def test_on_a_terminal_training_and_download_show_a_progress_bar(mnist_mirror: Path, tmp_path: Path) -> None:
+def test_on_a_terminal_training_and_download_show_a_progress_bar(
+    mnist_mirror: Path, tmp_path: Path, prefect_home_with_database
+) -> None:
     """`python flows/mnist.py` in a pseudo-terminal, as a person runs it."""
     import pty
 
-    env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "COLUMNS": "160"}  # fmt: skip
+    home = prefect_home_with_database(tmp_path / "prefect")  # set up as by a first run: its server starts in ~5 s
+    env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(home), "COLUMNS": "160"}
     env.pop("PREFECT_API_URL", None)
     env.pop("MNIST_PROGRESS", None)
     command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "2", "--data-dir",

@@ -29,9 +29,10 @@ def _params(output: Path) -> RunParams:
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One PREFECT_HOME for the module: after the first run, each run's server starts on an existing database."""
-    return tmp_path_factory.mktemp("prefect-home")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory, prefect_home_with_database) -> Path:
+    """One PREFECT_HOME for the module, with its database already set up (as after a user's first run): each run's
+    own server starts on an existing database."""
+    return prefect_home_with_database(tmp_path_factory.mktemp("prefect-home"))
 
 
 class FlowProcess:
@@ -134,7 +135,11 @@ def flow(tmp_path: Path, mnist_data_dir: Path, mnist_mirror: Path, prefect_home:
             running.process.wait()
 
 
-def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(flow: FlowProcess) -> None:
+def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(
+    flow: FlowProcess, mnist_data_dir: Path, mnist_mirror: Path, prefect_home: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-training; then the same command again, which resumes and completes, and a Ctrl-C once it has
+    completed (after the summary is printed, while the run's server is being stopped): the run stands (exit 0)."""
     url = flow.server_url()
     code, seconds = flow.signal_and_time((signal.SIGINT, True))
     epoch = flow.assert_stopped_cleanly(code, 130, seconds, "interrupted (Ctrl-C)")
@@ -142,9 +147,25 @@ def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(flow: F
     flow.assert_server_gone(url)
     print(f"\nCtrl-C after epoch {epoch}: exit 130 after {seconds:.1f} s")
 
-    rerun = subprocess.run(flow.command, cwd=PROJECT_ROOT, env=flow.env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    # The rerun: the same command, environment and output folder.
+    rerun = FlowProcess(mnist_data_dir, mnist_mirror, flow.output, prefect_home, tmp_path / "rerun.log")
+    assert rerun.command == flow.command
+    try:
+        code, _ = rerun.stop_and_time(
+            lambda: rerun.wait_for_output("Champion: ", timeout_s=300),
+            lambda: os.killpg(rerun.process.pid, signal.SIGINT),
+        )
+    finally:
+        if rerun.process.poll() is None:
+            os.killpg(rerun.process.pid, signal.SIGKILL)
+            rerun.process.wait()
+    output = rerun.output_text()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output and "rerun" not in output
+    if "SIGINT: the run had completed" not in output:  # the signal came after the clean-up: nothing to cut short
+        assert rerun.process.returncode == 0
     [run_dir] = [p for p in flow.output.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.csv").is_file()
     assert f'"resumed_from_epoch": {epoch}' in (run_dir / "model_card.json").read_text()
 
 
@@ -170,20 +191,6 @@ def test_a_second_ctrl_c_stops_at_once(flow: FlowProcess) -> None:
     time.sleep(1)  # the server was sent SIGTERM on the way out; it takes a moment
     flow.assert_server_gone(url)
     print(f"\ntwo Ctrl-C: exit 130 after {seconds:.1f} s")
-
-
-def test_ctrl_c_once_the_run_has_completed_only_cuts_the_clean_up_short(flow: FlowProcess) -> None:
-    """Ctrl-C after the summary is printed, while the run's server is being stopped: the run stands (exit 0)."""
-    code, seconds = flow.stop_and_time(
-        lambda: flow.wait_for_output("Champion: "), lambda: os.killpg(flow.process.pid, signal.SIGINT)
-    )
-    output = flow.output_text()
-    assert code == 0, output[-3000:]
-    assert "Traceback" not in output and "rerun" not in output
-    if "SIGINT: the run had completed" not in output:  # the signal came after the clean-up: nothing to cut short
-        assert flow.process.returncode == 0
-    [run_dir] = [path for path in flow.output.iterdir() if path.is_dir() and not path.name.startswith(".")]
-    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.csv").is_file()
 
 
 def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:

@@ -96,11 +96,12 @@ def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout_
 
 @pytest.mark.slow
 def test_killed_flow_resumes_from_checkpoint(
-    mnist_data_dir: Path, mnist_mirror: Path, reference: dict[str, Any], tmp_path: Path
+    mnist_data_dir: Path, mnist_mirror: Path, reference: dict[str, Any], tmp_path: Path, prefect_home_with_database
 ) -> None:
     output = tmp_path / "runs"
     command = _flow_command(mnist_data_dir, mnist_mirror, output)
-    env = _flow_env(tmp_path / "prefect-home")
+    # A PREFECT_HOME whose database is set up (as after a user's first run): each run's server starts in ~5 s.
+    env = _flow_env(prefect_home_with_database(tmp_path / "prefect-home"))
     checkpoint = output / ".checkpoints" / _params().checkpoint_name() / "checkpoint.pt"
 
     with open(tmp_path / "first.log", "wb") as log:

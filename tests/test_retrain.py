@@ -19,11 +19,11 @@ def run_folders(output_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_server, mnist_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from flows.mnist import mnist
-
-    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path_factory.mktemp("first") / "runs")
-    first = mnist(params)
+def first_run(trained_run, mnist_data_dir: Path, mnist_mirror: Path):
+    """The session's 1-epoch run (its parameters as conftest's `trained_run` passes them), read only: each test
+    works on a copy of its output root."""
+    first, _, output_dir = trained_run
+    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=output_dir, mirror=[str(mnist_mirror)])
     assert isinstance(first, RunResult) and first.promotion.promoted
     return params, first
 
