@@ -1,0 +1,155 @@
+"""What a client sends, turned into MNIST-form images or a clear refusal. Nothing here touches the disk, a shell or
+an unpickler: images are decoded from bytes by mnist_core.data.images (the same preparation as `mnist predict`),
+multipart bodies by the standard library's email parser, JSON by the json module, v2 tensors by numpy from lists."""
+
+import base64
+import binascii
+import email.parser
+import email.policy
+import io
+import json
+from dataclasses import dataclass
+from pathlib import PurePath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mnist_core.data.idx import IMAGE_SIDE
+from mnist_core.data.images import PILLOW_FORMATS, load_image
+from mnist_core.inference.predict import printable
+
+
+class BadInput(Exception):
+    """A client's mistake: answered with `status` and this message, never a 500."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str  # for the answer only: never used as a path
+    content: bytes
+
+
+def _label(filename: str | None, index: int) -> str:
+    """A client's file name, as a label: its last part, printable, short."""
+    name = printable(PurePath(filename.replace("\\", "/")).name if filename else "")[:100]
+    return name or f"image {index + 1}"
+
+
+def uploads_from_multipart(body: bytes, content_type: str, max_images: int) -> list[Upload]:
+    if "boundary=" not in content_type:
+        raise BadInput(400, "multipart body without a boundary in its Content-Type")
+    # The stdlib's MIME parser reads multipart/form-data given its Content-Type as a header: no extra dependency.
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise BadInput(400, "malformed multipart body")
+    uploads = []
+    for part in message.iter_parts():
+        if (
+            part.get_content_disposition() != "form-data"
+            or part.get_param("filename", header="content-disposition") is None
+        ):
+            continue  # plain form fields are not images
+        content = part.get_payload(decode=True) or b""
+        uploads.append(Upload(_label(part.get_filename(), len(uploads)), content))
+        if len(uploads) > max_images:
+            raise BadInput(413, f"too many images in one request: the limit is {max_images}")
+    if not uploads:
+        raise BadInput(400, "no image file in the multipart body (send each image as a file field)")
+    return uploads
+
+
+def uploads_from_json(body: bytes, max_images: int) -> list[Upload]:
+    """`{"images": ["<base64 of an image file, or a data: URL>", ...]}`."""
+    document = parse_json(body)
+    images = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(images, list) or not images or not all(isinstance(item, str) for item in images):
+        raise BadInput(422, 'expected {"images": ["<base64 image file>", ...]} with at least one image')
+    if len(images) > max_images:
+        raise BadInput(413, f"too many images in one request ({len(images)}): the limit is {max_images}")
+    uploads = []
+    for index, text in enumerate(images):
+        try:
+            content = base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+        except (binascii.Error, ValueError, IndexError):
+            raise BadInput(422, f"images[{index}] is not base64") from None
+        uploads.append(Upload(f"images[{index}]", content))
+    return uploads
+
+
+def parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:  # RecursionError: [[[[...]]]] nested past Python's limit
+        raise BadInput(400, f"malformed JSON ({str(error)[:200]})") from None
+
+
+def prepare(uploads: list[Upload], dataset: str, max_pixels: int) -> np.ndarray:
+    """The uploads in MNIST form (N x 28 x 28 uint8) through `load_image`, as `mnist predict` prepares files; the
+    first bad one refuses the request with its reason."""
+    images = []
+    for upload in uploads:
+        _check_size(upload, max_pixels)
+        loaded = load_image(PurePath(upload.name), upload.content, dataset)  # type: ignore[arg-type]
+        if loaded.image is None:
+            raise BadInput(422, loaded.error or f"{upload.name}: unreadable")
+        images.append(loaded.image)
+    return np.stack(images)
+
+
+def _check_size(upload: Upload, max_pixels: int) -> None:
+    """The server's own pixel limit, below the CLI's, from the header before anything is decoded: a small request
+    must not make the server decode tens of megapixels."""
+    try:
+        with Image.open(io.BytesIO(upload.content), formats=PILLOW_FORMATS) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise BadInput(422, f"{upload.name}: refused as a decompression bomb ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return  # load_image names what is wrong with it
+    if width * height > max_pixels:
+        raise BadInput(422, f"{upload.name}: {width}x{height} px is over this server's limit of {max_pixels} pixels "
+                            "(a decompression bomb, or a photo to scale down first)")  # fmt: skip
+
+
+V2_DTYPE = "UINT8"
+
+
+def tensor_from_v2(document: object, max_batch: int) -> tuple[np.ndarray, str | None]:
+    """The Open Inference Protocol v2 request's one input: UINT8 [N, 28, 28] (data flat or nested)."""
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) or len(document["inputs"]) != 1:
+        raise BadInput(400, 'expected {"inputs": [{"name", "shape": [N, 28, 28], "datatype": "UINT8", "data"}]}')
+    tensor = document["inputs"][0]
+    if not isinstance(tensor, dict):
+        raise BadInput(400, "inputs[0] must be an object")
+    shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if datatype != V2_DTYPE:
+        raise BadInput(400, f"inputs[0].datatype is {datatype!r}; this model takes {V2_DTYPE}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(side, int) and not isinstance(side, bool) for side in shape)
+        or shape[1:] != [IMAGE_SIDE, IMAGE_SIDE]
+        or shape[0] < 1
+    ):
+        raise BadInput(400, f"inputs[0].shape is {shape!r}; this model takes [N, {IMAGE_SIDE}, {IMAGE_SIDE}], N >= 1")
+    if shape[0] > max_batch:
+        raise BadInput(413, f"too many images in one request ({shape[0]}): the limit is {max_batch}")
+    if not isinstance(data, list):
+        raise BadInput(400, "inputs[0].data must be a list of numbers")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise BadInput(400, "inputs[0].data is ragged or not numbers") from None
+    if array.dtype.kind not in "iu" or array.size != shape[0] * IMAGE_SIDE * IMAGE_SIDE:
+        raise BadInput(400, f"inputs[0].data must hold {shape[0] * IMAGE_SIDE * IMAGE_SIDE} integers (the shape's "
+                            f"product), got {array.size} of kind {array.dtype}")  # fmt: skip
+    if array.min() < 0 or array.max() > 255:
+        raise BadInput(400, "inputs[0].data has values outside 0-255 (UINT8)")
+    request_id = document.get("id")
+    return array.astype(np.uint8).reshape(shape), request_id if isinstance(request_id, str) else None
