@@ -356,3 +356,39 @@ def _metric(server: Server, name: str) -> float:
     match = re.search(rf"^{name} (\S+)$", server.client.get("/metrics").text, re.MULTILINE)
     assert match, name
     return float(match.group(1))
+
+
+def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from deployments.stack import SERVE_ROLE, Stack
+
+    monkeypatch.setenv("MNIST_SERVE_PORT", str(free_port()))
+    monkeypatch.setenv("MNIST_SERVE_OUTPUT_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("MNIST_SERVE_TOKEN", raising=False)
+    stack = Stack(tmp_path / "stack", "127.0.0.1", free_port(), "mnist-pool")
+    try:
+        assert "Model:" in stack._up_serve({})
+        state = stack.read_state()
+        assert stack.is_ours(state["serve_pid"], SERVE_ROLE)
+        ready = httpx.get(f"{state['serve_url']}/v2/health/ready")
+        assert ready.status_code == 503 and "no mnist champion" in ready.json()["reason"]
+        stack.status()
+        assert "model server: running" in capsys.readouterr().out
+    finally:
+        stack.down()
+    assert not stack.is_ours(state["serve_pid"], SERVE_ROLE)
+    assert "serve: stopped" in capsys.readouterr().out
+
+
+def test_a_public_address_without_a_token_is_warned_about(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import uvicorn
+
+    from mnist_core.serving import cli
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
+    monkeypatch.delenv("MNIST_SERVE_TOKEN", raising=False)
+    assert cli.main(["--host", "0.0.0.0", "--port", "0", "--output-dir", "/nonexistent"]) == 0
+    assert "without a token" in capsys.readouterr().err and started[0]["host"] == "0.0.0.0"
+    monkeypatch.setenv("MNIST_SERVE_TOKEN", "secret")
+    assert cli.main(["--host", "0.0.0.0", "--port", "0"]) == 0
+    assert "without a token" not in capsys.readouterr().err
