@@ -1,12 +1,17 @@
 """Real models for the `mnist serve` tests, made in seconds: a small MLP trained on part of real MNIST, exported to
 ONNX once, and run folders and champions made from it through the registry's own `record_run`."""
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
+from launch.server import free_port
 from mnist_core.export.run_folder import save_portable
 from mnist_core.export.runtimes import describe_model_files
 from mnist_core.files import atomic_write_text
@@ -105,3 +110,39 @@ def digit_png(image, scale: int = 1) -> bytes:  # noqa: ANN001 - a 28x28 uint8 a
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_server(root: Path, log: Path, *flags: str, token: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`mnist serve` on a free loopback port as its own process, its output in `log`; returns once it is live.
+    The caller stops it by PID (`stop_server`)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env.pop("MNIST_SERVE_TOKEN", None)
+    if token:
+        env["MNIST_SERVE_TOKEN"] = token
+    command = [sys.executable, "-m", "launch.cli", "serve", "--port", str(port), "--output-dir", str(root), *flags]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, timeout=30, every=0.1)
+    return process, url
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()  # by PID: only the process the caller started
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

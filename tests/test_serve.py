@@ -4,12 +4,9 @@ damaged new champion kept out."""
 
 import base64
 import json
-import os
 import re
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -23,8 +20,17 @@ import torch
 
 from launch.server import free_port
 from mnist_core.layout import ONNX_FILE
-from tests.conftest import PROJECT_ROOT
-from tests.serving import champion_json, digit_png, make_run, promote, rollback, variant, wait_until
+from tests.serving import (
+    champion_json,
+    digit_png,
+    make_run,
+    promote,
+    rollback,
+    start_server,
+    stop_server,
+    variant,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,28 +49,6 @@ class Server:
         return body.get("model", {}).get("run_id")
 
 
-def start_server(root: Path, log: Path, *flags: str, token: str | None = TOKEN) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    env.pop("MNIST_SERVE_TOKEN", None)
-    if token:
-        env["MNIST_SERVE_TOKEN"] = token
-    command = [sys.executable, "-m", "launch.cli", "serve", "--port", str(port), "--output-dir", str(root), *flags]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, timeout=30, every=0.1)
-    return process, url
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module, started on an output root with no champion yet."""
@@ -72,16 +56,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = root.parent / "serve.log"
     flags = ["--poll-seconds", "0.2", "--max-body-bytes", str(MAX_BODY), "--max-images", "8", "--max-batch", "300",
              "--body-timeout-s", "1"]  # fmt: skip
-    process, url = start_server(root, log, *flags)
+    process, url = start_server(root, log, *flags, token=TOKEN)
     try:
         yield Server(url, root, log, httpx.get(f"{url}/v2/health/ready", timeout=5))
     finally:
-        process.terminate()  # by PID: only the process this fixture started
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")
