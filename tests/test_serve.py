@@ -195,6 +195,16 @@ BAD_REQUESTS = {
     "empty file": (dict(files={"file": ("empty.png", b"", "image/png")}), 422, "empty"),
     "too many images": (dict(files=[("file", (f"{i}.png", b"x", "image/png")) for i in range(9)]), 413, "too many"),
     "no file in the form": (dict(files={"file": ("", b"")}, data={"a": "b"}), 400, "no image"),
+    "malformed multipart": (
+        dict(content=b"--x\r\nno end", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        400,
+        "malformed multipart",
+    ),
+    "multipart without boundary": (
+        dict(content=b"abc", headers={"Content-Type": "multipart/form-data"}),
+        400,
+        "boundary",
+    ),
     "wrong content type": (dict(content=b"abc", headers={"Content-Type": "text/plain"}), 415, "Content-Type"),
     "malformed JSON": (dict(content=b"{not json", headers={"Content-Type": "application/json"}), 400, "malformed"),
     "JSON without images": (dict(json={"pictures": []}), 422, "images"),
