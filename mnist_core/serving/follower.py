@@ -94,7 +94,7 @@ class ModelFollower:
         try:
             if chosen.dataset != self.dataset:
                 raise PipelineError(f"{chosen.path}: a {chosen.dataset} model, but this server serves {self.dataset}")
-            predictor = load_predictor(chosen.path)  # checks the SHA-256 against the run's model card
+            predictor = load_predictor(chosen.path, onnx_threads=1)  # checks the SHA-256 against its model card
             logits = predictor.logits(np.zeros((1, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8))  # runs it once
             if logits.shape != (1, NUM_CLASSES) or not np.isfinite(logits).all():
                 raise PipelineError(f"{chosen.path}: a trial prediction gave {logits.shape} / non-finite logits")
