@@ -8,7 +8,6 @@ go to the thread pool so one big request does not stall the others.
 
 import asyncio
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -101,7 +101,15 @@ class FollowerCollector:
 
 
 def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
+    return orjson.dumps({"error": message})
+
+
+class FastJSON(JSONResponse):
+    """JSON by orjson, numpy arrays included: the answers skip FastAPI's validation and encoding of plain data
+    (a v2 answer of 256 x 10 floats took longer to encode than to compute)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class Guard:
@@ -235,7 +243,7 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
         return Response(page, media_type="text/html; charset=utf-8")
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request) -> FastJSON:
         served = model_or_503()
         content_type = request.headers.get("content-type", "")
         body = await request.body()
@@ -263,7 +271,7 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
                 "top3": [{"class": int(k), "class_name": served.class_names[int(k)], "probability": float(probs[k])}
                          for k in top],
             })  # fmt: skip
-        return {"model": model_facts(served), "predictions": predictions}
+        return FastJSON({"model": model_facts(served), "predictions": predictions})
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -305,7 +313,7 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
         return await ready()
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request) -> dict[str, Any]:
+    async def infer(name: str, request: Request) -> FastJSON:
         check_name(name)
         served = model_or_503()
         content_type = request.headers.get("content-type", "application/json")
@@ -321,17 +329,17 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
         inline = len(body) < 64 * 1024
         probabilities, best, request_id = work() if inline else await run_in_threadpool(work)
         count = len(best)
-        return {
+        return FastJSON({
             "model_name": name,
             "model_version": served.version,
             **({"id": request_id} if request_id else {}),
             "parameters": {"sha256": served.sha256, "run_id": served.run_id},
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [count, len(class_names)],
-                 "data": probabilities.astype(np.float32).ravel().tolist()},
-                {"name": "class", "datatype": "INT64", "shape": [count], "data": best.astype(int).tolist()},
+                 "data": probabilities.astype(np.float32).ravel()},
+                {"name": "class", "datatype": "INT64", "shape": [count], "data": best.astype(np.int64)},
             ],
-        }  # fmt: skip
+        })  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -1,16 +1,16 @@
 """What a client sends, turned into MNIST-form images or a clear refusal. Nothing here touches the disk, a shell or
 an unpickler: images are decoded from bytes by mnist_core.data.images (the same preparation as `mnist predict`),
-multipart bodies split on their boundary, JSON by the json module, v2 tensors by numpy from lists."""
+multipart bodies split on their boundary, JSON by orjson, v2 tensors by numpy from lists."""
 
 import base64
 import binascii
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 from mnist_core.data.idx import IMAGE_SIDE
@@ -92,9 +92,11 @@ def uploads_from_json(body: bytes, max_images: int) -> list[Upload]:
 
 
 def parse_json(body: bytes) -> object:
+    """orjson (a Prefect dependency): a v2 tensor of 256 images is 200,000 numbers, parsed ~5x faster than by json;
+    it refuses nesting deeper than 1024 rather than recursing."""
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as error:  # RecursionError: [[[[...]]]] nested past Python's limit
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
         raise BadInput(400, f"malformed JSON ({str(error)[:200]})") from None
 
 
