@@ -13,6 +13,7 @@ Importing this module starts nothing.
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -220,6 +221,10 @@ class Stack:
         if self.is_ours(serve_pid, SERVE_ROLE):
             print(f"model server: already running (PID {serve_pid})")
             return f"  Model:  {state.get('serve_url', url)}/   (mnist serve; docs/serving.md)\n"
+        if not port_free(port):
+            # An add-on to the Prefect stack: a busy port must not cost the server and worker that did start.
+            print(f"model server: NOT started: 127.0.0.1:{port} is in use; set MNIST_SERVE_PORT to a free port")
+            return ""
         args = ["-m", "launch.cli", SERVE_ROLE, "--host", "127.0.0.1", "--port", str(port), "--output-dir",
                 str(output_dir)]  # fmt: skip
         env = {**self.env(), "PYTHONPATH": str(PROJECT_ROOT)}
@@ -258,6 +263,15 @@ class Stack:
         serve_url = state.get("serve_url", "")
         print(f"model server: {'running' if serve_up else 'stopped'}{pid(serve_pid)} {serve_url}".rstrip())
         return 0 if server_up else 1  # like `systemctl is-active`: a script can test it
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def serve_live(url: str) -> bool:

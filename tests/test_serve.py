@@ -362,6 +362,12 @@ def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch
         assert ready.status_code == 503 and "no mnist champion" in ready.json()["reason"]
         stack.status()
         assert "model server: running" in capsys.readouterr().out
+        with socket.socket() as busy:  # a busy port: the stack says so and goes on without a model server
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            monkeypatch.setenv("MNIST_SERVE_PORT", str(busy.getsockname()[1]))
+            assert Stack(tmp_path / "other", "127.0.0.1", free_port(), "mnist-pool")._up_serve({}) == ""
+            assert "NOT started" in capsys.readouterr().out
     finally:
         stack.down()
     assert not stack.is_ours(state["serve_pid"], SERVE_ROLE)
