@@ -190,6 +190,11 @@ BAD_REQUESTS = {
     "truncated PNG": ("truncated", 422, "truncated"),
     "decompression bomb": (dict(files={"file": ("bomb.png", png(30000, 30000), "image/png")}), 422, "bomb"),
     "over the pixel limit": (dict(files={"file": ("big.png", png(3000, 3000), "image/png")}), 422, "limit"),
+    "too many pixels in all": (
+        dict(files=[("file", (f"{i}.png", png(1500, 1000), "image/png")) for i in range(3)]),
+        413,
+        "in all",
+    ),
     "1x1 image": (dict(files={"file": ("dot.png", png(1, 1), "image/png")}), 422, "too small"),
     "blank image": (dict(files={"file": ("blank.png", png(28, 28), "image/png")}), 422, "blank"),
     "empty file": (dict(files={"file": ("empty.png", b"", "image/png")}), 422, "empty"),

@@ -100,32 +100,39 @@ def parse_json(body: bytes) -> object:
         raise BadInput(400, f"malformed JSON ({str(error)[:200]})") from None
 
 
-def prepare(uploads: list[Upload], dataset: str, max_pixels: int) -> np.ndarray:
+def count_pixels(uploads: list[Upload], max_pixels: int) -> int:
+    """The pixels the uploads would decode to, read from their headers before anything is decoded; refused over
+    `max_pixels` per image or in all: a small request (a PNG of one colour compresses a thousandfold) must not make
+    the server decode hundreds of megapixels."""
+    total = 0
+    for upload in uploads:
+        try:
+            with Image.open(io.BytesIO(upload.content), formats=PILLOW_FORMATS) as image:
+                width, height = image.size
+        except Image.DecompressionBombError as error:
+            raise BadInput(422, f"{upload.name}: refused as a decompression bomb ({error})") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            continue  # load_image names what is wrong with it
+        if width * height > max_pixels:
+            raise BadInput(422, f"{upload.name}: {width}x{height} px is over this server's limit of {max_pixels} "
+                                "pixels (a decompression bomb, or a photo to scale down first)")  # fmt: skip
+        total += width * height
+        if total > max_pixels:
+            raise BadInput(413, f"the images of this request hold over {max_pixels} pixels in all; send fewer or "
+                                "smaller ones")  # fmt: skip
+    return total
+
+
+def prepare(uploads: list[Upload], dataset: str) -> np.ndarray:
     """The uploads in MNIST form (N x 28 x 28 uint8) through `load_image`, as `mnist predict` prepares files; the
-    first bad one refuses the request with its reason."""
+    first bad one refuses the request with its reason. Check their size first (`count_pixels`)."""
     images = []
     for upload in uploads:
-        _check_size(upload, max_pixels)
         loaded = load_image(PurePath(upload.name), upload.content, dataset)  # type: ignore[arg-type]
         if loaded.image is None:
             raise BadInput(422, loaded.error or f"{upload.name}: unreadable")
         images.append(loaded.image)
     return np.stack(images)
-
-
-def _check_size(upload: Upload, max_pixels: int) -> None:
-    """The server's own pixel limit, below the CLI's, from the header before anything is decoded: a small request
-    must not make the server decode tens of megapixels."""
-    try:
-        with Image.open(io.BytesIO(upload.content), formats=PILLOW_FORMATS) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as error:
-        raise BadInput(422, f"{upload.name}: refused as a decompression bomb ({error})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return  # load_image names what is wrong with it
-    if width * height > max_pixels:
-        raise BadInput(422, f"{upload.name}: {width}x{height} px is over this server's limit of {max_pixels} pixels "
-                            "(a decompression bomb, or a photo to scale down first)")  # fmt: skip
 
 
 V2_DTYPE = "UINT8"
