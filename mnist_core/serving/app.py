@@ -43,6 +43,7 @@ PAGE = Path(__file__).with_name("page.html")
 # Up to this many images, and pixels to decode, are prepared and run on the event loop (well under a millisecond
 # each); more go to the thread pool, so one big request does not stall the others.
 INLINE_IMAGES = 4
+HEALTH_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready"})  # open without the token: probes have none
 INLINE_PIXELS = 512 * 512
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -125,7 +126,7 @@ class Guard:
         self.token = settings.token.encode() if settings.token else None
 
     def _authorized(self, scope: Scope) -> bool:
-        if self.token is None or scope["path"].startswith("/v2/health"):
+        if self.token is None or scope["path"] in HEALTH_ROUTES:
             return True
         headers = dict(scope["headers"])
         given = headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
