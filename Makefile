@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint stack-up stack-down stack-status test-e2e
+.PHONY: setup run test lint serve stack-up stack-down stack-status test-e2e
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,7 +25,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# The local Prefect stack (server, pool, deployments, worker) on 127.0.0.1; see README.
+# The champion's model over HTTP on 127.0.0.1:8000, following every promotion; see docs/serving.md.
+serve: setup
+	$(PYTHON) -m launch.cli serve $(ARGS)
+
+# The local Prefect stack (server, pool, deployments, worker, model server) on 127.0.0.1; see README.
 stack-up: setup
 	$(PYTHON) deployments/stack.py up
 

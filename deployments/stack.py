@@ -1,5 +1,6 @@
 """The local Prefect stack: server (SQLite, or PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL), the
-`mnist-pool` process work pool, the deployments of deployments/prefect.yaml, and one worker.
+`mnist-pool` process work pool, the deployments of deployments/prefect.yaml, one worker, and the model server
+(`mnist serve`, following the champion of runs/; MNIST_SERVE_PORT, default 8000; MNIST_SERVE=0 leaves it out).
 
     python deployments/stack.py up      # start what is not running yet, (re)deploy, wait until healthy
     python deployments/stack.py status  # what runs, where
@@ -12,6 +13,7 @@ Importing this module starts nothing.
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 DEFAULT_POOL = "mnist-pool"  # the work_pool named in deployments/prefect.yaml
 WORKER_NAME = "mnist-local-worker"
+SERVE_ROLE = "serve"  # the model server: `python -m launch.cli serve ...`, not a prefect process
 
 
 class Stack:
@@ -96,6 +99,8 @@ class Stack:
         except OSError:
             return False
         words = [part.decode(errors="replace") for part in cmdline]
+        if role == SERVE_ROLE:
+            return "launch.cli" in words and SERVE_ROLE in words
         return any(word.endswith("prefect") for word in words) and role in words
 
     def stop(self, pid: int | None, role: str) -> bool:
@@ -150,6 +155,7 @@ class Stack:
                 raise SystemExit(f"stack: `prefect {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
         print(f"pool {self.pool} and deployments from {PREFECT_FILE.relative_to(PROJECT_ROOT)}: applied")
         self._up_worker(state)
+        serving = self._up_serve(self.read_state())
         if not os.environ.get("MNIST_MIRROR"):
             print("note: MNIST_MIRROR is not set, so runs fetch MNIST from the official mirrors (needs internet)")
         env_file = self.state_dir / "env"
@@ -160,6 +166,7 @@ class Stack:
             f"  API:    {self.api_url}   (source {env_file} to point the prefect CLI at it)\n"
             f"  Run:    prefect deployment run mnist/train --watch\n"
             f'          prefect deployment run mnist-predict/batch --param \'params={{"inputs": ["DIR"]}}\' --watch\n'
+            f"{serving}"
             f"  Logs:   {self.log_dir}\n"
             f"  Stop:   make stack-down   (or: {sys.executable} deployments/stack.py down)"
         )
@@ -210,12 +217,39 @@ class Stack:
             print(f"worker: starting (PID {worker_pid})")
         self.wait_for("worker", self.worker_online, worker_running, "worker")
 
+    def _up_serve(self, state: dict[str, Any]) -> str:
+        """The model server beside the stack, on loopback; returns the line `up` prints about it."""
+        if os.environ.get("MNIST_SERVE", "1") == "0":
+            return ""
+        port = int(os.environ.get("MNIST_SERVE_PORT", "8000"))
+        output_dir = Path(os.environ.get("MNIST_SERVE_OUTPUT_DIR", PROJECT_ROOT / "runs")).expanduser().resolve()
+        url = f"http://127.0.0.1:{port}"
+        serve_pid = state.get("serve_pid")
+        if self.is_ours(serve_pid, SERVE_ROLE):
+            print(f"model server: already running (PID {serve_pid})")
+            return f"  Model:  {state.get('serve_url', url)}/   (mnist serve; docs/serving.md)\n"
+        if not port_free(port):
+            # An add-on to the Prefect stack: a busy port must not cost the server and worker that did start.
+            print(f"model server: NOT started: 127.0.0.1:{port} is in use; set MNIST_SERVE_PORT to a free port")
+            return ""
+        args = ["-m", "launch.cli", SERVE_ROLE, "--host", "127.0.0.1", "--port", str(port), "--output-dir",
+                str(output_dir)]  # fmt: skip
+        env = {**self.env(), "PYTHONPATH": str(PROJECT_ROOT)}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path(SERVE_ROLE), "ab") as log:
+            process = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.write_state({**state, "serve_pid": process.pid, "serve_url": url})
+        print(f"model server: starting (PID {process.pid}, champion of {output_dir})")
+        self.wait_for("model server", partial(serve_live, url), partial(is_running, process), SERVE_ROLE)
+        return f"  Model:  {url}/   (mnist serve; docs/serving.md)\n"
+
     def down(self) -> int:
         state = self.read_state()
         if not state:
             print(f"stack: nothing to stop (no state in {self.state_dir})")
             return 0
-        for role in ("worker", "server"):
+        for role in (SERVE_ROLE, "worker", "server"):
             pid = state.pop(f"{role}_pid", None)
             print(f"{role}: {'stopped' if self.stop(pid, role) else 'not running'}" + (f" (PID {pid})" if pid else ""))
         self.write_state(state)
@@ -231,7 +265,29 @@ class Stack:
 
         print(f"server: {'running' if server_up else 'stopped'}{pid(server_pid)} {state.get('api_url', '')}".rstrip())
         print(f"worker: {'running' if self.is_ours(worker_pid, 'worker') else 'stopped'}{pid(worker_pid)}")
+        serve_pid = state.get("serve_pid")
+        serve_up = self.is_ours(serve_pid, SERVE_ROLE)
+        serve_url = state.get("serve_url", "")
+        print(f"model server: {'running' if serve_up else 'stopped'}{pid(serve_pid)} {serve_url}".rstrip())
         return 0 if server_up else 1  # like `systemctl is-active`: a script can test it
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve_live(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v2/health/live", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def is_running(process: subprocess.Popen[bytes]) -> bool:

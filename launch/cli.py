@@ -4,7 +4,8 @@
     mnist predict INPUT...       predict with the champion or any trained model
     mnist predict-batch INPUT... the same as a Prefect flow run (the `mnist-predict` flow; = python flows/predict.py)
     mnist sweep SWEEP_JSON       a hyperparameter sweep (the `mnist-sweep` flow; = python flows/sweep.py)
-    mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker
+    mnist serve [FLAGS]          the champion's model over HTTP (page, /predict, v2 protocol, /metrics)
+    mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker, model server
 
 `mnist COMMAND --help` lists each command's flags. The arguments are read and checked before torch or Prefect is
 imported, so help and usage errors answer at once; the imports then take seconds, during which Ctrl-C exits
@@ -57,6 +58,12 @@ def predict_batch(argv: Sequence[str]) -> int:
     return _flow_module("flows.predict", "mnist-predict").run(params)
 
 
+def serve(argv: Sequence[str]) -> int:
+    from mnist_core.serving.cli import main
+
+    return main(argv)
+
+
 def stack(argv: Sequence[str]) -> int:
     from deployments.stack import main
 
@@ -84,6 +91,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "predict": predict,
     "predict-batch": predict_batch,
     "sweep": sweep,
+    "serve": serve,
     "stack": stack,
 }
 

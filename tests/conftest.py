@@ -140,3 +140,11 @@ def trained_run(
     state = mnist(params, return_state=True)
     assert state.is_completed(), state.message
     return state.result(), state.state_details.flow_run_id, output_dir
+
+
+@pytest.fixture(scope="session")
+def small_mnist_onnx(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model.onnx (~95 % on MNIST), trained in seconds and exported once per session (`mnist serve` tests)."""
+    from tests.serving import export_model, train_small_mlp
+
+    return export_model(train_small_mlp(mnist_tensors), tmp_path_factory.mktemp("small-model"))

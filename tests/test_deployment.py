@@ -142,7 +142,7 @@ def recorded_pids(state_dir: Path) -> dict[str, int]:
         state = json.loads((state_dir / "stack.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {role: state[f"{role}_pid"] for role in ("worker", "server") if state.get(f"{role}_pid")}
+    return {role: state[f"{role}_pid"] for role in ("serve", "worker", "server") if state.get(f"{role}_pid")}
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,9 @@ def stack_env(mnist_mirror: Path) -> dict[str, str]:
 def running_stack(
     state_dir: Path, env: dict[str, str], output_dir: Path, base_params: dict[str, Any]
 ) -> Iterator[StackHandle]:
-    env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home")}
+    # The stack's model server (mnist serve) on a port of its own, following this test's runs.
+    env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home"), "MNIST_SERVE_PORT": str(free_port()),
+           "MNIST_SERVE_OUTPUT_DIR": str(output_dir)}  # fmt: skip
     handle = StackHandle(state_dir, free_port(), env, output_dir, base_params, 0.0)
     try:
         started = time.monotonic()

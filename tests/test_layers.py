@@ -15,7 +15,7 @@ CORE = PROJECT_ROOT / "mnist_core"
 
 # Bottom to top. The kernel is the modules directly in mnist_core/ that everything may use; the application
 # modules on top (preflight, fingerprint, sweep) compose the layers.
-LAYERS = ["kernel", "data", "training", "evaluation", "export", "registry", "inference", "application"]
+LAYERS = ["kernel", "data", "training", "evaluation", "export", "registry", "inference", "serving", "application"]
 KERNEL = {"errors", "files", "redact", "config", "records", "cli", "layout", "stamps"}
 APPLICATION = {"preflight", "fingerprint", "sweep", "model", "__main__"}  # model: the old cards' loader name
 
@@ -86,6 +86,8 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
         "import mnist_core.inference.cli",
         "from mnist_core.export.runtimes import load_predictor",
         "import mnist_core.data.images",
+        "from mnist_core.serving.app import create_app",
+        "import mnist_core.serving.cli",
     ],
 )
 def test_the_onnx_path_imports_no_torch(statement: str) -> None:

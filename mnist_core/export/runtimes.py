@@ -9,6 +9,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -82,13 +83,17 @@ def runtime_of(path: Path) -> RuntimeName:
     raise DataError(f"{path}: not a model file (expected .onnx, .pt2 or .safetensors)")
 
 
-def load_predictor(path: Path, trust_pt2: bool = False) -> Predictor:
+def load_predictor(path: Path, trust_pt2: bool = False, onnx_threads: int | None = None) -> Predictor:
     """Load a model file for inference; DataError naming the file if it is missing, not a model, or not the file
     its run's model card describes. The bytes are read once: the SHA-256 reported is that of what was loaded.
 
     A `.pt2` file is loaded only with `trust_pt2`: `torch.export.load` unpickles parts of the archive, so loading
     one runs whatever code it holds, and nothing beside the file (a model card in the same folder can be written
-    by the same hand) can vouch for it. ONNX and safetensors files load without running code."""
+    by the same hand) can vouch for it. ONNX and safetensors files load without running code.
+
+    `onnx_threads`: ONNX Runtime's threads for one call, without spinning between calls (a server answering small
+    requests concurrently: idle threads spinning on a shared machine steal the cores the requests need); None:
+    the runtime's default, all cores (a batch of thousands of images)."""
     path = Path(path)
     runtime = runtime_of(path)
     if runtime == "torch-export" and not trust_pt2:
@@ -104,7 +109,7 @@ def load_predictor(path: Path, trust_pt2: bool = False) -> Predictor:
         raise DataError(f"{path}: is a folder, not a model file") from error
     sha256 = hashlib.sha256(content).hexdigest()
     _check_against_card(path, sha256)
-    loaders = {"onnx": _onnx, "torch-export": _exported_program, "pytorch": _weights}
+    loaders = {"onnx": partial(_onnx, threads=onnx_threads), "torch-export": _exported_program, "pytorch": _weights}
     try:
         run = loaders[runtime](content)
     except DataError as error:
@@ -132,11 +137,15 @@ def _check_against_card(path: Path, sha256: str) -> None:
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def _onnx(content: bytes) -> Runner:
+def _onnx(content: bytes, threads: int | None = None) -> Runner:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: the runtime's warnings are not the user's business
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or list(inputs[0].shape[1:]) != IMAGES.shape[1:]:

@@ -1,0 +1,360 @@
+"""The ASGI app of `mnist serve`: the page, `/predict`, the Open Inference Protocol v2 routes, `/metrics`.
+
+One pure-ASGI guard in front of every route does what must hold for all of them: the token, the body limit and
+the slow-client timeout, the JSON error for anything refused, and the request metrics. Inference of a few images
+runs on the event loop (a tiny MLP: well under a millisecond, less than a hop to the thread pool); larger batches
+go to the thread pool so one big request does not stall the others.
+"""
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.inference.predict import softmax
+from mnist_core.serving.follower import ModelFollower, Served
+from mnist_core.serving.inputs import (
+    BadInput,
+    count_pixels,
+    parse_json,
+    prepare,
+    tensor_from_v2,
+    uploads_from_json,
+    uploads_from_multipart,
+)
+
+PAGE = Path(__file__).with_name("page.html")
+# Up to this many images, and pixels to decode, are prepared and run on the event loop (well under a millisecond
+# each); more go to the thread pool, so one big request does not stall the others.
+INLINE_IMAGES = 4
+HEALTH_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready"})  # open without the token: probes have none
+INLINE_PIXELS = 512 * 512
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    dataset: str = "mnist"
+    model: str = "champion"
+    output_dir: Path = Path("runs")
+    token: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_images: int = 64  # per /predict request
+    max_batch: int = 1024  # images per v2 tensor
+    max_pixels: int = 4_000_000  # per image, checked from its header before decoding
+    body_timeout_s: float = 10.0  # a client that sends nothing for this long is cut off (408)
+    poll_seconds: float = 1.0
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter("mnist_serve_requests", "HTTP requests by route and status", ["route", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("mnist_serve_request_seconds", "Request latency by route", ["route"],
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+                                 registry=self.registry)  # fmt: skip
+        self.predictions = Counter("mnist_serve_predictions", "Predictions by class", ["class_name"],
+                                   registry=self.registry)  # fmt: skip
+
+
+class FollowerCollector:
+    """The model's state, read from the follower at each scrape (no second copy to keep in step)."""
+
+    def __init__(self, follower: ModelFollower) -> None:
+        self.follower = follower
+
+    def collect(self) -> Any:
+        served, follower = self.follower.current, self.follower
+        ready = GaugeMetricFamily("mnist_serve_ready", "1 when a model is loaded and answering")
+        ready.add_metric([], 1.0 if served else 0.0)
+        yield ready
+        info = GaugeMetricFamily("mnist_serve_model_info", "The model served", labels=["run_id", "sha256", "dataset"])
+        if served:
+            info.add_metric([served.run_id or "", served.sha256, served.dataset], 1.0)
+        yield info
+        swaps = CounterMetricFamily("mnist_serve_model_swaps", "Models swapped in (the first load included)")
+        swaps.add_metric([], follower.swaps)
+        yield swaps
+        failed = CounterMetricFamily("mnist_serve_model_swap_failures", "New models refused (missing, damaged...)")
+        failed.add_metric([], follower.failed_swaps)
+        yield failed
+        problem = GaugeMetricFamily("mnist_serve_model_problem_info", "Why not ready, or why the latest new model "
+                                    "was refused (absent when all is well)", labels=["reason"])  # fmt: skip
+        if follower.problem:
+            problem.add_metric([follower.problem[:300]], 1.0)
+        yield problem
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class FastJSON(JSONResponse):
+    """JSON by orjson, numpy arrays included: the answers skip FastAPI's validation and encoding of plain data
+    (a v2 answer of 256 x 10 floats took longer to encode than to compute)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Guard:
+    """Token, body limit, slow clients, JSON errors and request metrics for every route (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, settings: ServeSettings, metrics: Metrics) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
+        self.token = settings.token.encode() if settings.token else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self.token is None or scope["path"] in HEALTH_ROUTES:
+            return True
+        headers = dict(scope["headers"])
+        given = headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
+        if not given and scope["path"] == "/":  # a browser opening the page can only pass it in the address
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = query.get("token", [""])[0].encode()
+        return hmac.compare_digest(given, self.token)
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        sent_start = False
+
+        async def watch(message: Message) -> None:
+            nonlocal status, sent_start
+            if message["type"] == "http.response.start":
+                status, sent_start = message["status"], True
+            await send(message)
+
+        async def refuse(code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+            body = error_body(message)
+            head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await watch({"type": "http.response.start", "status": code, "headers": head + (headers or [])})
+            await watch({"type": "http.response.body", "body": body})
+
+        limit, timeout = self.settings.max_body_bytes, self.settings.body_timeout_s
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise BodyRefused(408, f"the request body did not arrive within {timeout:g} s") from None
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyRefused(413, f"request body over the limit of {limit} bytes (--max-body-bytes)")
+            return message
+
+        try:
+            if not self._authorized(scope):
+                await refuse(401, "missing or wrong token (send: Authorization: Bearer $MNIST_SERVE_TOKEN)",
+                             [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                return
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and not length.isdigit():
+                await refuse(400, "Content-Length is not a number")
+                return
+            if length is not None and int(length) > limit:
+                await refuse(413, f"request body over the limit of {limit} bytes (--max-body-bytes)")
+                return
+            await self.app(scope, limited_receive, watch)
+        except BodyRefused as error:
+            if not sent_start:
+                await refuse(error.status, error.message)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+class BodyRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -> FastAPI:
+    follower = follower or ModelFollower(settings.model, settings.output_dir, settings.dataset, settings.poll_seconds)
+    metrics = Metrics()
+    metrics.registry.register(FollowerCollector(follower))
+    class_names = CLASS_NAMES[settings.dataset]
+    page = PAGE.read_bytes()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(follower.start)
+        yield
+        await run_in_threadpool(follower.stop)
+
+    app = FastAPI(title="mnist serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.follower, app.state.metrics = follower, metrics
+
+    def model_or_503() -> Served:
+        served = follower.current  # taken once: this request finishes on this model, whatever is swapped in meanwhile
+        if served is None:
+            raise BadInput(503, f"no model to answer with: {follower.problem}")
+        return served
+
+    def answer(served: Served, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities = softmax(served.predictor.logits(images))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
+        for best in ranked[:, 0]:
+            metrics.predictions.labels(served.class_names[int(best)]).inc()
+        return probabilities, ranked
+
+    def model_facts(served: Served) -> dict[str, Any]:
+        return {"run_id": served.run_id, "sha256": served.sha256, "dataset": served.dataset, "version": served.version}
+
+    @app.exception_handler(BadInput)
+    async def bad_input(_: Request, error: BadInput) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        return JSONResponse({"error": f"bad request: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:  # a bug of ours: no traceback to the client
+        return JSONResponse({"error": f"internal error ({type(error).__name__})"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    @app.post("/predict")
+    async def predict(request: Request) -> FastJSON:
+        served = model_or_503()
+        content_type = request.headers.get("content-type", "")
+        body = await request.body()
+        if content_type.startswith("multipart/form-data"):
+            uploads = uploads_from_multipart(body, content_type, settings.max_images)
+        elif content_type.split(";")[0].strip() == "application/json":
+            uploads = uploads_from_json(body, settings.max_images)
+        else:
+            raise BadInput(415, f"Content-Type {content_type or 'missing'}: send multipart/form-data (image files) "
+                                'or application/json ({"images": [base64, ...]})')  # fmt: skip
+
+        pixels = count_pixels(uploads, settings.max_pixels)
+
+        def work() -> tuple[np.ndarray, np.ndarray]:
+            return answer(served, prepare(uploads, served.dataset))
+
+        inline = len(uploads) <= INLINE_IMAGES and pixels <= INLINE_PIXELS
+        probabilities, ranked = work() if inline else await run_in_threadpool(work)
+        predictions = []
+        for upload, probs, top in zip(uploads, probabilities, ranked, strict=True):
+            best = int(top[0])
+            predictions.append({
+                "input": upload.name,
+                "class": best,
+                "class_name": served.class_names[best],
+                "confidence": float(probs[best]),
+                "top3": [{"class": int(k), "class_name": served.class_names[int(k)], "probability": float(probs[k])}
+                         for k in top],
+            })  # fmt: skip
+        return FastJSON({"model": model_facts(served), "predictions": predictions})
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        served = follower.current
+        body: dict[str, Any] = {"ready": served is not None}
+        if served is not None:
+            body["model"] = model_facts(served)
+        if follower.problem:
+            body["reason" if served is None else "warning"] = follower.problem
+        return JSONResponse(body, status_code=200 if served else 503)
+
+    def check_name(name: str) -> None:
+        if name != settings.dataset:
+            raise BadInput(404, f"no model {name!r} here; this server serves {settings.dataset!r}")
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        check_name(name)
+        served = model_or_503()
+        return {
+            "name": name,
+            "versions": [served.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, 28, 28]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(class_names)]},
+                {"name": "class", "datatype": "INT64", "shape": [-1]},
+            ],
+            "parameters": model_facts(served),
+        }
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> JSONResponse:
+        check_name(name)
+        return await ready()
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> FastJSON:
+        check_name(name)
+        served = model_or_503()
+        content_type = request.headers.get("content-type", "application/json")
+        if content_type.split(";")[0].strip() != "application/json":
+            raise BadInput(415, f"Content-Type {content_type}: the v2 protocol's JSON (application/json) only")
+        body = await request.body()
+
+        def work() -> tuple[np.ndarray, np.ndarray, str | None]:
+            images, request_id = tensor_from_v2(parse_json(body), settings.max_batch)
+            probabilities, ranked = answer(served, images)
+            return probabilities, ranked[:, 0], request_id
+
+        inline = len(body) < 64 * 1024
+        probabilities, best, request_id = work() if inline else await run_in_threadpool(work)
+        count = len(best)
+        return FastJSON({
+            "model_name": name,
+            "model_version": served.version,
+            **({"id": request_id} if request_id else {}),
+            "parameters": {"sha256": served.sha256, "run_id": served.run_id},
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [count, len(class_names)],
+                 "data": probabilities.astype(np.float32).ravel()},
+                {"name": "class", "datatype": "INT64", "shape": [count], "data": best.astype(np.int64)},
+            ],
+        })  # fmt: skip
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(Guard, settings=settings, metrics=metrics)  # type: ignore[arg-type]
+    return app
