@@ -79,6 +79,7 @@ def build_step(
         bf16,
         written_out=gradients == "written_out",
         augment=Augment(training.params.augment) if training.params.augment > 0 else None,
+        max_grad_norm=training.params.clip_grad_norm,
     )
     if capture is None and kind == "cuda_graph":
         capture = capture_cuda_graph

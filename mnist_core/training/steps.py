@@ -64,6 +64,7 @@ class _Step:
     bf16: bool = False
     written_out: bool = False  # gradients from backprop.py instead of autograd (not with bf16)
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> augmented float batch (augment.py)
+    max_grad_norm: float = 0.0  # clip the gradients' global norm to this before each update; 0: never
 
     def __post_init__(self) -> None:
         if self.written_out and self.bf16:
@@ -74,6 +75,13 @@ class _Step:
     def reset_totals(self) -> None:
         self.loss_sum.zero_()
         self.correct.zero_()
+
+    def _clip(self) -> None:
+        """Scale the gradients down when their global norm exceeds `max_grad_norm`. No host sync (graph-safe); a
+        norm below the limit multiplies by exactly 1.0, so a run that never reaches it is bit-identical to one
+        without clipping."""
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm, foreach=True)
 
     def _loss_and_gradients(
         self, batch_x: torch.Tensor, batch_y: torch.Tensor, weight: torch.Tensor | None
@@ -134,6 +142,7 @@ class FixedShapeStep(_Step):
         if self.augment is not None:
             batch_x = self.augment(batch_x)
         weighted, logits = self._loss_and_gradients(batch_x, batch_y, self.weight)
+        self._clip()
         self.optimizer.step()
         self.loss_sum += weighted
         self.correct += ((logits.argmax(1) == batch_y) & (self.weight > 0)).sum()
@@ -156,6 +165,7 @@ class PlainStep(_Step):
         if self.augment is not None:
             batch_x = self.augment(batch_x)
         loss_sum, logits = self._loss_and_gradients(batch_x, batch_y, None)
+        self._clip()
         self.optimizer.step()
         self.loss_sum += loss_sum
         self.correct += (logits.argmax(1) == batch_y).sum()
