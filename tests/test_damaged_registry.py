@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from mnist_core.layout import REGISTRY_FILE
-from mnist_core.registry.store import record_run
 from tests.conftest import PROJECT_ROOT
-from tests.records import make_exported
+from tests.records import make_exported, record_run
 from tests.synthetic import snapshot
 
 pytestmark = pytest.mark.slow

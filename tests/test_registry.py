@@ -16,20 +16,19 @@ from hypothesis import strategies as st
 
 from mnist_core.errors import DataError
 from mnist_core.files import FILE_MODE
+from mnist_core.registry.rule import decide
 from mnist_core.registry.store import (
     COLUMNS,
     COLUMNS_BEFORE_FINGERPRINTS,
     REGISTRY_FILE,
     ChampionPointer,
     champion_path,
-    decide,
     promotion_markdown,
     read_champion,
     read_registry,
-    record_run,
 )
 from tests.conftest import PROJECT_ROOT
-from tests.records import SHA
+from tests.records import SHA, record_run
 from tests.records import make_exported as make_run
 
 
@@ -172,8 +171,7 @@ CRASH_SCRIPT = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from mnist_core.registry import store as registry
-    from tests.records import make_exported
+    from tests.records import make_exported, record_run
     root = Path(sys.argv[1])
     real_replace = os.replace
 
@@ -184,7 +182,7 @@ CRASH_SCRIPT = textwrap.dedent(
 
     os.replace = crash_on_pointer
     run = make_exported(root, "r2", 0.99)
-    registry.record_run(root, run, 0.0, False, lambda champion: champion.test_accuracy)
+    record_run(root, run, 0.0, False, lambda champion: champion.test_accuracy)
     """
 )
 

@@ -1,11 +1,21 @@
-"""Run registry and champion/challenger promotion for an output root: bookkeeping only (the champion's model is
-re-scored by the caller's scorer, from evaluate.py).
+"""The run registry of an output root: the store that records every run and each dataset's champion (the rule
+that decides is `rule.py`; the champion's model is re-scored by the caller, from evaluate.py).
 
 Layout under the output root:
 - `registry.csv`: one row per recorded run (read it with `read_registry` or `pandas.read_csv`).
 - `champion-<dataset>.json`: the current champion of each dataset, replaced atomically with `os.replace`.
 - `.registry.lock`: held with `fcntl.flock` while a run compares itself with the champion and records itself, so
   concurrent runs serialize: they cannot both win, and neither can lose the other's registry row.
+
+The shape of a promotion (tasks/promote.py):
+
+    store = RegistryStore(output_root)
+    with store.locked() as registry:                  # the registry as it is now, parsed once
+        promotion = store.recover(run, margin)        # a retry: the decision already made for this run
+        if promotion is None:
+            champion = registry.champion(dataset)     # the caller re-scores its model ...
+            promotion = judge(...)                    # ... and the pure rule decides
+            store.commit(*entries(run, promotion, champion))
 
 The registry row and the champion pointer are both derived from the run's model card (`Exported.card`).
 
@@ -15,8 +25,9 @@ filesystem whose locks span machines.
 
 import csv
 import io
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +35,13 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mnist_core.data.download import ROLES as DATA_ROLES
-from mnist_core.errors import DataError, PipelineError, StorageError
+from mnist_core.errors import DataError, StorageError
 from mnist_core.files import atomic_write_text, exclusive_lock, temp_files_glob
 from mnist_core.layout import REGISTRY_FILE, REGISTRY_LOCK_FILE, champion_file
 from mnist_core.records import Exported, Promotion, PromotionKind, Record
 from mnist_core.stamps import utc_iso
 
 LOCK_FILE = REGISTRY_LOCK_FILE
-# Accuracies are counts over the test-set size; this only absorbs float rounding in `challenger - champion`.
-TOLERANCE = 1e-9
 COLUMNS_BEFORE_FINGERPRINTS = [
     "run_id",
     "recorded_at",
@@ -53,6 +62,10 @@ COLUMNS_BEFORE_FINGERPRINTS = [
 ]
 # Added at the end, so a registry written before them is read as it is and upgraded on its next write.
 COLUMNS = [*COLUMNS_BEFORE_FINGERPRINTS, "fingerprint", "extra_data_sha256", "extra_test_accuracy"]
+# How the columns read back (what pandas.read_csv used to infer): the rest are text, empty = missing.
+FLOAT_COLUMNS = ["best_val_accuracy", "best_val_loss", "test_accuracy", "test_loss", "margin",
+                 "champion_test_accuracy", "extra_test_accuracy"]  # fmt: skip
+BOOL_COLUMNS = ["promoted"]
 
 
 class ChampionPointer(Record):
@@ -71,48 +84,6 @@ class ChampionPointer(Record):
     # (absent from pointers written before it was kept).
     promotion: Promotion | None = None
     fingerprint: str | None = None  # of the champion's data, parameters and code: a run with the same skips training
-
-
-def decide(
-    challenger_accuracy: float,
-    champion_accuracy: float | None,
-    margin: float,
-    force: bool = False,
-    champion_run_id: str | None = None,
-    measure: str = "test accuracy",
-) -> Promotion:
-    """The promotion rule: promote if forced, if there is no champion, or if the challenger's test accuracy is
-    strictly higher than the champion's and higher by at least `margin` (a fraction: 0.001 = 0.1 points).
-    A tie keeps the champion, so retraining with the same result does not churn the pointer."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    challenger = f"{challenger_accuracy:.2%}"
-
-    def make(promoted: bool, kind: PromotionKind, reason: str) -> Promotion:
-        return Promotion(
-            promoted=promoted,
-            kind=kind,
-            reason=reason,
-            challenger_accuracy=challenger_accuracy,
-            champion_accuracy=champion_accuracy,
-            champion_run_id=champion_run_id,
-            margin=margin,
-        )
-
-    if champion_accuracy is None:
-        forced = " (promotion was also forced)" if force else ""
-        return make(True, "first", f"no champion yet: this run becomes champion with {measure} {challenger}{forced}.")
-    champion = f"{champion_accuracy:.2%}"
-    difference = challenger_accuracy - champion_accuracy
-    figures = (
-        f"{measure} {challenger} vs champion {champion_run_id}'s {champion} on the same test images "
-        f"(difference {100 * difference:+.2f} points, margin {100 * margin:.2f} points)"
-    )
-    if force:
-        return make(True, "forced", f"promotion forced (force_promote): {figures}.")
-    if difference > 0 and difference + TOLERANCE >= margin:
-        return make(True, "better", f"promoted: {figures}.")
-    return make(False, "kept", f"champion {champion_run_id} stays: {figures}; the run is not better by the margin.")
 
 
 def champion_path(output_root: Path, dataset: str) -> Path:
@@ -154,10 +125,54 @@ def _damaged(path: Path, problem: str) -> DataError:
     )
 
 
-def _parse_registry(path: Path, text: str | None) -> pd.DataFrame:
+@dataclass
+class Registry:
+    """The registry as read once: its text (None: no file yet), its rows as parsed from that text (padded to
+    today's columns), and the frame built from those rows. Appending writes the text plus one line, so an
+    unchanged file is never re-parsed or re-serialized."""
+
+    root: Path
+    text: str | None
+    rows: list[list[str]] = field(default_factory=list)
+    header: list[str] = field(default_factory=lambda: list(COLUMNS))
+    _frame: pd.DataFrame | None = None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Every recorded run, oldest first, typed as pandas.read_csv reads the file."""
+        if self._frame is None:
+            self._frame = _frame_of(self.rows)
+        return self._frame
+
+    def champion(self, dataset: str) -> "ChampionPointer | None":
+        return read_champion(self.root, dataset)
+
+    def row_of(self, run_id: str) -> pd.Series | None:
+        """The last row recorded for `run_id`, or None."""
+        earlier = self.frame.loc[self.frame["run_id"] == run_id]
+        return earlier.iloc[-1] if len(earlier) else None
+
+    def appended(self, row: dict[str, Any]) -> str:
+        """The registry's text with `row` appended (and the header upgraded to today's columns if it was older)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if self.text is None or self.header != COLUMNS:
+            writer.writerow(COLUMNS)
+            writer.writerows(self.rows)  # already padded: an older registry is upgraded on its first write
+            prefix = ""
+        else:
+            prefix = self.text
+        # The csv writer quotes a field with "\n" but not a lone "\r", which its reader then refuses.
+        values = [row.get(column, "") for column in COLUMNS]
+        writer.writerow([value.replace("\r", " ") if isinstance(value, str) else value for value in values])
+        return prefix + buffer.getvalue()
+
+
+def _parse_registry(path: Path, text: str | None) -> Registry:
     """The registry's rows, checked line by line: a damaged file is an error, never rows merged or dropped."""
+    root = path.parent
     if text is None:
-        return pd.DataFrame(columns=COLUMNS)
+        return Registry(root, None)
     if not text.endswith("\n"):
         line = text.count("\n") + 1
         problem = "the file is empty" if not text else f"line {line}, its last, ends without a line break"
@@ -174,23 +189,37 @@ def _parse_registry(path: Path, text: str | None) -> pd.DataFrame:
             break
         except csv.Error as error:
             raise _damaged(path, f"line {start} is not valid CSV ({error})") from error
-    if rows[0] not in (COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
+    header = rows[0]
+    if header not in (COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
         raise _damaged(path, f"line 1 is not the header {','.join(COLUMNS)}")
     for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(rows[0]):
-            raise _damaged(path, f"line {number} has {len(row)} fields instead of {len(rows[0])}")
-    frame = pd.read_csv(
-        io.StringIO(_upgraded(text)),
-        dtype={"run_id": str, "champion_run_id": str, "fingerprint": str, "extra_data_sha256": str},
-    )
+        if len(row) != len(header):
+            raise _damaged(path, f"line {number} has {len(row)} fields instead of {len(header)}")
+    padded = [row + [""] * (len(COLUMNS) - len(row)) for row in rows[1:]]
+    return Registry(root, text, padded, header)
+
+
+def _frame_of(rows: list[list[str]]) -> pd.DataFrame:
+    """The frame of parsed rows, typed as pandas.read_csv typed the file: numbers as floats, `promoted` as bool,
+    empty text as missing."""
+    frame = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
+    for column in COLUMNS:
+        values = frame[column].replace("", None)
+        if column in FLOAT_COLUMNS:
+            frame[column] = pd.to_numeric(values, errors="coerce").astype(float)
+        elif column in BOOL_COLUMNS:
+            frame[column] = values.map(lambda value: None if value is None else str(value).lower() == "true")
+            if frame[column].notna().all():
+                frame[column] = frame[column].astype(bool)
+        else:
+            frame[column] = values.where(values.notna(), float("nan"))
     return frame
 
 
 def read_registry(output_root: Path) -> pd.DataFrame:
     """Every recorded run, oldest first (an empty frame with the registry's columns if none yet); DataError, naming
     the file, the line and how to repair it, if the file is damaged."""
-    root = Path(output_root)
-    return _parse_registry(root / REGISTRY_FILE, _registry_text(root))
+    return RegistryStore(output_root).read().frame
 
 
 def unchanged_since(output_root: Path, dataset: str, fingerprint: str) -> str | None:
@@ -211,15 +240,70 @@ def check_registry(output_root: Path, dataset: str) -> None:
     read_champion(output_root, dataset)
 
 
-def registry_lock(output_root: Path) -> AbstractContextManager[None]:
-    """Exclusive lock over the registry and champion pointers of `output_root` (released if the process dies)."""
-    return exclusive_lock(Path(output_root) / LOCK_FILE)
+class RegistryStore:
+    """The registry files of one output root. Writes happen only inside `locked()`, which reads and checks the
+    registry once (a damaged file fails there, before anything is written) and hands it to the caller."""
 
+    def __init__(self, output_root: Path) -> None:
+        self.root = Path(output_root).expanduser().resolve()
+        self._held: Registry | None = None
 
-def _remove_stale_temp_files(root: Path) -> None:
-    # Only called under the lock, so any temp file left here belongs to a writer that crashed.
-    for stale in [*root.glob(temp_files_glob(REGISTRY_FILE)), *root.glob(temp_files_glob("champion-*.json"))]:
-        stale.unlink(missing_ok=True)
+    def read(self) -> Registry:
+        """The registry as it is now, without the lock (a reader sees whole files: they are replaced atomically)."""
+        return _parse_registry(self.root / REGISTRY_FILE, _registry_text(self.root))
+
+    @contextmanager
+    def locked(self) -> Iterator[Registry]:
+        """Hold the registry's lock (released if the process dies) and yield the registry read under it."""
+        with exclusive_lock(self.root / LOCK_FILE):
+            self._remove_stale_temp_files()
+            self._held = self.read()
+            try:
+                yield self._held
+            finally:
+                self._held = None
+
+    def _registry(self) -> Registry:
+        if self._held is None:
+            raise RuntimeError("RegistryStore.commit and .recover are called inside `with store.locked():`")
+        return self._held
+
+    def recover(self, run: Exported, margin: float) -> Promotion | None:
+        """The decision already made for `run` by an earlier attempt, or None. A retried promotion finds its row
+        (the first decision stands, recorded once) or, if the attempt crashed between its two writes (a crash or
+        a full disk after the pointer was replaced), the pointer naming the run: its row is written now."""
+        registry = self._registry()
+        earlier = registry.row_of(run.run_id)
+        if earlier is not None:
+            return _promotion_from_row(earlier)
+        champion = registry.champion(run.card.dataset.name)
+        if champion is not None and champion.run_id == run.run_id:
+            promotion = champion.promotion or _promotion_from_pointer(champion, margin)
+            self.commit(registry_row(run, promotion, champion.promoted_at), None)
+            return promotion
+        return None
+
+    def commit(self, row: dict[str, Any], pointer: "ChampionPointer | None") -> None:
+        """Record `row` and, for a promotion, make `pointer` its dataset's champion.
+
+        The pointer is replaced before the registry row is written: a crash before the replace leaves the old
+        champion and registry untouched; a crash between the two leaves a valid champion whose row is missing,
+        which the run's retry (or rerun) writes from the decision the pointer holds (`recover`). (If another run
+        is promoted over it before that retry, the pointer no longer holds that decision: the retry then compares
+        the run afresh.)"""
+        registry = self._registry()
+        if pointer is not None:
+            _write(champion_path(self.root, pointer.dataset), pointer.model_dump_json(indent=2) + "\n")
+        text = registry.appended(row)
+        _write(self.root / REGISTRY_FILE, text)
+        # Later reads under the same lock see the row just written.
+        self._held = _parse_registry(self.root / REGISTRY_FILE, text)
+
+    def _remove_stale_temp_files(self) -> None:
+        # Only called under the lock, so any temp file left here belongs to a writer that crashed.
+        for pattern in (temp_files_glob(REGISTRY_FILE), temp_files_glob("champion-*.json")):
+            for stale in self.root.glob(pattern):
+                stale.unlink(missing_ok=True)
 
 
 def _write(path: Path, text: str) -> None:
@@ -227,31 +311,6 @@ def _write(path: Path, text: str) -> None:
         atomic_write_text(path, text)
     except OSError as error:
         raise StorageError(f"{path}: could not write it ({error}); the previous file is intact") from error
-
-
-def _upgraded(text: str) -> str:
-    """The registry's text with today's columns: a registry from before the fingerprint columns gets them, empty."""
-    rows = list(csv.reader(io.StringIO(text), strict=True))
-    if rows[0] == COLUMNS:
-        return text
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(row + [""] * (len(COLUMNS) - len(row)) for row in rows[1:])
-    return buffer.getvalue()
-
-
-def _append_row(root: Path, existing: str | None, row: dict[str, Any]) -> None:
-    """Write the registry as `existing` (its current text, read and checked under the lock) plus `row`."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if existing is None:
-        writer.writeheader()
-    else:
-        existing = _upgraded(existing)
-    # The csv writer quotes a field with "\n" but not a lone "\r", which its reader then refuses.
-    writer.writerow({key: value.replace("\r", " ") if isinstance(value, str) else value for key, value in row.items()})
-    _write(root / REGISTRY_FILE, (existing or "") + buffer.getvalue())
 
 
 def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[str, Any]:
@@ -281,8 +340,8 @@ def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[
 
 
 def champion_pointer(
-    run: Exported, promotion: Promotion, promoted_at: str, previous: ChampionPointer | None
-) -> ChampionPointer:
+    run: Exported, promotion: Promotion, promoted_at: str, previous: "ChampionPointer | None"
+) -> "ChampionPointer":
     """The pointer that makes `run` its dataset's champion: its facts from the model card."""
     card = run.card
     return ChampionPointer(
@@ -300,74 +359,13 @@ def champion_pointer(
     )
 
 
-def record_run(
-    output_root: Path,
-    run: Exported,
-    margin: float,
-    force: bool,
-    champion_accuracy: Callable[[ChampionPointer], float],
-    challenger_accuracy: float | None = None,
-    measure: str = "test accuracy",
-) -> Promotion:
-    """Compare `run` with its dataset's champion, promote it if the rule says so, and append it to the registry.
-
-    `challenger_accuracy` is the run's figure the rule compares (default: its card's test accuracy), named
-    `measure` in the decision; `champion_accuracy(pointer)` gives the champion's on the same images.
-
-    `champion_accuracy(pointer)` scores the champion's model on the run's own test set, under the registry lock so
-    the champion cannot change meanwhile; if it raises a PipelineError, the champion is unusable (e.g. its folder
-    was deleted) and the run replaces it.
-
-    The pointer is replaced before the registry row is written: a crash before the replace leaves the old
-    champion and registry untouched; a crash between the two leaves a valid champion whose row is missing, which
-    the run's retry (or rerun) writes from the decision the pointer holds. (If another run is promoted over it
-    before that retry, the pointer no longer holds that decision: the retry then compares the run afresh.)
-    """
-    root = Path(output_root).expanduser().resolve()
-    with registry_lock(root):
-        _remove_stale_temp_files(root)
-        existing = _registry_text(root)
-        recorded = _parse_registry(root / REGISTRY_FILE, existing)
-        earlier = recorded.loc[recorded["run_id"] == run.run_id]
-        if len(earlier):  # a retried promotion: the first attempt's decision stands, recorded once
-            return _promotion_from_row(earlier.iloc[-1])
-        champion = read_champion(root, run.card.dataset.name)
-        if champion is not None and champion.run_id == run.run_id:
-            # An earlier attempt made this run champion, then failed before writing its row (a crash, a full disk
-            # between the two writes): that decision stands, and its row is written now.
-            promotion = champion.promotion or _promotion_from_pointer(champion, margin)
-            _append_row(root, existing, registry_row(run, promotion, champion.promoted_at))
-            return promotion
-        challenger = run.card.metrics.test_accuracy if challenger_accuracy is None else challenger_accuracy
-        promotion = _compare(challenger, champion, margin, force, champion_accuracy, measure)
-        now = utc_iso()
-        if promotion.promoted:
-            pointer = champion_pointer(run, promotion, now, champion)
-            _write(champion_path(root, pointer.dataset), pointer.model_dump_json(indent=2) + "\n")
-        _append_row(root, existing, registry_row(run, promotion, now))
-    return promotion
-
-
-def _compare(
-    challenger: float,
-    champion: ChampionPointer | None,
-    margin: float,
-    force: bool,
-    champion_accuracy: Callable[[ChampionPointer], float],
-    measure: str,
-) -> Promotion:
-    if champion is None:
-        return decide(challenger, None, margin, force, measure=measure)
-    try:
-        score = float(champion_accuracy(champion))
-    except PipelineError as error:  # missing or corrupt; other OSErrors (permissions) fail the run
-        promotion = decide(challenger, None, margin, force, measure=measure)
-        reason = (
-            f"the run replaces an unusable champion ({champion.run_id} could not be evaluated: {error}): "
-            f"{measure} {challenger:.2%}."
-        )
-        return promotion.model_copy(update={"kind": "replaced", "reason": reason})
-    return decide(challenger, score, margin, force, champion_run_id=champion.run_id, measure=measure)
+def entries(
+    run: Exported, promotion: Promotion, previous: "ChampionPointer | None"
+) -> tuple[dict[str, Any], "ChampionPointer | None"]:
+    """What `commit` records for a decision: the run's row and, if it was promoted, its champion pointer."""
+    now = utc_iso()
+    pointer = champion_pointer(run, promotion, now, previous) if promotion.promoted else None
+    return registry_row(run, promotion, now), pointer
 
 
 def _promotion_from_row(row: pd.Series) -> Promotion:
