@@ -18,6 +18,9 @@ RUN_FILES = [WEIGHTS_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE, METRICS_FILE, PER_C
              *PLOT_FILES, REPORT_FILE, CARD_FILE]  # fmt: skip
 
 # An output folder, beside the run folders
+# The registry (a SQLite database, with its -wal and -shm files beside it), and the files it had before, which it
+# imports once and leaves as they were.
+REGISTRY_DB_FILE = "registry.db"
 REGISTRY_FILE = "registry.csv"
 REGISTRY_LOCK_FILE = ".registry.lock"
 

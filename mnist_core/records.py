@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-PromotionKind = Literal["first", "better", "forced", "replaced", "kept"]
+# manual and rollback: decided by a person with `mnist registry promote` / `rollback`, not by the rule.
+PromotionKind = Literal["first", "better", "forced", "replaced", "kept", "manual", "rollback"]
 
 
 class Record(BaseModel):

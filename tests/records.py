@@ -7,6 +7,7 @@ import torch
 
 from mnist_core.config import RunParams
 from mnist_core.errors import PipelineError
+from mnist_core.layout import REGISTRY_FILE, champion_file
 from mnist_core.records import (
     DatasetFacts,
     EpochStats,
@@ -18,7 +19,7 @@ from mnist_core.records import (
     Timings,
 )
 from mnist_core.registry.rule import ChampionScore, judge
-from mnist_core.registry.store import ChampionPointer, RegistryStore, entries
+from mnist_core.registry.store import COLUMNS, ChampionPointer, RegistryStore, entries, read_registry
 
 SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
 
@@ -125,3 +126,14 @@ def record_run(
         promotion = judge(challenger, score, margin, force, measure)
         store.commit(*entries(run, promotion, champion))
     return promotion
+
+
+def legacy_files(source: Path, target: Path, runs: list[tuple[str, float]], columns: list[str] = COLUMNS) -> None:
+    """`registry.csv` and `champion-<dataset>.json` in `target` as the registry wrote them before it moved into a
+    database: `runs` (run id, test accuracy) recorded in a scratch registry at `source`, then written out."""
+    for run_id, accuracy in runs:
+        record_run(source, make_exported(target, run_id, accuracy), 0.0, False, lambda champion: champion.test_accuracy)
+    target.mkdir(parents=True, exist_ok=True)
+    read_registry(source)[columns].to_csv(target / REGISTRY_FILE, index=False, lineterminator="\n")
+    for pointer in RegistryStore(source).read().champions():
+        (target / champion_file(pointer.dataset)).write_text(pointer.model_dump_json(indent=2) + "\n")

@@ -183,7 +183,7 @@ def test_ctrl_c_once_the_run_has_completed_only_cuts_the_clean_up_short(flow: Fl
     if "SIGINT: the run had completed" not in output:  # the signal came after the clean-up: nothing to cut short
         assert flow.process.returncode == 0
     [run_dir] = [path for path in flow.output.iterdir() if path.is_dir() and not path.name.startswith(".")]
-    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.csv").is_file()
+    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.db").is_file()
 
 
 def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:
