@@ -5,6 +5,7 @@
     mnist predict-batch INPUT... the same as a Prefect flow run (the `mnist-predict` flow; = python flows/predict.py)
     mnist sweep SWEEP_JSON       a hyperparameter sweep (the `mnist-sweep` flow; = python flows/sweep.py)
     mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker
+    mnist registry ls|show|champion|promote|rollback   the run registry (docs/registry.md)
 
 `mnist COMMAND --help` lists each command's flags. The arguments are read and checked before torch or Prefect is
 imported, so help and usage errors answer at once; the imports then take seconds, during which Ctrl-C exits
@@ -63,6 +64,12 @@ def stack(argv: Sequence[str]) -> int:
     return main(list(argv))
 
 
+def registry(argv: Sequence[str]) -> int:
+    from mnist_core.registry.cli import main
+
+    return main(argv)
+
+
 def _flow_module(name: str, program: str):  # noqa: ANN202 - a module
     """Import a flow module (torch and Prefect: seconds), Ctrl-C meanwhile exiting quietly."""
     quiet_interrupts(program)
@@ -85,6 +92,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "predict-batch": predict_batch,
     "sweep": sweep,
     "stack": stack,
+    "registry": registry,
 }
 
 

@@ -22,7 +22,6 @@ RUN_FILES = [WEIGHTS_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE, METRICS_FILE, PER_C
 # imports once and leaves as they were.
 REGISTRY_DB_FILE = "registry.db"
 REGISTRY_FILE = "registry.csv"
-REGISTRY_LOCK_FILE = ".registry.lock"
 
 
 def champion_file(dataset: str) -> str:
