@@ -204,7 +204,7 @@ def _storage_error(url: URL, error: SQLAlchemyError) -> StorageError:
     detail = (str(original).strip().splitlines() or [type(original).__name__])[0]
     if "database is locked" in detail or "database is busy" in detail:
         return StorageError(
-            f"registry database {_shown(url)}: busy for over {BUSY_SECONDS:.0f} s (another run held it); retry, "
+            f"registry database {_shown(url)}: busy for over {BUSY_SECONDS:g} s (another run held it); retry, "
             "nothing was recorded"
         )
     return StorageError(f"registry database {_shown(url)}: {detail}")
@@ -351,7 +351,10 @@ class SqlStore:
         # nothing created.
         parsed = _read_legacy(self.root) if legacy and file is not None and not file.is_file() else None
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageError(f"registry database {file}: cannot create its folder ({error})") from error
         with self.errors(), self._writing() as connection:
             self._migrate(connection)
             if legacy and not _imported(connection, self.root):
