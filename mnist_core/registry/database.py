@@ -47,7 +47,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from mnist_core.data.download import ROLES as DATA_ROLES
 from mnist_core.errors import DataError, StorageError
@@ -176,8 +175,8 @@ def _create_engine(url_text: str) -> Engine:
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    # NullPool: a connection per use (cheap for a file) and none shared with a forked child.
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": BUSY_SECONDS})
+    # A pool per process (engine_for): a forked child opens its own connections, never its parent's.
+    engine = create_engine(url, connect_args={"timeout": BUSY_SECONDS})
 
     @event.listens_for(engine, "connect")
     def _connect(connection: Any, _record: Any) -> None:
@@ -244,11 +243,17 @@ class RegistryView:
         return [ChampionPointer.model_validate_json(text) for text in texts]
 
     def row_of(self, run_id: str) -> pd.Series | None:
-        """The run's row, or None."""
+        """The run's row, or None (a plain query: every promotion asks, and pandas would cost more than the
+        database)."""
         with self._reading() as connection:
             statement = select(*[runs.c[name] for name in COLUMNS]).where(runs.c.run_id == run_id)
-            frame = _typed(pd.read_sql(statement, connection))
-        return frame.iloc[-1] if len(frame) else None
+            found = connection.execute(statement).mappings().first()
+        if found is None:
+            return None
+        values = {
+            name: float("nan") if found[name] is None and name in FLOAT_COLUMNS else found[name] for name in COLUMNS
+        }
+        return pd.Series(values, dtype=object)
 
     def latest_with_fingerprint(self, dataset: str, fingerprint: str) -> str | None:
         with self._reading() as connection:
