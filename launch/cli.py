@@ -6,6 +6,7 @@
     mnist sweep SWEEP_JSON       a hyperparameter sweep (the `mnist-sweep` flow; = python flows/sweep.py)
     mnist serve [FLAGS]          the champion's model over HTTP (page, /predict, v2 protocol, /metrics)
     mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker, model server
+    mnist registry ls|show|champion|promote|rollback   the run registry (docs/registry.md)
 
 `mnist COMMAND --help` lists each command's flags. The arguments are read and checked before torch or Prefect is
 imported, so help and usage errors answer at once; the imports then take seconds, during which Ctrl-C exits
@@ -70,6 +71,12 @@ def stack(argv: Sequence[str]) -> int:
     return main(list(argv))
 
 
+def registry(argv: Sequence[str]) -> int:
+    from mnist_core.registry.cli import main
+
+    return main(argv)
+
+
 def _flow_module(name: str, program: str):  # noqa: ANN202 - a module
     """Import a flow module (torch and Prefect: seconds), Ctrl-C meanwhile exiting quietly."""
     quiet_interrupts(program)
@@ -93,6 +100,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sweep": sweep,
     "serve": serve,
     "stack": stack,
+    "registry": registry,
 }
 
 

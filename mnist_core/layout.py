@@ -27,8 +27,10 @@ RUN_FILES = [
 ]
 
 # An output folder, beside the run folders
+# The registry (a SQLite database, with its -wal and -shm files beside it), and the files it had before, which it
+# imports once and leaves as they were.
+REGISTRY_DB_FILE = "registry.db"
 REGISTRY_FILE = "registry.csv"
-REGISTRY_LOCK_FILE = ".registry.lock"
 
 
 def champion_file(dataset: str) -> str:

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict
 
 from mnist_core.layout import CARD_FILE, REPORT_FILE, WEIGHTS_FILE
 
-PromotionKind = Literal["first", "better", "forced", "replaced", "kept"]
+# manual and rollback: decided by a person with `mnist registry promote` / `rollback`, not by the rule.
+PromotionKind = Literal["first", "better", "forced", "replaced", "kept", "manual", "rollback"]
 
 
 class Record(BaseModel):

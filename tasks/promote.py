@@ -1,13 +1,17 @@
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
 from mnist_core.data.prepare import load_prepared
+from mnist_core.errors import PipelineError
 from mnist_core.evaluation.evaluate import decisive_accuracy, score_model_file
 from mnist_core.export.run_folder import append_to_report
 from mnist_core.records import Exported, Prepared, Promotion
-from mnist_core.registry.store import ChampionPointer, promotion_markdown, record_run
+from mnist_core.registry.rule import ChampionScore, judge
+from mnist_core.registry.store import ChampionPointer, RegistryStore, entries, promotion_markdown
 from reporting.publish import BestEffort
 
 MEASURES = {
@@ -25,39 +29,48 @@ def promote(exported: Exported, prepared: Prepared, params: RunParams, device: s
     sizes, metrics = prepared.sizes, exported.card.metrics
     has_extra = sizes["extra_test"] > 0
     metric = params.promotion_metric if has_extra else "test"
-    # test images -> (this run's accuracy, the champion's: filled in when there is a champion to re-score)
+    challenger = decisive_accuracy(metrics.test_accuracy, metrics.extra_test_accuracy, sizes["test"],
+                                   sizes["extra_test"], metric)  # fmt: skip
+    # test images -> (this run's accuracy, the champion's re-scored on the same images; None without a champion)
     scores: dict[str, tuple[float | None, float | None]] = {
         "test": (metrics.test_accuracy, None),
         "extra": (metrics.extra_test_accuracy, None),
     }
-
-    def rescore(champion: ChampionPointer) -> float:
-        test = score_model_file(champion.model, data["test_images"], data["test_labels"])
-        extra = (
-            score_model_file(champion.model, data["extra_test_images"], data["extra_test_labels"])
-            if has_extra
-            else None
-        )
-        scores["test"] = (metrics.test_accuracy, test)
-        scores["extra"] = (metrics.extra_test_accuracy, extra)
-        return decisive_accuracy(test, extra, sizes["test"], sizes["extra_test"], metric)
-
-    challenger = decisive_accuracy(
-        metrics.test_accuracy, metrics.extra_test_accuracy, sizes["test"], sizes["extra_test"], metric
-    )
-    promotion = record_run(
-        params.output_dir,
-        exported,
-        params.promotion_margin,
-        params.force_promote,
-        rescore,
-        challenger,
-        MEASURES[metric],
-    )
-    section = promotion_markdown(promotion, params.dataset, scores if has_extra else None)
+    store = RegistryStore(params.output_dir)
+    # Under the lock, so that the champion re-scored is still the champion when the decision is recorded.
+    with store.locked() as registry:
+        promotion = store.recover(exported, params.promotion_margin)
+        if promotion is None:
+            champion = registry.champion(params.dataset)
+            score = None
+            if champion is not None:
+                score, champion_scores = rescore(champion, data, has_extra, sizes, metric)
+                scores = {key: (scores[key][0], champion_scores[key]) for key in scores}
+            promotion = judge(challenger, score, params.promotion_margin, params.force_promote, MEASURES[metric])
+            store.commit(*entries(exported, promotion, champion))
+    section = promotion_markdown(promotion, params.dataset, scores if has_extra else None, exported.run_id)
     append_to_report(exported.report, section)
     logger = get_run_logger()
     with BestEffort(logger).attempt("the promotion decision"):
         create_markdown_artifact(key=f"{params.dataset}-promotion", markdown=section, description="Promotion decision")
     logger.info("%s", promotion.reason)
     return promotion
+
+
+def rescore(
+    champion: ChampionPointer, data: dict[str, Any], has_extra: bool, sizes: dict[str, int], metric: str
+) -> tuple[ChampionScore, dict[str, float | None]]:
+    """The champion's model scored on the challenger's test images (and extra test images): the decisive score the
+    rule compares, and each set's accuracy for the report. A champion whose model cannot be evaluated (a
+    PipelineError: its folder deleted, its file corrupt) is unusable; other errors (permissions) fail the run."""
+    try:
+        test = score_model_file(champion.model, data["test_images"], data["test_labels"])
+        extra = (
+            score_model_file(champion.model, data["extra_test_images"], data["extra_test_labels"])
+            if has_extra
+            else None
+        )
+    except PipelineError as error:
+        return ChampionScore(champion.run_id, None, str(error)), {"test": None, "extra": None}
+    decisive = decisive_accuracy(test, extra, sizes["test"], sizes["extra_test"], metric)
+    return ChampionScore(champion.run_id, decisive), {"test": test, "extra": extra}

@@ -1,11 +1,25 @@
 """Stage records with made-up figures, for tests of the code that reads them (export, registry)."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from mnist_core.config import RunParams
-from mnist_core.records import DatasetFacts, EpochStats, Evaluation, Exported, Metrics, ModelCard, Timings
+from mnist_core.errors import PipelineError
+from mnist_core.layout import REGISTRY_FILE, champion_file
+from mnist_core.records import (
+    DatasetFacts,
+    EpochStats,
+    Evaluation,
+    Exported,
+    Metrics,
+    ModelCard,
+    Promotion,
+    Timings,
+)
+from mnist_core.registry.rule import ChampionScore, judge
+from mnist_core.registry.store import COLUMNS, ChampionPointer, RegistryStore, entries, read_registry
 
 SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
 
@@ -82,3 +96,44 @@ def make_exported(root: Path, run_id: str, accuracy: float, dataset: str = "mnis
         model_card=run_dir / "model_card.json",
         card=make_card(run_id, accuracy, dataset),
     )
+
+
+def record_run(
+    root: Path,
+    run: Exported,
+    margin: float,
+    force: bool,
+    champion_accuracy: Callable[[ChampionPointer], float],
+    challenger_accuracy: float | None = None,
+    measure: str = "test accuracy",
+) -> Promotion:
+    """A promotion as tasks/promote.py does it (lock, a retry's decision, re-score the champion, the rule, commit),
+    with `champion_accuracy` standing in for re-scoring the champion's model; a PipelineError from it makes the
+    champion unusable, as a model that cannot be evaluated does."""
+    store = RegistryStore(root)
+    with store.locked() as registry:
+        promotion = store.recover(run, margin)
+        if promotion is not None:
+            return promotion
+        champion = registry.champion(run.card.dataset.name)
+        score = None
+        if champion is not None:
+            try:
+                score = ChampionScore(champion.run_id, float(champion_accuracy(champion)))
+            except PipelineError as error:
+                score = ChampionScore(champion.run_id, None, str(error))
+        challenger = run.card.metrics.test_accuracy if challenger_accuracy is None else challenger_accuracy
+        promotion = judge(challenger, score, margin, force, measure)
+        store.commit(*entries(run, promotion, champion))
+    return promotion
+
+
+def legacy_files(source: Path, target: Path, runs: list[tuple[str, float]], columns: list[str] = COLUMNS) -> None:
+    """`registry.csv` and `champion-<dataset>.json` in `target` as the registry wrote them before it moved into a
+    database: `runs` (run id, test accuracy) recorded in a scratch registry at `source`, then written out."""
+    for run_id, accuracy in runs:
+        record_run(source, make_exported(target, run_id, accuracy), 0.0, False, lambda champion: champion.test_accuracy)
+    target.mkdir(parents=True, exist_ok=True)
+    read_registry(source)[columns].to_csv(target / REGISTRY_FILE, index=False, lineterminator="\n")
+    for pointer in RegistryStore(source).read().champions():
+        (target / champion_file(pointer.dataset)).write_text(pointer.model_dump_json(indent=2) + "\n")

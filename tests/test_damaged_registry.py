@@ -1,5 +1,6 @@
-"""`python flows/mnist.py` on an output folder whose registry or champion pointer was cut at a random byte: the run
-stops before it trains, in seconds, with one line naming the file and the repair, and changes nothing."""
+"""`python flows/mnist.py` on an output folder whose registry.csv or champion pointer (not yet imported into the
+registry's database) was cut at a random byte: the run stops before it trains, in seconds, with one line naming
+the file and the repair, and changes nothing (no database is created from damaged files)."""
 
 import os
 import random
@@ -11,17 +12,16 @@ from pathlib import Path
 import pytest
 
 from mnist_core.layout import REGISTRY_FILE
-from mnist_core.registry.store import record_run
 from tests.conftest import PROJECT_ROOT
-from tests.records import make_exported
+from tests.records import legacy_files
 from tests.synthetic import snapshot
 
 pytestmark = pytest.mark.slow
 
 
 def _registry_of_three_runs(root: Path) -> None:
-    for run_id, accuracy in (("r1", 0.90), ("r2", 0.93), ("r3", 0.92)):
-        record_run(root, make_exported(root, run_id, accuracy), 0.0, False, lambda champion: champion.test_accuracy)
+    """The files the registry had before its database, which a run imports in its preflight."""
+    legacy_files(root.parent / "source", root, [("r1", 0.90), ("r2", 0.93), ("r3", 0.92)])
 
 
 def _cut_inside_a_line(path: Path, seed: int) -> int:

@@ -104,9 +104,8 @@ def test_rerun_after_a_late_failure_reuses_the_run_and_records_it_once(
 ) -> None:
     import importlib
 
-    import pandas as pd
-
     from flows.mnist import mnist
+    from mnist_core.registry.store import read_registry
 
     # The module, not the task of the same name that the `tasks` package exports.
     promote_module = importlib.import_module("tasks.promote")
@@ -116,7 +115,7 @@ def test_rerun_after_a_late_failure_reuses_the_run_and_records_it_once(
     def registry_unavailable(*args: Any, **kwargs: Any) -> None:
         raise OSError("registry volume went away")
 
-    monkeypatch.setattr(promote_module, "record_run", registry_unavailable)
+    monkeypatch.setattr(promote_module, "RegistryStore", registry_unavailable)
     assert mnist(params, return_state=True).is_failed()
     first_folders = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
     assert len(first_folders) == 1
@@ -125,7 +124,7 @@ def test_rerun_after_a_late_failure_reuses_the_run_and_records_it_once(
     monkeypatch.undo()
     result = mnist(params)
     assert result.exported.run_dir == first_folders[0]  # resumed after the last epoch, same run folder
-    registry = pd.read_csv(tmp_path / "runs" / "registry.csv")
+    registry = read_registry(tmp_path / "runs")
     assert registry["run_id"].tolist() == [first_folders[0].name]
     assert not list((tmp_path / "runs" / ".checkpoints").glob("*/checkpoint.pt"))
 

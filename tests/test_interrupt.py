@@ -165,7 +165,7 @@ def test_ctrl_c_to_the_process_group_stops_the_run_and_the_rerun_resumes(
     if "SIGINT: the run had completed" not in output:  # the signal came after the clean-up: nothing to cut short
         assert rerun.process.returncode == 0
     [run_dir] = [p for p in flow.output.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.csv").is_file()
+    assert (run_dir / "model_card.json").is_file() and (flow.output / "registry.db").is_file()
     assert f'"resumed_from_epoch": {epoch}' in (run_dir / "model_card.json").read_text()
 
 

@@ -19,7 +19,7 @@ from mnist_core.data.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
 from mnist_core.errors import DataError, StorageError
 from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 from mnist_core.files import atomic_write_text
-from mnist_core.layout import CARD_FILE, REGISTRY_FILE
+from mnist_core.layout import CARD_FILE, REGISTRY_DB_FILE, REGISTRY_FILE
 from mnist_core.records import ModelCard, read_card
 from mnist_core.registry.store import read_champion
 
@@ -66,7 +66,9 @@ class PredictParams(BaseModel):
             raise ValueError(f"output {str(self.output)!r} looks like an image or model file; name a .csv file")
         if output.is_dir():
             raise ValueError(f"output {str(self.output)!r} is a folder; name a .csv file in it")
-        if output.name == REGISTRY_FILE or output.name.startswith("champion-") or (output.parent / CARD_FILE).is_file():
+        # The registry's database with its -wal and -shm files, the files it had before, a run folder's files.
+        records = output.name == REGISTRY_FILE or output.name.startswith((REGISTRY_DB_FILE, "champion-"))
+        if records or (output.parent / CARD_FILE).is_file():
             raise ValueError(
                 f"output {str(self.output)!r} would replace one of the training records (the registry, "
                 "a champion pointer or a run folder's files); name a .csv file elsewhere"

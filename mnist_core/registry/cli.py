@@ -1,0 +1,146 @@
+"""`mnist registry`: read the registry, and decide about champions by hand.
+
+    mnist registry ls [--dataset D] [--json]        every recorded run, oldest first
+    mnist registry show RUN [--json]                one run's row and every decision about it
+    mnist registry champion [--dataset D] [--json]  the champion
+    mnist registry promote RUN --reason TEXT        make a recorded run champion (a manual decision: who and why)
+    mnist registry rollback [--dataset D]           put back the champion the current one replaced (recorded)
+
+The registry is `<output-dir>/registry.db` (SQLite), or the database `--url` or else MNIST_REGISTRY_URL names (see
+docs/registry.md). Exit status: 0 done, 1 refused (no such run, nothing to roll back, database unreachable), 2 bad
+usage. Arguments are read before pandas or SQLAlchemy is imported, so --help answers at once.
+"""
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# The columns `ls` shows as a table (--json gives every column).
+LS_COLUMNS = ["run_id", "recorded_at", "dataset", "test_accuracy", "decision", "champion_run_id"]
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output-dir", type=Path, default=Path("runs"), help="Output root (default: runs).")
+    common.add_argument(
+        "--url", help="Registry database URL (default: MNIST_REGISTRY_URL, else <output-dir>/registry.db)."
+    )
+    top = argparse.ArgumentParser(
+        prog="mnist registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="{ls,show,champion,promote,rollback}")
+    ls = commands.add_parser("ls", parents=[common], help="Every recorded run, oldest first.")
+    ls.add_argument("--dataset", help="Only this dataset's runs.")
+    ls.add_argument("--json", action="store_true", help="JSON lines, every column.")
+    show = commands.add_parser("show", parents=[common], help="One run's row and the decisions about it.")
+    show.add_argument("run_id", metavar="RUN")
+    show.add_argument("--json", action="store_true")
+    champion = commands.add_parser("champion", parents=[common], help="The champion.")
+    champion.add_argument("--dataset", default="mnist")
+    champion.add_argument("--json", action="store_true")
+    promote = commands.add_parser("promote", parents=[common], help="Make a recorded run champion, by hand.")
+    promote.add_argument("run_id", metavar="RUN")
+    promote.add_argument("--reason", required=True, help="Why (recorded with your user name).")
+    rollback = commands.add_parser("rollback", parents=[common], help="Put back the previous champion.")
+    rollback.add_argument("--dataset", default="mnist")
+    return top
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    from mnist_core.errors import PipelineError
+
+    try:
+        return _run(args)
+    except PipelineError as error:
+        print(f"mnist registry: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mnist_core.registry.database import SqlStore
+
+    store = SqlStore(args.output_dir, args.url)
+    if args.command == "ls":
+        frame = store.read().frame
+        if args.dataset:
+            frame = frame.loc[frame["dataset"] == args.dataset]
+        if args.json:
+            for record in json.loads(frame.to_json(orient="records")):
+                print(json.dumps(record))
+        else:
+            print(_table(frame[LS_COLUMNS].to_dict("records")) if len(frame) else "(no runs recorded)")
+        return 0
+    if args.command == "show":
+        registry = store.read()
+        row = registry.row_of(args.run_id)
+        if row is None:
+            print(f"mnist registry: error: no run {args.run_id!r} in the registry", file=sys.stderr)
+            return 1
+        facts = json.loads(row.to_json())
+        decided = registry.decisions(run_id=args.run_id)
+        for decision in decided:
+            decision.pop("pointer", None)
+        if args.json:
+            print(json.dumps({"run": facts, "decisions": decided}))
+        else:
+            print("\n".join(f"{key}: {'' if value is None else value}" for key, value in facts.items()))
+            print("\ndecisions:")
+            print(_table(decided, ["at", "kind", "promoted", "who", "reason"]))
+        return 0
+    if args.command == "champion":
+        pointer = store.read().champion(args.dataset)
+        if pointer is None:
+            print(f"mnist registry: error: no {args.dataset} champion yet", file=sys.stderr)
+            return 1
+        print(pointer.model_dump_json(indent=2) if args.json else _pointer_text(pointer))
+        return 0
+    who = getpass.getuser()
+    with store.locked():
+        if args.command == "promote":
+            pointer = store.promote(args.run_id, args.reason, who)
+        else:
+            pointer = store.rollback(args.dataset, who)
+    before = pointer.promotion.champion_run_id if pointer.promotion else None
+    print(f"{pointer.dataset} champion: {pointer.run_id} ({pointer.decision} by {who}; it replaces {before or '-'})")
+    return 0
+
+
+def _pointer_text(pointer: Any) -> str:
+    return "\n".join(
+        [
+            f"dataset: {pointer.dataset}",
+            f"run: {pointer.run_id}",
+            f"model: {pointer.model}",
+            f"test accuracy (when promoted): {pointer.test_accuracy:.2%}",
+            f"promoted at: {pointer.promoted_at} ({pointer.decision})",
+            f"replaced: {pointer.previous_run_id or '-'}",
+            f"why: {pointer.promotion.reason if pointer.promotion else '-'}",
+        ]
+    )
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """Rows as aligned text columns (floats as percentages where they are accuracies)."""
+    if not rows:
+        return "(none)"
+    names = columns or list(rows[0])
+
+    def cell(name: str, value: Any) -> str:
+        if value is None or (isinstance(value, float) and value != value):
+            return "-"
+        if isinstance(value, float) and "accuracy" in name:
+            return f"{value:.2%}"
+        return str(value)
+
+    cells = [[cell(name, row.get(name)) for name in names] for row in rows]
+    widths = [max(len(name), *(len(line[index]) for line in cells)) for index, name in enumerate(names)]
+    lines = ["  ".join(name.ljust(width) for name, width in zip(names, widths, strict=True))]
+    lines += ["  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(line.rstrip() for line in lines)
