@@ -21,6 +21,7 @@ from mnist_core.data.download import download_dataset  # noqa: E402
 from mnist_core.data.prepare import load_prepared, prepare_dataset  # noqa: E402
 from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
 from tests import synthetic  # noqa: E402
+from tests.postgres import Cluster  # noqa: E402, F401 - the fixture's type
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -148,3 +149,12 @@ def small_mnist_onnx(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: p
     from tests.serving import export_model, train_small_mlp
 
     return export_model(train_small_mlp(mnist_tensors), tmp_path_factory.mktemp("small-model"))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator["Cluster"]:
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py); each user makes its own database."""
+    from tests.postgres import running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster

@@ -1,6 +1,7 @@
 """Real models for the `mnist serve` tests, made in seconds: a small MLP trained on part of real MNIST, exported to
 ONNX once, and run folders and champions made from it through the registry's own `record_run`."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,12 +15,11 @@ import torch
 from launch.server import free_port
 from mnist_core.export.run_folder import save_portable
 from mnist_core.export.runtimes import describe_model_files
-from mnist_core.files import atomic_write_text
 from mnist_core.layout import CARD_FILE, ONNX_FILE
 from mnist_core.records import Exported
-from mnist_core.registry.store import champion_path, read_champion, record_run
+from mnist_core.registry.store import RegistryStore, read_champion
 from mnist_core.training.model import MLP
-from tests.records import make_card
+from tests.records import make_card, record_run
 
 
 def train_small_mlp(tensors: dict[str, torch.Tensor], samples: int = 30_000, epochs: int = 2) -> MLP:
@@ -67,9 +67,12 @@ def promote(output_root: Path, run: Exported) -> None:
 
 
 def rollback(output_root: Path, pointer_json: str) -> None:
-    """Put back an earlier champion pointer, as restoring it from a backup does (the registry has no rollback
-    command: a run recorded once is never compared again)."""
-    atomic_write_text(champion_path(output_root, "mnist"), pointer_json)
+    """`mnist registry rollback`: the champion the current one replaced is champion again; it must be the one
+    `pointer_json` (a champion read earlier) names."""
+    store = RegistryStore(output_root)
+    with store.locked():
+        pointer = store.rollback("mnist", "test")
+    assert pointer.run_id == json.loads(pointer_json)["run_id"], (pointer.run_id, pointer_json)
 
 
 def champion_json(output_root: Path) -> str:

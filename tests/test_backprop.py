@@ -120,7 +120,9 @@ def test_training_curves_match_autograds(mnist_tensors: dict[str, torch.Tensor],
         "val_images": mnist_tensors["val_images"][:1000],
         "val_labels": mnist_tensors["val_labels"][:1000],
     }
-    params = RunParams(epochs=3, batch_size=100, dropout=0.1)  # the default recipe, with dropout
+    # The default recipe, with dropout; without clipping, whose threshold one side may cross a step before the
+    # other (the gradients differ in the last bits): this compares the gradients themselves.
+    params = RunParams(epochs=3, batch_size=100, dropout=0.1, clip_grad_norm=0.0)
     autograd = train_model(data, params, CPU, step_kind=step_kind, gradients="autograd")
     written = train_model(data, params, CPU, step_kind=step_kind, gradients="written_out")
     assert (autograd.gradients, written.gradients) == ("autograd", "written_out")

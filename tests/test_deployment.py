@@ -9,13 +9,10 @@ import contextlib
 import hashlib
 import json
 import os
-import pwd
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +32,7 @@ from mnist_core.config import RunParams
 from mnist_core.registry.store import read_champion, read_registry
 from mnist_core.training.checkpoint import load_checkpoint
 from tests.conftest import PROJECT_ROOT
+from tests.postgres import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -188,19 +186,6 @@ def running_stack(
 # --- PostgreSQL: the module's one stack keeps its state there where PostgreSQL can run ------------------------
 
 
-def _version_key(bindir: Path) -> tuple[int, ...]:
-    """/usr/lib/postgresql/9.6/bin -> (9, 6): compared as numbers, so 16 sorts above 9.6."""
-    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
-
-
-def postgres_bindir() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
-        if (candidate / "initdb").exists() and (candidate / "postgres").exists():
-            return candidate
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @dataclass
 class StackDatabase:
     """The module stack's database: PostgreSQL where it can run here (its `url`), else SQLite (`why_not` says why)."""
@@ -210,57 +195,15 @@ class StackDatabase:
 
 
 @pytest.fixture(scope="module")
-def stack_database() -> Iterator[StackDatabase]:
-    """A throwaway PostgreSQL cluster on a free loopback port for the module's stack; $MNIST_TEST_POSTGRES_URL uses
-    an existing one. Without PostgreSQL's binaries (or, as root, a `postgres` user) the stack uses SQLite and only
+def stack_database(postgres_cluster: Cluster) -> StackDatabase:
+    """A database of its own in the session's PostgreSQL cluster; $MNIST_TEST_POSTGRES_URL uses an existing one.
+    Without PostgreSQL's binaries (or, as root, a `postgres` user) the stack uses SQLite and only
     test_deployment_runs_against_postgres is skipped."""
     if os.environ.get("MNIST_TEST_POSTGRES_URL"):
-        yield StackDatabase(os.environ["MNIST_TEST_POSTGRES_URL"])
-        return
-    bindir = postgres_bindir()
-    if bindir is None:
-        yield StackDatabase(None, "PostgreSQL server binaries not found (run .ci/postgres.sh to install them)")
-        return
-    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
-    user = None
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            yield StackDatabase(None, "running as root and there is no `postgres` user to run PostgreSQL as")
-            return
-    data_dir = Path(tempfile.mkdtemp(prefix="mnist-test-pg-"))
-    if user:
-        os.chown(data_dir, user.pw_uid, user.pw_gid)
-    as_user: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
-    port = free_port()
-    server = None
-    try:
-        subprocess.run([str(bindir / "initdb"), "-D", str(data_dir / "db"), "-U", "prefect", "--auth=trust",
-                        "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, **as_user)  # fmt: skip
-        with open(data_dir / "server.log", "wb") as log:
-            server = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data_dir / "db"), "-p", str(port), "-h", "127.0.0.1",
-                 "-k", str(data_dir), "-c", "fsync=off"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:  # fmt: skip
-            assert server.poll() is None and time.monotonic() < deadline, (data_dir / "server.log").read_text()
-            time.sleep(0.2)
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
-                       check=True, capture_output=True)  # fmt: skip
-        yield StackDatabase(f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect")
-    finally:
-        if server is not None:
-            server.send_signal(signal.SIGINT)  # fast shutdown: disconnect clients, no waiting for them
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        return StackDatabase(os.environ["MNIST_TEST_POSTGRES_URL"])
+    if postgres_cluster.port is None:
+        return StackDatabase(None, postgres_cluster.why_not)
+    return StackDatabase(postgres_cluster.create_database("prefect"))
 
 
 @pytest.fixture(scope="module")

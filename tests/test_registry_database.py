@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,18 +171,18 @@ def test_an_sqlite_file_that_cannot_be_made_is_refused(tmp_path: Path, monkeypat
 
 @pytest.fixture
 def registry_on_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """MNIST_REGISTRY_URL naming a database on a throwaway PostgreSQL cluster (tests/test_deployment.py's)."""
+    """MNIST_REGISTRY_URL naming a new database in the session's throwaway PostgreSQL cluster."""
     if importlib.util.find_spec("psycopg") is None:
         pytest.skip("psycopg (the PostgreSQL driver, extra `postgres`) is not installed")
-    url = request.getfixturevalue("postgres_url").replace("+asyncpg", "+psycopg")
+    cluster = request.getfixturevalue("postgres_cluster")
+    if cluster.port is None:
+        pytest.skip(cluster.why_not)
+    url = cluster.create_database(f"registry_{uuid.uuid4().hex[:8]}").replace("+asyncpg", "+psycopg")
     monkeypatch.setenv(database.URL_VARIABLE, url)
     yield url
     engine = database.engine_for(url)
     database.metadata.drop_all(engine)
     engine.dispose()
-
-
-from tests.test_deployment import postgres_url  # noqa: E402, F401 - the cluster fixture, shared
 
 
 @pytest.mark.slow
