@@ -57,7 +57,7 @@ def sweep(sweep: SweepParams) -> dict:
     print(f"{sweep.planned_trials} trials, {concurrency} at a time ({mode})")
     rows = run_trials(sweep, runtime.flow_run.get_id(), start, concurrency)
     promotion: Promotion | None = None
-    best = best_trial(rows) if sweep.promote_best else None
+    best = best_trial(rows, base.output_dir) if sweep.promote_best else None
     if best is not None:  # judged like any run: its test accuracy against the champion's, re-scored here
         prepared = transform(download(base.dataset, base.data_dir, base.mirror), base)
         promotion = promote(best, prepared, base, device)

@@ -56,6 +56,8 @@ def _row(number: int, values: dict[str, Any], run: FlowRun, result: dict[str, An
         "train_seconds": result["train_seconds"] if result else None,
         "worker": result["worker"] if result else None,
         "run_dir": result["run_dir"] if result else None,
+        "artifact_store": result.get("artifact_store") or None if result else None,
+        "card_sha256": result.get("card_sha256") or None if result else None,
         "flow_run_id": str(run.id),
         "error": None if result else (state.message if state else "no state") or "",
     }

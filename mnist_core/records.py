@@ -192,6 +192,10 @@ class Exported(Record):
     report: Path
     model_card: Path
     card: ModelCard
+    # Where the model files were uploaded, content-addressed (registry/artifacts.py), and the card's own SHA-256
+    # there: with them a machine that cannot see run_dir fetches the files. None: only the run folder holds them.
+    artifact_store: str | None = None
+    card_sha256: str | None = None
 
     @classmethod
     def in_folder(cls, run_dir: Path, card: ModelCard) -> "Exported":

@@ -12,6 +12,8 @@ from mnist_core.evaluation.evaluate import confusion_frame
 from mnist_core.export.run_folder import export_trained, history_frame
 from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, PLOT_FILES, REPORT_FILE, WEIGHTS_FILE
 from mnist_core.records import Downloaded, Evaluation, Exported, Fingerprint, Prepared, Trained
+from mnist_core.redact import redact_url
+from mnist_core.registry.artifacts import configured_store, upload_run
 from reporting.publish import BestEffort
 
 
@@ -37,6 +39,9 @@ def run_result(exported: Exported) -> dict[str, object]:
         # MNIST_WORKER_NAME: set in a worker's environment (its processes inherit it), else this machine's name.
         "worker": os.environ.get("MNIST_WORKER_NAME") or socket.gethostname(),
         "run_dir": str(exported.run_dir),
+        # Where another machine (the sweep's) fetches the trial's model from; empty without an artifact store.
+        "artifact_store": exported.artifact_store or "",
+        "card_sha256": exported.card_sha256 or "",
     }
 
 
@@ -89,6 +94,10 @@ def export(
     """Write the run folder (once per checkpoint) and publish the artifacts."""
     exported = export_trained(params, downloaded, prepared, trained, evaluation, fingerprint)
     logger = get_run_logger()
+    store = configured_store()
+    if store is not None:  # before the registry records the run: it then names only objects the store holds
+        exported = upload_run(store, exported)
+        logger.info("model files uploaded to %s (card %s)", redact_url(store.url), exported.card_sha256)
     publish_artifacts(exported, trained, evaluation, BestEffort(logger))
     logger.info("run folder: %s", exported.run_dir)
     return exported

@@ -1,3 +1,4 @@
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -9,7 +10,9 @@ from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import PipelineError
 from mnist_core.evaluation.evaluate import decisive_accuracy, score_model_file
 from mnist_core.export.run_folder import append_to_report
+from mnist_core.layout import WEIGHTS_FILE
 from mnist_core.records import Exported, Prepared, Promotion
+from mnist_core.registry.artifacts import recorded_run_folder
 from mnist_core.registry.rule import ChampionScore, judge
 from mnist_core.registry.store import ChampionPointer, RegistryStore, entries, promotion_markdown
 from reporting.publish import BestEffort
@@ -44,7 +47,7 @@ def promote(exported: Exported, prepared: Prepared, params: RunParams, device: s
             champion = registry.champion(params.dataset)
             score = None
             if champion is not None:
-                score, champion_scores = rescore(champion, data, has_extra, sizes, metric)
+                score, champion_scores = rescore(champion, data, has_extra, sizes, metric, params.output_dir)
                 scores = {key: (scores[key][0], champion_scores[key]) for key in scores}
             promotion = judge(challenger, score, params.promotion_margin, params.force_promote, MEASURES[metric])
             store.commit(*entries(exported, promotion, champion))
@@ -58,18 +61,22 @@ def promote(exported: Exported, prepared: Prepared, params: RunParams, device: s
 
 
 def rescore(
-    champion: ChampionPointer, data: dict[str, Any], has_extra: bool, sizes: dict[str, int], metric: str
+    champion: ChampionPointer,
+    data: dict[str, Any],
+    has_extra: bool,
+    sizes: dict[str, int],
+    metric: str,
+    output_dir: Path,
 ) -> tuple[ChampionScore, dict[str, float | None]]:
     """The champion's model scored on the challenger's test images (and extra test images): the decisive score the
     rule compares, and each set's accuracy for the report. A champion whose model cannot be evaluated (a
     PipelineError: its folder deleted, its file corrupt) is unusable; other errors (permissions) fail the run."""
     try:
-        test = score_model_file(champion.model, data["test_images"], data["test_labels"])
-        extra = (
-            score_model_file(champion.model, data["extra_test_images"], data["extra_test_labels"])
-            if has_extra
-            else None
-        )
+        # Its run folder where this machine has it, else its files fetched from the artifact store.
+        folder = recorded_run_folder(champion, output_dir)
+        model = folder / WEIGHTS_FILE
+        test = score_model_file(model, data["test_images"], data["test_labels"])
+        extra = score_model_file(model, data["extra_test_images"], data["extra_test_labels"]) if has_extra else None
     except PipelineError as error:
         return ChampionScore(champion.run_id, None, str(error)), {"test": None, "extra": None}
     decisive = decisive_accuracy(test, extra, sizes["test"], sizes["extra_test"], metric)

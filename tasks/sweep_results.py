@@ -9,32 +9,37 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from mnist_core.errors import PipelineError
 from mnist_core.records import Exported, Promotion, read_card
+from mnist_core.registry.artifacts import cache_root, local_run_folder
 from mnist_core.sweep import SweepParams, ranked
 from reporting.publish import BestEffort
 
 
 @task(name="best-trial", cache_policy=NO_CACHE, persist_result=False)
-def best_trial(rows: list[dict[str, Any]]) -> Exported | None:
-    """The best trial's run folder as export left it, or None: no trial completed, or its folder is on another
-    machine (trials write to their worker's output_dir; only a shared one lets a sweep promote them)."""
+def best_trial(rows: list[dict[str, Any]], output_dir: Path) -> Exported | None:
+    """The best trial's run folder as export left it (fetched from the artifact store into `output_dir`'s cache
+    when the trial ran on another machine), or None: no trial completed, or its model cannot be had here."""
     logger = get_run_logger()
     scored = [row for row in ranked(rows) if row["val_accuracy"] is not None]
     if not scored:
         logger.warning("no trial completed: nothing to offer for promotion")
         return None
-    run_dir = Path(scored[0]["run_dir"])
+    best = scored[0]
+    run_dir, store, card_sha256 = Path(best["run_dir"]), best.get("artifact_store"), best.get("card_sha256")
     try:
-        card = read_card(run_dir)
-    except (OSError, ValueError) as error:
+        # Its run folder when this machine sees it, else its files from the artifact store (checked by SHA-256).
+        folder = local_run_folder(run_dir, store, card_sha256, cache_root(output_dir))
+        card = read_card(folder)
+    except (PipelineError, OSError, ValueError) as error:
         logger.warning(
-            "the best trial's run folder %s cannot be read here (%s): it stays on the worker that ran it; share "
-            "output_dir between the workers and the sweep to promote trials",
-            run_dir,
+            "the best trial's model cannot be read here (%s): set MNIST_ARTIFACT_STORE on the workers (or share "
+            "output_dir) to promote trials trained on another machine",
             error,
         )
         return None
-    return Exported.in_folder(run_dir, card)
+    exported = Exported.in_folder(folder, card)
+    return exported.model_copy(update={"artifact_store": store, "card_sha256": card_sha256})
 
 
 def summary_markdown(rows: list[dict[str, Any]], params: SweepParams, promotion: Promotion | None, mode: str) -> str:

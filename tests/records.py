@@ -18,8 +18,9 @@ from mnist_core.records import (
     Promotion,
     Timings,
 )
+from mnist_core.registry.rows import CSV_COLUMNS
 from mnist_core.registry.rule import ChampionScore, judge
-from mnist_core.registry.store import COLUMNS, ChampionPointer, RegistryStore, entries, read_registry
+from mnist_core.registry.store import ChampionPointer, RegistryStore, entries, read_registry
 
 SHA = {"train_images": "a" * 64, "train_labels": "b" * 64, "test_images": "c" * 64, "test_labels": "d" * 64}
 
@@ -128,7 +129,7 @@ def record_run(
     return promotion
 
 
-def legacy_files(source: Path, target: Path, runs: list[tuple[str, float]], columns: list[str] = COLUMNS) -> None:
+def legacy_files(source: Path, target: Path, runs: list[tuple[str, float]], columns: list[str] = CSV_COLUMNS) -> None:
     """`registry.csv` and `champion-<dataset>.json` in `target` as the registry wrote them before it moved into a
     database: `runs` (run id, test accuracy) recorded in a scratch registry at `source`, then written out."""
     for run_id, accuracy in runs:

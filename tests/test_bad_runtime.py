@@ -112,9 +112,7 @@ def test_diverging_learning_rate_stops_with_clear_error(
     synthetic_tensors: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
     # Without the gradient clipping that keeps the default recipe finite (a safety net this test goes around).
-    params = RunParams(
-        lr=10, momentum=0.99, schedule="none", label_smoothing=0.0, epochs=3, seed=0, clip_grad_norm=0.0
-    )
+    params = RunParams(lr=10, momentum=0.99, schedule="none", label_smoothing=0.0, epochs=3, seed=0, clip_grad_norm=0.0)
     checkpoint = tmp_path / "ckpt" / "checkpoint.pt"
     with pytest.raises(TrainingError, match=r"loss became non-finite in epoch (\d+) .* with lr=10\.0") as caught:
         train_model(synthetic_tensors, params, CPU, checkpoint)

@@ -21,6 +21,7 @@ from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, lo
 from mnist_core.files import atomic_write_text
 from mnist_core.layout import CARD_FILE, REGISTRY_DB_FILE, REGISTRY_FILE
 from mnist_core.records import ModelCard, read_card
+from mnist_core.registry.artifacts import recorded_run_folder
 from mnist_core.registry.store import read_champion
 
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
@@ -126,7 +127,9 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
                 f"no {dataset} champion in {output_dir.resolve()} yet: train one ({_train_command(dataset)}) or pass "
                 "--model"
             )
-        return _in_run_folder(Path(champion.run_dir), runtime, f"champion {champion.run_id}'s run folder")
+        # Its run folder where this machine has it, else its files fetched from the artifact store.
+        folder = recorded_run_folder(champion, output_dir)
+        return _in_run_folder(folder, runtime, f"champion {champion.run_id}'s run folder")
     path = Path(spec).expanduser()
     if path.is_dir():
         return _in_run_folder(path, runtime, "run folder")

@@ -15,15 +15,21 @@ a SeaweedFS on loopback) and are never logged or written: messages name the stor
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnist_core.errors import DataError, StorageError
 from mnist_core.files import atomic_write
+from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, WEIGHTS_FILE
+from mnist_core.records import Exported, ModelCard
 from mnist_core.redact import redact_url
 from mnist_core.stamps import file_sha256
+
+if TYPE_CHECKING:
+    from mnist_core.registry.rows import ChampionPointer
 
 STORE_ENV = "MNIST_ARTIFACT_STORE"
 BLOBS = "blobs/sha256"
@@ -150,3 +156,76 @@ def configured_store(url: str | None = None) -> ArtifactStore | None:
     """The store `url` names, else $MNIST_ARTIFACT_STORE's, else None (the run folders are the only copy)."""
     url = url or os.environ.get(STORE_ENV) or None
     return ArtifactStore(url) if url else None
+
+
+# The files of a run folder that another machine needs to use or judge the model; the card names their SHA-256s.
+UPLOADED = (WEIGHTS_FILE, ONNX_FILE, EXPORTED_PROGRAM_FILE)
+
+
+def upload_run(store: ArtifactStore, run: Exported) -> Exported:
+    """Upload the run's model files and its card (last: the card names the others); the run with the store and
+    the card's SHA-256 filled in. Every upload has completed when this returns, so the registry row that records
+    these is written only after the whole model is in the store."""
+    for name in UPLOADED:
+        entry = run.card.model_files.get(name)
+        if entry is not None and (run.run_dir / name).is_file():
+            store.put(run.run_dir / name, entry.sha256)
+    card = run.run_dir / CARD_FILE
+    sha256 = file_sha256(card)
+    store.put(card, sha256)
+    return run.model_copy(update={"artifact_store": store.url, "card_sha256": sha256})
+
+
+def materialize(store_url: str, card_sha256: str, cache_root: Path) -> Path:
+    """A run folder rebuilt from the store in `cache_root/<card SHA-256>/`: the card and the model files it names,
+    each checked against its SHA-256, under their usual names, so every loader reads it as it reads a run folder
+    (the SHA-256 check against the card included)."""
+    store = ArtifactStore(store_url)
+    folder = Path(cache_root) / card_sha256
+    card_path = store.fetch(store.uri(card_sha256), card_sha256, folder / ".blobs")
+    try:
+        card = ModelCard.model_validate_json(card_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise DataError(f"{store.uri(card_sha256)}: not a model card ({error.__class__.__name__})") from error
+    for name in UPLOADED:
+        entry = card.model_files.get(name)
+        if entry is None:
+            continue
+        blob = store.fetch(store.uri(entry.sha256), entry.sha256, folder / ".blobs")
+        _link(blob, folder / name)
+    _link(card_path, folder / CARD_FILE)
+    return folder
+
+
+def _link(blob: Path, name: Path) -> None:
+    """`name` as a hard link to the checked blob (a copy where links cannot be made), replaced whole."""
+    temp = name.with_name(f".{name.name}.{os.getpid()}.part")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(blob, temp)
+    except OSError:
+        shutil.copyfile(blob, temp)
+    os.replace(temp, name)
+
+
+def local_run_folder(run_dir: Path, store_url: str | None, card_sha256: str | None, cache_root: Path) -> Path:
+    """Where a recorded run's files can be read on this machine: its run folder when this machine has it (the
+    machine that trained it, or a shared disk), else the copy fetched from the artifact store into `cache_root`."""
+    if (Path(run_dir) / CARD_FILE).is_file():
+        return Path(run_dir)
+    if store_url and card_sha256:
+        return materialize(store_url, card_sha256, cache_root)
+    raise DataError(
+        f"{run_dir}: the run folder is not on this machine, and its model files were not uploaded to an artifact "
+        f"store (set {STORE_ENV} on the machines that train, e.g. s3://bucket/models, so that others can fetch them)"
+    )
+
+
+def cache_root(output_dir: Path) -> Path:
+    """Where models fetched from the store are kept on this machine."""
+    return Path(output_dir).expanduser() / ".artifact-cache"
+
+
+def recorded_run_folder(pointer: "ChampionPointer", output_dir: Path) -> Path:
+    """A champion's files on this machine: its run folder, or the copy fetched from the artifact store."""
+    return local_run_folder(pointer.run_dir, pointer.artifact_store, pointer.card_sha256, cache_root(output_dir))

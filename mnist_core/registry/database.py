@@ -90,7 +90,8 @@ legacy_imports = Table(
     Column("runs", Integer, nullable=False),
     Column("champions", Integer, nullable=False),
 )
-NULLABLE = {"champion_run_id", "champion_test_accuracy", "fingerprint", "extra_data_sha256", "extra_test_accuracy"}
+NULLABLE = {"champion_run_id", "champion_test_accuracy", "fingerprint", "extra_data_sha256", "extra_test_accuracy",
+            "artifact_store", "card_sha256"}  # fmt: skip
 
 
 def _run_column(name: str) -> Column:
@@ -601,6 +602,8 @@ def _pointer_from_row(
         previous_run_id=previous.run_id if previous else None,
         promotion=promotion,
         fingerprint=text("fingerprint"),
+        artifact_store=text("artifact_store"),
+        card_sha256=text("card_sha256"),
     )
 
 

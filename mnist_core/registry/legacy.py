@@ -12,7 +12,14 @@ from pydantic import ValidationError
 
 from mnist_core.errors import DataError
 from mnist_core.layout import REGISTRY_FILE, champion_file
-from mnist_core.registry.rows import BOOL_COLUMNS, COLUMNS, COLUMNS_BEFORE_FINGERPRINTS, FLOAT_COLUMNS, ChampionPointer
+from mnist_core.registry.rows import (
+    BOOL_COLUMNS,
+    COLUMNS,
+    COLUMNS_BEFORE_FINGERPRINTS,
+    CSV_COLUMNS,
+    FLOAT_COLUMNS,
+    ChampionPointer,
+)
 
 CHAMPION_GLOB = champion_file("*")
 
@@ -105,8 +112,8 @@ def _parse_registry(path: Path, text: str | None) -> Registry:
         except csv.Error as error:
             raise _damaged(path, f"line {start} is not valid CSV ({error})") from error
     header = rows[0]
-    if header not in (COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
-        raise _damaged(path, f"line 1 is not the header {','.join(COLUMNS)}")
+    if header not in (CSV_COLUMNS, COLUMNS_BEFORE_FINGERPRINTS):
+        raise _damaged(path, f"line 1 is not the header {','.join(CSV_COLUMNS)}")
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise _damaged(path, f"line {number} has {len(row)} fields instead of {len(header)}")

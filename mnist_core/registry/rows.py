@@ -28,8 +28,10 @@ COLUMNS_BEFORE_FINGERPRINTS = [
     "reason",
     "run_dir",
 ]
-# Added at the end, so a registry written before them is read as it is and upgraded on its next write.
-COLUMNS = [*COLUMNS_BEFORE_FINGERPRINTS, "fingerprint", "extra_data_sha256", "extra_test_accuracy"]
+# Added at the end of registry.csv (its last format), so a registry written before them is read as it is.
+CSV_COLUMNS = [*COLUMNS_BEFORE_FINGERPRINTS, "fingerprint", "extra_data_sha256", "extra_test_accuracy"]
+# The database's runs table: registry.csv's last columns, then where the model files were uploaded.
+COLUMNS = [*CSV_COLUMNS, "artifact_store", "card_sha256"]
 # How the columns read back (what pandas.read_csv used to infer): the rest are text, empty = missing.
 FLOAT_COLUMNS = ["best_val_accuracy", "best_val_loss", "test_accuracy", "test_loss", "margin",
                  "champion_test_accuracy", "extra_test_accuracy"]  # fmt: skip
@@ -52,6 +54,10 @@ class ChampionPointer(Record):
     # (absent from pointers written before it was kept).
     promotion: Promotion | None = None
     fingerprint: str | None = None  # of the champion's data, parameters and code: a run with the same skips training
+    # The store its files were uploaded to and its card's SHA-256 there (registry/artifacts.py): what another
+    # machine fetches them by. None: only run_dir holds them.
+    artifact_store: str | None = None
+    card_sha256: str | None = None
 
 
 def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[str, Any]:
@@ -77,6 +83,8 @@ def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[
         "fingerprint": card.fingerprint,
         "extra_data_sha256": card.dataset.extra_sha256 or "",
         "extra_test_accuracy": "" if card.metrics.extra_test_accuracy is None else card.metrics.extra_test_accuracy,
+        "artifact_store": run.artifact_store or "",
+        "card_sha256": run.card_sha256 or "",
     }
 
 
@@ -96,6 +104,8 @@ def champion_pointer(
         decision=promotion.kind,
         previous_run_id=previous.run_id if previous else None,
         promotion=promotion,
+        artifact_store=run.artifact_store,
+        card_sha256=run.card_sha256,
         fingerprint=card.fingerprint or None,
     )
 
