@@ -9,6 +9,7 @@ import io
 import math
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +375,11 @@ def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist")
     try:
         # Our pixel limit, checked from the header, is below Pillow's own (which only warns first): a bomb is
         # refused before anything is decoded.
-        with Image.open(path if content is None else io.BytesIO(content), formats=PILLOW_FORMATS) as img:
+        # Pillow warns (a `warnings.warn(` line on stderr) before our own check can refuse the picture in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path if content is None else io.BytesIO(content), formats=PILLOW_FORMATS)
+        with img:
             if img.width * img.height > MAX_PIXELS:
                 return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
             img.load()
