@@ -124,6 +124,7 @@ PAPER_BLOCKS = 24  # the paper's level is estimated in about this many blocks al
 PAPER_CLOSING = 2  # blocks: ink up to about 2 * 2 + 1 blocks wide (a thick marker) is not mistaken for shade
 GRID_CELLS = 192  # the connected marks are found on a grid of at most this many cells a side
 LINE_SPAN = 0.6  # share of the page a straight mark must cross to be a ruled or squared paper's line
+FULL_SPAN = 0.9  # a lone line crossing this share of the page is the paper's (a margin), not a stroke
 MIN_LINES = 3  # parallel lines that make a ruling: a digit's own stroke (the bar of a 7) is one line at most
 SKEWS = np.deg2rad(np.arange(-6.0, 6.01, 0.5))  # how far a photo of ruled paper may be turned, in steps
 PART_MASS = 0.12  # share of the digit's ink a nearby mark must hold to be part of it (a 5's detached bar)
@@ -176,7 +177,10 @@ def _remove_lines(ink: np.ndarray, marked: np.ndarray) -> tuple[np.ndarray, floa
         _, angle, counts = best
         lines = counts > LINE_SPAN * width
         if np.count_nonzero(np.diff(lines.astype(np.int8)) == 1) < MIN_LINES:
-            continue
+            # No ruling; a lone straight line across all of the page (a ruled page's margin) is still no digit.
+            lines = counts > FULL_SPAN * width
+            if not lines.any():
+                continue
         lines = lines | np.roll(lines, 1) | np.roll(lines, -1)  # a line's blurred edges
         all_ys, all_xs = np.mgrid[0:height, 0:width]
         on_line = lines[np.rint(all_ys - all_xs * math.tan(angle)).astype(np.int64) + width]
