@@ -146,7 +146,9 @@ def test_show_prepared_writes_what_the_model_saw(fake_model: Path, digits: np.nd
     assert f"to {shown}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("where", ["an input folder", "an input's folder", "a file", "not writable", "no parent"])
+@pytest.mark.parametrize(
+    "where", ["an input folder", "an input's folder", "under a pattern's folder", "a file", "not writable", "no parent"]
+)
 def test_show_prepared_refuses_a_folder_it_must_not_write(where: str, tmp_path: Path) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -154,6 +156,8 @@ def test_show_prepared_refuses_a_folder_it_must_not_write(where: str, tmp_path: 
     specs, folder = [str(inputs)], inputs
     if where == "an input's folder":
         specs = [str(inputs / "a.png")]
+    elif where == "under a pattern's folder":  # not there yet: it would be read by the next run's pattern
+        specs, folder = [str(inputs / "*" / "*.png")], inputs / "shown"
     elif where == "a file":
         folder = inputs / "a.png"
     elif where == "not writable":

@@ -5,7 +5,6 @@ Never imports torch itself: with an `.onnx` model (the default runtime) a predic
 """
 
 import csv
-import glob
 import io
 import json
 import os
@@ -96,21 +95,24 @@ class PredictParams(BaseModel):
         existing = folder if folder.is_dir() else folder.parent
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"--show-prepared {shown!r} is not writable (or its parent folder does not exist)")
-        if folder.is_dir() and any(_holds_inputs(folder, spec) for spec in self.inputs):
+        if any(_holds_inputs(folder, spec) for spec in self.inputs):
             raise ValueError(f"--show-prepared {shown!r} holds inputs, which its images could overwrite; name "
                              "another folder")  # fmt: skip
         return self
 
 
 def _holds_inputs(folder: Path, spec: str) -> bool:
-    """Whether `spec` (a file, a folder or a glob) names a file directly in `folder`, or `folder` itself."""
+    """Whether `folder` is where `spec` reads its inputs: the input folder itself, the folder of an input file, or
+    anywhere under the folder a pattern starts from (a pattern may reach into subfolders)."""
+    target = folder.resolve()
     path = Path(spec).expanduser()
     if any(char in spec for char in "*?[") and not path.exists():
-        path = Path(glob.escape(spec.split("*")[0].split("?")[0].split("[")[0]) or ".")
-        path = path if path.is_dir() else path.parent
+        root = Path(re.split(r"[*?\[]", spec, maxsplit=1)[0] or ".").expanduser()
+        root = root if root.is_dir() else root.parent
+        return target.is_relative_to(root.resolve())
     if path.is_dir():
-        return path.samefile(folder) or folder.resolve().is_relative_to(path.resolve())
-    return path.exists() and path.parent.samefile(folder)
+        return target == path.resolve()
+    return path.exists() and target == path.resolve().parent
 
 
 @dataclass(frozen=True)
