@@ -210,3 +210,18 @@ def test_an_old_card_without_a_temperature_still_loads(tmp_path: Path) -> None:
     (tmp_path / "model_card.json").write_text(json.dumps(card))
     assert choose_model(str(tmp_path / "model.onnx"), tmp_path, "mnist", "onnx").temperature == 1.7
     assert math.isclose(float(softmax(np.array([[1.7, 0.0]]), 1.7)[0, 0]), math.e / (math.e + 1))
+
+
+def test_export_fits_the_temperature_on_validation_and_records_the_ece() -> None:
+    import torch
+
+    from mnist_core.export.run_folder import _calibration_lines, calibrated
+    from mnist_core.training.model import MLP
+
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+    card = calibrated(make_card("run"), MLP([8]), (images[:32], labels[:32]), (images[32:], labels[32:]))
+    assert card.temperature > 0 and card.temperature != 1.0 and card.calibration is not None
+    assert 0 <= card.calibration.test_ece_after <= 1 and "softmax(logits /" in _calibration_lines(card)[0]
+    empty = (images[:0], labels[:0])
+    assert calibrated(make_card("run"), MLP([8]), empty, (images, labels)).temperature == 1.0
