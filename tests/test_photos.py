@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from mnist_core.data.images import load_inputs, to_mnist_form
 from mnist_core.errors import DataError
@@ -94,6 +94,25 @@ def test_light_falling_off_to_black_on_one_side_keeps_the_digit(digits: np.ndarr
     photo = np.broadcast_to(paper, (500, 600)).copy()
     photo[100:400, 250:550] *= 1 - 0.7 * ink
     assert best_shift_correlation(to_mnist_form(photo.astype(np.uint8)), to_mnist_form(digits[2])) > 0.85
+
+
+def test_the_table_beside_the_page_is_not_ink(digits: np.ndarray) -> None:
+    """A photo that shows the dark table along two edges: its edge against the page must not be read as the digit."""
+    for seed, kind in enumerate(["squared-blue", "ruled-black"]):
+        photo = np.asarray(make_kind_photo(digits[seed], kind, np.random.default_rng(seed))).copy()
+        photo[:, :70], photo[:40, :] = (60, 50, 40), (60, 50, 40)
+        assert best_shift_correlation(to_mnist_form(photo), to_mnist_form(digits[seed])) > 0.85
+
+
+@pytest.mark.parametrize("thick", [False, True])
+def test_a_tightly_cropped_digit_is_not_taken_for_lines_or_paper(thick: bool, mnist_tensors: dict) -> None:
+    """Cropped to the ink, a 1 is a line across the picture and a thick 0 is mostly ink: still the digit."""
+    for digit in mnist_tensors["test_images"][:12].numpy():
+        big = Image.fromarray(digit).resize((280, 280), Image.BICUBIC).filter(ImageFilter.MaxFilter(13 if thick else 1))
+        ink = np.asarray(big)
+        rows, cols = np.flatnonzero(ink.max(axis=1) > 30), np.flatnonzero(ink.max(axis=0) > 30)
+        crop = 255 - ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        assert best_shift_correlation(to_mnist_form(crop), to_mnist_form(digit)) > 0.8
 
 
 # ---------------------------------------------------------------- an image over the pixel limit: one line only

@@ -126,10 +126,14 @@ def _offset(profile: np.ndarray) -> int:
 # cross the whole page are taken out, and only the marks that make the digit are kept.
 WORK_SIDE = 1024  # longer side the photo is reduced to first: a 12-megapixel photo costs what a 1-megapixel one does
 PAPER_BLOCKS = 24  # the paper's level is estimated in about this many blocks along the longer side
+OFF_PAGE = 0.4  # blocks darker than this share of the brightest paper are not paper (light falls off less)
 PAPER_CLOSING = 2  # blocks: ink up to about 2 * 2 + 1 blocks wide (a thick marker) is not mistaken for shade
 GRID_CELLS = 192  # the connected marks are found on a grid of at most this many cells a side
 LINE_SPAN = 0.6  # share of the page a straight mark must cross to be a ruled or squared paper's line
 FULL_SPAN = 0.9  # a lone line crossing this share of the page is the paper's (a margin), not a stroke
+LONE_LINE_WIDTH = 0.012  # a lone line is at most this share of the page thick: printed, not a pen's stroke
+LINE_WIDTH = 0.015  # a ruling's lines are at most this share of the page thick (plus blur)
+MIN_RULED_SIDE = 96  # px: a picture narrower than this is a crop of a digit, not of ruled paper
 MIN_LINES = 3  # parallel lines that make a ruling: a digit's own stroke (the bar of a 7) is one line at most
 SKEWS = np.deg2rad(np.arange(-6.0, 6.01, 0.5))  # how far a photo of ruled paper may be turned, in steps
 PART_MASS = 0.12  # share of the digit's ink a nearby mark must hold to be part of it (a 5's detached bar)
@@ -146,55 +150,87 @@ def _block_filter(grid: np.ndarray, radius: int, reduce: "np.ufunc") -> np.ndarr
     return reduce.reduce(np.stack(windows), axis=0)
 
 
-def _paper_level(gray: np.ndarray) -> np.ndarray:
+def _paper_level(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paper's own brightness at each pixel: a bright percentile per block (the ink is a minority of most
     blocks), closed (max then min over blocks) so a block wholly inked by a marker takes its neighbours' level while
-    a smooth fall-off of the light survives, then interpolated back to full size."""
+    a smooth fall-off of the light survives, then interpolated back to full size. Also where the photo shows no
+    paper (the table beside the page, a deep shadow), with a block's margin: its edge against the page is no ink."""
     height, width = gray.shape
     block = max(4, math.ceil(max(height, width) / PAPER_BLOCKS))
     rows, cols = math.ceil(height / block), math.ceil(width / block)
     padded = np.pad(gray, ((0, rows * block - height), (0, cols * block - width)), mode="edge")
     blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
     level = np.partition(blocks, int(blocks.shape[2] * 0.9), axis=2)[:, :, int(blocks.shape[2] * 0.9)]
+    # Dark blocks running along the picture's edge are the table or a shadow beside the page: the closing below
+    # would paint them as paper, and their edge as ink. A marker's stroke is dark too, but crosses the edge in a
+    # block or two at most (a tightly cropped digit), not along a quarter of it.
+    dark = _components(level < OFF_PAGE * np.percentile(level, 90))
+    border = np.concatenate([dark[0], dark[-1], dark[1:-1, 0], dark[1:-1, -1]])
+    along = np.flatnonzero(np.bincount(border, minlength=dark.max() + 1)[1:] >= max(rows, cols) / 4) + 1
+    off_page = _block_filter(np.isin(dark, along), 1, np.maximum)
     level = _block_filter(_block_filter(level, PAPER_CLOSING, np.maximum), PAPER_CLOSING, np.minimum)
     # Block centres sit half a block in: resizing the grid to the padded size lines them up with the pixels.
     full = Image.fromarray(level.astype(np.float32), "F").resize((cols * block, rows * block), Image.BILINEAR)
-    return np.maximum(np.asarray(full)[:height, :width], 1.0)
+    off_page = np.repeat(np.repeat(off_page, block, axis=0), block, axis=1)[:height, :width]
+    return np.maximum(np.asarray(full)[:height, :width], 1.0), off_page
 
 
 def _remove_lines(ink: np.ndarray, marked: np.ndarray) -> tuple[np.ndarray, float]:
     """Take out straight marks that cross most of the page (ruled or squared paper), turned by up to 6 degrees:
     the strength of each line is subtracted along it, so ink crossing a line keeps what it has above the line.
-    Returns the ink and the strongest line's level (0 when none)."""
+    On ruled paper, a lone thin line across all of the page the other way (its margin) goes too. Returns the ink
+    and the strongest line's level (0 when none)."""
     strongest = 0.0
-    for transposed in (False, True):
-        view, where = (ink.T, marked.T) if transposed else (ink, marked)
-        height, width = view.shape
-        ys, xs = np.nonzero(where)
-        if len(ys) < width * LINE_SPAN:
-            continue
-
-        def profile(angle: float, step: int = 1) -> np.ndarray:
-            """Marks per row of the page turned by `angle` (every `step`-th mark)."""
-            rows = np.rint(ys[::step] - xs[::step] * math.tan(angle)).astype(np.int64) + width
-            return np.bincount(rows, minlength=height + 2 * width)
-
-        # The turn at which the rows' profile is sharpest is the ruling's; a quarter of the marks find it as well.
-        angle = max(SKEWS, key=lambda turn: profile(turn, 4).max())
-        counts = profile(angle)
-        lines = counts > LINE_SPAN * width
-        if np.count_nonzero(np.diff(lines.astype(np.int8)) == 1) < MIN_LINES:
-            # No ruling; a lone straight line across all of the page (a ruled page's margin) is still no digit.
-            lines = counts > FULL_SPAN * width
-            if not lines.any():
-                continue
-        lines = lines | np.roll(lines, 1) | np.roll(lines, -1)  # a line's blurred edges
-        shift = np.arange(width, dtype=np.float32) * math.tan(angle)
-        on_line = lines[np.rint(np.arange(height, dtype=np.float32)[:, None] - shift).astype(np.int64) + width]
-        level = float(np.percentile(view[on_line], 75))
-        view[on_line] = np.clip(view[on_line] - level, 0, None)
-        strongest = max(strongest, level)
+    for lone in (False, True):  # rulings first: a margin is looked for only on a ruled page, never in a tight crop
+        if lone and not strongest:
+            break
+        for transposed in (False, True):
+            view, where = (ink.T, marked.T) if transposed else (ink, marked)
+            level = _remove_lines_across(view, where, lone)
+            strongest = max(strongest, level)
     return ink, strongest
+
+
+def _thin_runs(rows: np.ndarray, widest: float) -> np.ndarray:
+    """`rows` with only its runs of at most `widest` consecutive rows: a printed line is thin, a stroke along the
+    page (a tightly cropped 1) or a blot is not."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+    kept = np.zeros_like(rows)
+    for start, end in zip(edges[::2], edges[1::2], strict=True):
+        kept[start:end] = end - start <= widest
+    return kept
+
+
+def _remove_lines_across(view: np.ndarray, where: np.ndarray, lone: bool) -> float:
+    """Lines along the rows of `view` (turned by up to 6 degrees) taken out in place: a ruling (at least three
+    lines over 60 % of the page), or with `lone` one thin line over 90 % of it. Returns their level (0: none)."""
+    height, width = view.shape
+    ys, xs = np.nonzero(where)
+    if len(ys) < width * LINE_SPAN or min(height, width) < MIN_RULED_SIDE:
+        return 0.0
+
+    def profile(angle: float, step: int = 1) -> np.ndarray:
+        """Marks per row of the page turned by `angle` (every `step`-th mark)."""
+        rows = np.rint(ys[::step] - xs[::step] * math.tan(angle)).astype(np.int64) + width
+        return np.bincount(rows, minlength=height + 2 * width)
+
+    # The turn at which the rows' profile is sharpest is the ruling's; a quarter of the marks find it as well.
+    angle = max(SKEWS, key=lambda turn: profile(turn, 4).max())
+    counts = profile(angle)
+    if lone:
+        lines = counts > FULL_SPAN * width
+        if not lines.any() or np.count_nonzero(lines) > max(3, LONE_LINE_WIDTH * width):
+            return 0.0  # none, or as thick as a pen's stroke
+    else:
+        lines = _thin_runs(counts > LINE_SPAN * width, max(3, LINE_WIDTH * height))
+        if np.count_nonzero(np.diff(lines.astype(np.int8)) == 1) < MIN_LINES:
+            return 0.0
+    lines = lines | np.roll(lines, 1) | np.roll(lines, -1)  # a line's blurred edges
+    shift = np.arange(width, dtype=np.float32) * math.tan(angle)
+    on_line = lines[np.rint(np.arange(height, dtype=np.float32)[:, None] - shift).astype(np.int64) + width]
+    level = float(np.percentile(view[on_line], 75))
+    view[on_line] = np.clip(view[on_line] - level, 0, None)
+    return level
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
@@ -268,12 +304,18 @@ def _ink_on_paper(darkest: np.ndarray) -> np.ndarray:
         scale = WORK_SIDE / max(height, width)
         size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
         darkest = np.asarray(Image.fromarray(darkest, "F").resize(size, Image.BOX))
-    paper = _paper_level(darkest)
+    paper, off_page = _paper_level(darkest)
     # Contrast relative to the local paper: ink in a shadow is as dark, relative to its paper, as ink in the light.
-    ink = np.clip(1 - darkest / paper, 0, 1) * 255
+    ink = np.where(off_page, 0, np.clip(1 - darkest / paper, 0, 1) * 255)
     sample = ink[:: 1 + ink.shape[0] // 300, :: 1 + ink.shape[1] // 300]  # the paper's statistics need no million pixels
-    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample)))) + 0.5
-    floor = float(np.median(sample)) + NOISE_SIGMAS * noise
+    if np.count_nonzero(sample > np.percentile(sample, 50) + 3 * MIN_CONTRAST) > sample.size * 0.3:
+        # A tightly cropped thick digit: ink is not the minority, and the paper is the fainter part of the picture.
+        # Its spread is measured on that part (a truncated half, hence twice its deviation).
+        sample = sample[sample <= np.percentile(sample, 50)]
+        spread = 2 * 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    else:
+        spread = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    floor = float(np.median(sample)) + NOISE_SIGMAS * (spread + 0.5)
     ink, line_level = _remove_lines(ink, ink > floor)
     marked = ink > floor
     if np.count_nonzero(marked) < MIN_SIDE:
@@ -304,7 +346,10 @@ def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{width}x{height} px is too small to hold a digit (need at least {MIN_SIDE} px a side)")
     ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-    if not fashion and np.median(ring) > 127:
+    # Light paper: at the border, or over most of a photo (whose border may be partly the table; not a small
+    # picture that a light item or digit fills).
+    photo = min(height, width) >= MIN_RULED_SIDE and np.median(gray[:: 1 + height // 200, :: 1 + width // 200]) > 127
+    if not fashion and (np.median(ring) > 127 or photo):
         return _framed(_ink_on_paper(_grayscale(image, darkest=True)), photo=True)
     if fashion:  # an item in Fashion-MNIST's form fills the frame and may cover most of its border, not its corners
         ring = np.concatenate([gray[:2, :2], gray[:2, -2:], gray[-2:, :2], gray[-2:, -2:]], axis=None)
