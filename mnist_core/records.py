@@ -121,6 +121,14 @@ class Metrics(Record):
     extra_test_accuracy: float | None = None  # on the extra images' test part, when the run had them
 
 
+class Calibration(Record):
+    """Temperature scaling's effect: expected calibration error (15 bins) on the test split before and after."""
+
+    test_ece_before: float
+    test_ece_after: float
+    bins: int = 15
+
+
 class TensorSpec(Record):
     name: str
     dtype: str
@@ -178,6 +186,10 @@ class ModelCard(Record):
     metrics: Metrics
     files: list[str]
     model_files: dict[str, ModelFile] = {}  # file name -> contract and SHA-256 (filled in once the files exist)
+    # Calibrated probabilities are softmax(logits / temperature), T fitted on the validation split; the model files
+    # emit raw logits. 1.0 (and no calibration) on cards written before calibration existed, which still load.
+    temperature: float = 1.0
+    calibration: Calibration | None = None
 
 
 def read_card(run_dir: Path) -> ModelCard:

@@ -9,16 +9,17 @@ import io
 import math
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as npy_format
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
-from mnist_core.errors import DataError
 from mnist_core.data.idx import IMAGE_MAGIC, IMAGE_SIDE, LABEL_MAGIC, parse_idx, read_bytes
+from mnist_core.errors import DataError
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
@@ -31,13 +32,16 @@ MAX_PIXELS: int = 40_000_000
 # An IDX file of images, decompressed: about 680,000 digits; a gzip bomb is refused before it fills the memory.
 MAX_IDX_BYTES = 512 * 1024 * 1024
 # Bumped whenever what an image becomes changes (2: transparency behind light ink, float and 16-bit grey ranges,
-# Fashion-MNIST's own form): prepared caches of the user's images are keyed by it.
-IMAGE_FORM_VERSION = 2
+# Fashion-MNIST's own form; 3: photos of ink on paper: local paper level, lines and stray marks taken out, strokes
+# brought to MNIST's width): prepared caches of the user's images are keyed by it.
+IMAGE_FORM_VERSION = 3
 MIN_SIDE = 8  # smaller than this cannot show a recognisable digit
 DIGIT_BOX = 20  # MNIST fits each digit's longer side into 20 px, then centres its mass in 28x28
 MIN_CONTRAST = 32  # grey levels between paper and ink below which we call the image blank
 SPECK_MASS = 1e-4  # share of the ink's mass a row or column may hold and still be left out of the digit's box
 NOISE_SIGMAS = 6.0  # background noise above paper level kept out of the ink, in robust standard deviations
+STROKE_SCALE = 4  # strokes are measured and evened out at 4x the digit box (80 px), where a width step is 1/4 px
+STROKE_WIDTH = (7.0, 14.0)  # px at 80 px: MNIST's strokes (about 2-3 px at 20 px) lie in between
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,13 @@ def _paper_behind(rgba: Image.Image) -> str:
     return "black" if np.average(gray, weights=alpha) > 127 else "white"
 
 
-def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
+def _grayscale(image: Image.Image | np.ndarray, darkest: bool = False) -> np.ndarray:
     """Float grey levels 0-255; transparency composited on paper that contrasts with the ink (a PNG's transparent
-    area is no ink)."""
+    area is no ink). `darkest`: a colour image's darkest channel instead of its luma, where blue or red ink stands
+    out from white paper (and from light blue grid lines) far more than in grey."""
     if isinstance(image, np.ndarray):
         if image.ndim == 3 and image.shape[2] in (3, 4) and image.dtype == np.uint8:
-            return _grayscale(Image.fromarray(image))
+            return _grayscale(Image.fromarray(image), darkest)
         if image.ndim != 2 or not (image.dtype == np.uint8 or np.issubdtype(image.dtype, np.floating)):
             raise DataError(f"array of shape {image.shape} and dtype {image.dtype} is not a grey or RGB(A) image")
         gray = image.astype(np.float32)
@@ -86,12 +91,19 @@ def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
     if image.mode == "F":  # float grey (TIFF): in 0-1, as most software writes it, or in 0-255
         gray = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(gray * 255 if gray.max() <= 1 else gray, 0, 255)
+    if image.mode in ("L", "RGB") and "transparency" not in image.info:  # opaque: nothing to composite
+        if darkest and image.mode == "RGB":
+            red, green, blue = image.split()  # Pillow's per-pixel minimum is many times numpy's over a colour axis
+            return np.asarray(ImageChops.darker(ImageChops.darker(red, green), blue), dtype=np.float32)
+        return np.asarray(ImageOps.grayscale(image), dtype=np.float32)
     try:
         rgba = image.convert("RGBA")
     except ValueError as error:
         raise DataError(f"cannot convert image mode {image.mode} to grey ({error})") from error
-    paper = Image.new("RGBA", rgba.size, _paper_behind(rgba))
-    return np.asarray(ImageOps.grayscale(Image.alpha_composite(paper, rgba)), dtype=np.float32)
+    composited = Image.alpha_composite(Image.new("RGBA", rgba.size, _paper_behind(rgba)), rgba)
+    if darkest:
+        return np.asarray(composited.convert("RGB"), dtype=np.float32).min(axis=2)
+    return np.asarray(ImageOps.grayscale(composited), dtype=np.float32)
 
 
 def _extent(profile: np.ndarray) -> tuple[int, int]:
@@ -108,10 +120,222 @@ def _offset(profile: np.ndarray) -> int:
     return int(np.clip(round(IMAGE_SIDE / 2 - centre), 0, IMAGE_SIDE - len(profile)))
 
 
+# ---------------------------------------------------------------- photos of handwriting on paper
+# A phone photo of a digit is not a scan: its light falls off to one side, the paper may be ruled or squared, the
+# ink may be blue or red, and the digit may be small and anywhere. The paper's level is estimated locally, lines that
+# cross the whole page are taken out, and only the marks that make the digit are kept.
+WORK_SIDE = 1024  # longer side the photo is reduced to first: a 12-megapixel photo costs what a 1-megapixel one does
+PAPER_BLOCKS = 24  # the paper's level is estimated in about this many blocks along the longer side
+OFF_PAGE = 0.4  # blocks darker than this share of the brightest paper are not paper (light falls off less)
+PAPER_CLOSING = 2  # blocks: ink up to about 2 * 2 + 1 blocks wide (a thick marker) is not mistaken for shade
+GRID_CELLS = 192  # the connected marks are found on a grid of at most this many cells a side
+LINE_SPAN = 0.6  # share of the page a straight mark must cross to be a ruled or squared paper's line
+FULL_SPAN = 0.9  # a lone line crossing this share of the page is the paper's (a margin), not a stroke
+LONE_LINE_WIDTH = 0.012  # a lone line is at most this share of the page thick: printed, not a pen's stroke
+LINE_WIDTH = 0.015  # a ruling's lines are at most this share of the page thick (plus blur)
+MIN_RULED_SIDE = 96  # px: a picture narrower than this is a crop of a digit, not of ruled paper
+MIN_LINES = 3  # parallel lines that make a ruling: a digit's own stroke (the bar of a 7) is one line at most
+SKEWS = np.deg2rad(np.arange(-6.0, 6.01, 0.5))  # how far a photo of ruled paper may be turned, in steps
+PART_MASS = 0.12  # share of the digit's ink a nearby mark must hold to be part of it (a 5's detached bar)
+OTHER_DIGIT = 0.35  # a separate mark holding this share of the ink and most of the digit's height is a second digit
+
+
+def _block_filter(grid: np.ndarray, radius: int, reduce: "np.ufunc") -> np.ndarray:
+    """Max (or min) over a (2r+1)^2 window of a small grid, edges repeated."""
+    padded = np.pad(grid, radius, mode="edge")
+    height, width = grid.shape
+    windows = [
+        padded[dy : dy + height, dx : dx + width] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)
+    ]
+    return reduce.reduce(np.stack(windows), axis=0)
+
+
+def _paper_level(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's own brightness at each pixel: a bright percentile per block (the ink is a minority of most
+    blocks), closed (max then min over blocks) so a block wholly inked by a marker takes its neighbours' level while
+    a smooth fall-off of the light survives, then interpolated back to full size. Also where the photo shows no
+    paper (the table beside the page, a deep shadow), with a block's margin: its edge against the page is no ink."""
+    height, width = gray.shape
+    block = max(4, math.ceil(max(height, width) / PAPER_BLOCKS))
+    rows, cols = math.ceil(height / block), math.ceil(width / block)
+    padded = np.pad(gray, ((0, rows * block - height), (0, cols * block - width)), mode="edge")
+    blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+    level = np.partition(blocks, int(blocks.shape[2] * 0.9), axis=2)[:, :, int(blocks.shape[2] * 0.9)]
+    # Dark blocks running along the picture's edge are the table or a shadow beside the page: the closing below
+    # would paint them as paper, and their edge as ink. A marker's stroke is dark too, but crosses the edge in a
+    # block or two at most (a tightly cropped digit), not along a quarter of it.
+    dark = _components(level < OFF_PAGE * np.percentile(level, 90))
+    border = np.concatenate([dark[0], dark[-1], dark[1:-1, 0], dark[1:-1, -1]])
+    along = np.flatnonzero(np.bincount(border, minlength=dark.max() + 1)[1:] >= max(rows, cols) / 4) + 1
+    off_page = _block_filter(np.isin(dark, along), 1, np.maximum)
+    level = _block_filter(_block_filter(level, PAPER_CLOSING, np.maximum), PAPER_CLOSING, np.minimum)
+    # Block centres sit half a block in: resizing the grid to the padded size lines them up with the pixels.
+    full = Image.fromarray(level.astype(np.float32), "F").resize((cols * block, rows * block), Image.BILINEAR)
+    off_page = np.repeat(np.repeat(off_page, block, axis=0), block, axis=1)[:height, :width]
+    return np.maximum(np.asarray(full)[:height, :width], 1.0), off_page
+
+
+def _remove_lines(ink: np.ndarray, marked: np.ndarray) -> tuple[np.ndarray, float]:
+    """Take out straight marks that cross most of the page (ruled or squared paper), turned by up to 6 degrees:
+    the strength of each line is subtracted along it, so ink crossing a line keeps what it has above the line.
+    On ruled paper, a lone thin line across all of the page the other way (its margin) goes too. Returns the ink
+    and the strongest line's level (0 when none)."""
+    strongest = 0.0
+    for lone in (False, True):  # rulings first: a margin is looked for only on a ruled page, never in a tight crop
+        if lone and not strongest:
+            break
+        for transposed in (False, True):
+            view, where = (ink.T, marked.T) if transposed else (ink, marked)
+            level = _remove_lines_across(view, where, lone)
+            strongest = max(strongest, level)
+    return ink, strongest
+
+
+def _thin_runs(rows: np.ndarray, widest: float) -> np.ndarray:
+    """`rows` with only its runs of at most `widest` consecutive rows: a printed line is thin, a stroke along the
+    page (a tightly cropped 1) or a blot is not."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+    kept = np.zeros_like(rows)
+    for start, end in zip(edges[::2], edges[1::2], strict=True):
+        kept[start:end] = end - start <= widest
+    return kept
+
+
+def _remove_lines_across(view: np.ndarray, where: np.ndarray, lone: bool) -> float:
+    """Lines along the rows of `view` (turned by up to 6 degrees) taken out in place: a ruling (at least three
+    lines over 60 % of the page), or with `lone` one thin line over 90 % of it. Returns their level (0: none)."""
+    height, width = view.shape
+    ys, xs = np.nonzero(where)
+    if len(ys) < width * LINE_SPAN or min(height, width) < MIN_RULED_SIDE:
+        return 0.0
+
+    def profile(angle: float, step: int = 1) -> np.ndarray:
+        """Marks per row of the page turned by `angle` (every `step`-th mark)."""
+        rows = np.rint(ys[::step] - xs[::step] * math.tan(angle)).astype(np.int64) + width
+        return np.bincount(rows, minlength=height + 2 * width)
+
+    # The turn at which the rows' profile is sharpest is the ruling's; a quarter of the marks find it as well.
+    angle = max(SKEWS, key=lambda turn: profile(turn, 4).max())
+    counts = profile(angle)
+    if lone:
+        lines = counts > FULL_SPAN * width
+        if not lines.any() or np.count_nonzero(lines) > max(3, LONE_LINE_WIDTH * width):
+            return 0.0  # none, or as thick as a pen's stroke
+    else:
+        lines = _thin_runs(counts > LINE_SPAN * width, max(3, LINE_WIDTH * height))
+        if np.count_nonzero(np.diff(lines.astype(np.int8)) == 1) < MIN_LINES:
+            return 0.0
+    lines = lines | np.roll(lines, 1) | np.roll(lines, -1)  # a line's blurred edges
+    shift = np.arange(width, dtype=np.float32) * math.tan(angle)
+    on_line = lines[np.rint(np.arange(height, dtype=np.float32)[:, None] - shift).astype(np.int64) + width]
+    level = float(np.percentile(view[on_line], 75))
+    view[on_line] = np.clip(view[on_line] - level, 0, None)
+    return level
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """8-connected components of a small boolean grid, labelled 1..n (0 where not marked): the smallest index
+    spread to neighbours, with pointer jumping so it takes a few dozen rounds, not one per cell of a long stroke."""
+    height, width = mask.shape
+    none = height * width
+    labels = np.where(mask, np.arange(none).reshape(height, width), none)
+    while True:
+        padded = np.pad(labels, 1, constant_values=none)
+        spread = labels.copy()
+        for dy, dx in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
+            np.minimum(spread, padded[dy : dy + height, dx : dx + width], out=spread)
+        spread = np.where(mask, spread, none)
+        flat = np.append(spread.ravel(), none)
+        for _ in range(4):
+            flat[:-1] = flat[flat[:-1]]
+        spread = flat[:-1].reshape(height, width)
+        if np.array_equal(spread, labels):
+            break
+        labels = spread
+    _, numbered = np.unique(labels, return_inverse=True)
+    numbered = numbered.reshape(height, width) + 1
+    return np.where(mask, numbered, 0)
+
+
+def _digit_mask(strong: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The pixels near the marks that make the digit: the heaviest connected mark and the marks close to it;
+    DataError when a second mark as big stands beside it (two digits) instead of being merged with it."""
+    height, width = strong.shape
+    cell = max(1, math.ceil(max(height, width) / GRID_CELLS))
+    rows, cols = math.ceil(height / cell), math.ceil(width / cell)
+    pad = ((0, rows * cell - height), (0, cols * cell - width))
+    mass = np.pad(np.where(strong, weight, 0), pad).reshape(rows, cell, cols, cell).sum(axis=(1, 3))
+    grid = _block_filter(mass > 0, 1, np.maximum)  # gaps of a cell or two in a stroke do not split it
+    labels = _components(grid)
+    count = int(labels.max())
+    masses = np.bincount(labels.ravel(), weights=mass.ravel(), minlength=count + 1)[1:]
+    boxes = []
+    for label in range(1, count + 1):
+        ys, xs = np.nonzero(labels == label)
+        boxes.append((ys.min(), ys.max() + 1, xs.min(), xs.max() + 1))
+    main = int(np.argmax(masses))
+    top, bottom, left, right = boxes[main]
+    size = max(bottom - top, right - left)
+    keep = np.zeros(count, dtype=bool)
+    keep[main] = True
+    for label in np.argsort(-masses):
+        if label == main or masses[label] < PART_MASS * masses[main]:
+            continue
+        y0, y1, x0, x1 = boxes[label]
+        gap = max(x0 - right, left - x1, 0)
+        tall = (y1 - y0) >= 0.6 * (bottom - top)
+        if masses[label] >= OTHER_DIGIT * masses[main] and tall and gap > 0.15 * (bottom - top):
+            raise DataError(
+                "two or more digits side by side: crop the picture to one digit (or use --show-prepared to see "
+                "what was read)"
+            )
+        if max(y0 - bottom, top - y1, gap) <= 0.3 * size:  # a part of the digit: a 5's bar, a broken stroke
+            keep[label] = True
+    selected = keep[np.maximum(labels - 1, 0)] & (labels > 0)
+    selected = _block_filter(selected, 1, np.maximum)
+    return np.repeat(np.repeat(selected, cell, axis=0), cell, axis=1)[:height, :width]
+
+
+def _ink_on_paper(darkest: np.ndarray) -> np.ndarray:
+    """The ink of a photo of dark marks on light paper, white on black, with the paper, its lines and stray marks
+    taken out; DataError if no digit is found."""
+    height, width = darkest.shape
+    if max(height, width) > WORK_SIDE:
+        scale = WORK_SIDE / max(height, width)
+        size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
+        darkest = np.asarray(Image.fromarray(darkest, "F").resize(size, Image.BOX))
+    paper, off_page = _paper_level(darkest)
+    # Contrast relative to the local paper: ink in a shadow is as dark, relative to its paper, as ink in the light.
+    ink = np.where(off_page, 0, np.clip(1 - darkest / paper, 0, 1) * 255)
+    sample = ink[:: 1 + ink.shape[0] // 300, :: 1 + ink.shape[1] // 300]  # the paper's statistics need no million pixels
+    if np.count_nonzero(sample > np.percentile(sample, 50) + 3 * MIN_CONTRAST) > sample.size * 0.3:
+        # A tightly cropped thick digit: ink is not the minority, and the paper is the fainter part of the picture.
+        # Its spread is measured on that part (a truncated half, hence twice its deviation).
+        sample = sample[sample <= np.percentile(sample, 50)]
+        spread = 2 * 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    else:
+        spread = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    floor = float(np.median(sample)) + NOISE_SIGMAS * (spread + 0.5)
+    ink, line_level = _remove_lines(ink, ink > floor)
+    marked = ink > floor
+    if np.count_nonzero(marked) < MIN_SIDE:
+        raise DataError("no ink found: the image is blank")
+    peak = float(np.percentile(ink[marked], 99))
+    if peak < max(MIN_CONTRAST, 1.5 * line_level):
+        raise DataError("no ink found: the image is blank" + (" (only the paper's lines)" if line_level else ""))
+    strong = ink > max(floor, 0.4 * peak)
+    digit = _digit_mask(strong, ink)
+    return np.where(digit, np.clip(ink - floor, 0, None), 0).astype(np.float32)
+
+
 def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np.ndarray:
     """Bring a digit as a person makes it (dark ink on light paper, any size, anywhere, colour, JPEG noise) into the
     form MNIST itself was made in, so the model sees what it was trained on: white ink on black, longer side 20 px,
     centre of mass at the centre of 28x28.
+
+    Dark marks on light paper (a photo or scan of handwriting, a drawing) go through `_ink_on_paper`, which copes
+    with uneven light, ruled and squared paper, coloured ink and stray marks. Light marks on dark (a digit already
+    in MNIST's colours) are read against the border's level, as MNIST's own digits are.
 
     A Fashion-MNIST item is brought to the form Zalando made that dataset in instead: trimmed to the item, its
     longer side scaled to the full 28 px, centred as a box, light on dark, its shading kept (not saturated like
@@ -122,6 +346,11 @@ def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{width}x{height} px is too small to hold a digit (need at least {MIN_SIDE} px a side)")
     ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    # Light paper: at the border, or over most of a photo (whose border may be partly the table; not a small
+    # picture that a light item or digit fills).
+    photo = min(height, width) >= MIN_RULED_SIDE and np.median(gray[:: 1 + height // 200, :: 1 + width // 200]) > 127
+    if not fashion and (np.median(ring) > 127 or photo):
+        return _framed(_ink_on_paper(_grayscale(image, darkest=True)), photo=True)
     if fashion:  # an item in Fashion-MNIST's form fills the frame and may cover most of its border, not its corners
         ring = np.concatenate([gray[:2, :2], gray[:2, -2:], gray[-2:, :2], gray[-2:, -2:]], axis=None)
     if np.median(ring) > 127:  # the border is paper: light paper means dark ink, MNIST wants the opposite
@@ -132,15 +361,26 @@ def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np
     ink = np.clip(gray - (paper + NOISE_SIGMAS * noise), 0, None)
     if float(gray.max()) - paper < MIN_CONTRAST or not ink.any():
         raise DataError("no ink found: the image is blank")
-    (top, bottom), (left, right) = _extent(ink.sum(axis=1)), _extent(ink.sum(axis=0))
     if fashion:
-        ink = np.clip(gray - paper, 0, None)  # the item's own shading, only the paper's level taken off
-    else:
-        ink *= 255 / np.percentile(ink[ink > 0], 95)  # stroke cores saturate as in MNIST
-    crop = ink[top:bottom, left:right]
+        return _framed(np.clip(gray - paper, 0, None), fashion=True, box_of=ink)  # the item's own shading
+    return _framed(ink)
+
+
+def _framed(
+    ink: np.ndarray, fashion: bool = False, photo: bool = False, box_of: np.ndarray | None = None
+) -> np.ndarray:
+    """Crop `ink` to the box of `box_of` (default: itself), scale and place it in 28x28 as MNIST (or Fashion-MNIST)
+    did. `photo`: strokes are also brought to MNIST's width (a pencil's line or a marker's)."""
+    marks = ink if box_of is None else box_of
+    (top, bottom), (left, right) = _extent(marks.sum(axis=1)), _extent(marks.sum(axis=0))
+    if not fashion:
+        ink = ink * (255 / np.percentile(ink[ink > 0], 95))  # stroke cores saturate as in MNIST
+    crop = np.ascontiguousarray(ink[top:bottom, left:right], dtype=np.float32)
+    if photo:
+        crop = _mnist_strokes(crop)
     scale = (IMAGE_SIDE if fashion else DIGIT_BOX) / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    digit = np.clip(np.asarray(Image.fromarray(np.ascontiguousarray(crop), "F").resize(size, Image.LANCZOS)), 0, 255)
+    digit = np.clip(np.asarray(Image.fromarray(crop, "F").resize(size, Image.LANCZOS)), 0, 255)
     if fashion:  # the box centred
         top, left = (IMAGE_SIDE - digit.shape[0]) // 2, (IMAGE_SIDE - digit.shape[1]) // 2
     else:
@@ -148,6 +388,36 @@ def to_mnist_form(image: Image.Image | np.ndarray, dataset: str = "mnist") -> np
     out = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
     out[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return np.rint(out).astype(np.uint8)
+
+
+def _stroke_width(crop: np.ndarray) -> float:
+    """Mean width of the strokes in pixels: twice the inked area over its edge (a stroke of width w and length L has
+    area wL and 2L edge pixels)."""
+    inked = crop > 127
+    inner = inked[1:-1, 1:-1] & inked[:-2, 1:-1] & inked[2:, 1:-1] & inked[1:-1, :-2] & inked[1:-1, 2:]
+    edge = np.count_nonzero(inked) - np.count_nonzero(inner)
+    return 2 * np.count_nonzero(inked) / max(edge, 1)
+
+
+def _mnist_strokes(crop: np.ndarray) -> np.ndarray:
+    """The crop at 4x MNIST's digit box, its strokes thickened (a pencil's, a thin pen's on a big photo) or thinned
+    (a marker's) to about MNIST's own width, which the model learnt: a hairline scaled down to 20 px would be a faint
+    grey trace, a marker's stroke a blob."""
+    scale = STROKE_SCALE * DIGIT_BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    image = Image.fromarray(crop, "F").resize(size, Image.BOX if scale < 1 else Image.BILINEAR)
+    width = _stroke_width(np.asarray(image))
+    if STROKE_WIDTH[0] <= width <= STROKE_WIDTH[1]:
+        return np.asarray(image)
+    size = 2 * round(abs(width - STROKE_WIDTH[0 if width < STROKE_WIDTH[0] else 1]) / 2) + 1
+    if size == 1:
+        return np.asarray(image)
+    padded = Image.fromarray(np.pad(np.asarray(image), size), "F")  # room to thicken at the edges
+    evened = np.asarray(
+        padded.filter((ImageFilter.MaxFilter if width < STROKE_WIDTH[0] else ImageFilter.MinFilter)(size))
+    )
+    rows, cols = np.flatnonzero(evened.max(axis=1) > 0), np.flatnonzero(evened.max(axis=0) > 0)
+    return evened[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if len(rows) else np.asarray(image)
 
 
 def _failed(name: str, problem: str) -> LoadedInput:
@@ -164,7 +434,11 @@ def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist")
     try:
         # Our pixel limit, checked from the header, is below Pillow's own (which only warns first): a bomb is
         # refused before anything is decoded.
-        with Image.open(path if content is None else io.BytesIO(content), formats=PILLOW_FORMATS) as img:
+        # Pillow warns (a `warnings.warn(` line on stderr) before our own check can refuse the picture in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path if content is None else io.BytesIO(content), formats=PILLOW_FORMATS)
+        with img:
             if img.width * img.height > MAX_PIXELS:
                 return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
             img.load()

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -14,6 +15,7 @@ import torch
 from mnist_core.config import RunParams
 from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import StorageError
+from mnist_core.evaluation.calibration import calibrate
 from mnist_core.evaluation.evaluate import confusion_frame
 from mnist_core.evaluation.plots import (
     plot_confusion,
@@ -37,6 +39,7 @@ from mnist_core.layout import (
     WEIGHTS_FILE,
 )
 from mnist_core.records import (
+    Calibration,
     DatasetFacts,
     Downloaded,
     EpochStats,
@@ -141,6 +144,7 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         f"**Test accuracy {metrics.test_accuracy:.2%}** (loss {metrics.test_loss:.4f}); best validation accuracy "
         f"{metrics.best_val_accuracy:.2%} at epoch {metrics.best_epoch} of {card.params['epochs']}.",
         "",
+        *_calibration_lines(card),
         *_extra_lines(card),
         "## Plots",
         "",
@@ -197,6 +201,18 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
     return "\n".join(lines)
 
 
+def _calibration_lines(card: ModelCard) -> list[str]:
+    if card.calibration is None:
+        return []
+    ece = card.calibration
+    return [
+        f"Confidences are calibrated: probabilities = softmax(logits / {card.temperature:.3f}), the temperature "
+        f"fitted on the validation split. Expected calibration error on the test set ({ece.bins} bins): "
+        f"{ece.test_ece_before:.2%} before, {ece.test_ece_after:.2%} after.",
+        "",
+    ]
+
+
 def _extra_lines(card: ModelCard) -> list[str]:
     if card.dataset.extra_sha256 is None:
         return []
@@ -239,7 +255,7 @@ def write_plots(
     """The run's PNGs; the mistakes are the exported model's own, on the test images it was scored on."""
     images, labels = test_split
     with torch.no_grad():
-        probabilities = torch.softmax(model(images.cpu()), dim=1)
+        probabilities = torch.softmax(model(images.cpu()) / card.temperature, dim=1)  # as predict reports them
     confidence, predicted = probabilities.max(dim=1)
     if history:
         plot_curves(history, card.metrics.best_epoch, folder / CURVES_PNG, card.dataset.name)
@@ -328,13 +344,36 @@ def export_trained(
     card = build_model_card(run_id, params, downloaded, prepared, trained, evaluation, fingerprint)
     if earlier and Path(earlier["run_dir"]).is_dir():
         run_dir = Path(earlier["run_dir"])
-        return Exported.in_folder(run_dir, card.model_copy(update={"model_files": describe_model_files(run_dir)}))
+        update = {"model_files": describe_model_files(run_dir), **_calibration_of(run_dir)}
+        return Exported.in_folder(run_dir, card.model_copy(update=update))
     data = load_prepared(prepared.path)
     test_split = (data["test_images"], data["test_labels"])
     model = load_weights(trained.model_path)
+    card = calibrated(card, model, (data["val_images"], data["val_labels"]), test_split)
     exported = export_run(Path(params.output_dir), model, card, trained.history, evaluation, test_split)
     atomic_write_text(marker, json.dumps({"run_id": exported.run_id, "run_dir": str(exported.run_dir)}))
     return exported
+
+
+def calibrated(card: ModelCard, model: MLP, val_split: TestSplit, test_split: TestSplit) -> ModelCard:
+    """The card with the temperature fitted on the validation split and the test split's ECE before and after."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        val_logits, test_logits = (model(images.cpu()).double().numpy() for images, _ in (val_split, test_split))
+    if len(val_logits) == 0:
+        return card
+    fitted = calibrate(val_logits, val_split[1].cpu().numpy(), test_logits, test_split[1].cpu().numpy())
+    calibration = Calibration(test_ece_before=fitted["test_ece_before"], test_ece_after=fitted["test_ece_after"])
+    return card.model_copy(update={"temperature": fitted["temperature"], "calibration": calibration})
+
+
+def _calibration_of(run_dir: Path) -> dict[str, Any]:
+    """The temperature and calibration the card in an already written run folder holds (none if unreadable)."""
+    try:
+        written = ModelCard.model_validate_json((run_dir / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {"temperature": written.temperature, "calibration": written.calibration}
 
 
 def _read_marker(marker: Path) -> dict[str, str] | None:

@@ -39,7 +39,10 @@ IMAGES = TensorSpec(
     values="0-255, MNIST form: white ink on black, the digit scaled to 20 px and centred by mass",
 )
 LOGITS = TensorSpec(
-    name="logits", dtype="float32", shape=["batch", NUM_CLASSES], values="unnormalized; softmax gives probabilities"
+    name="logits",
+    dtype="float32",
+    shape=["batch", NUM_CLASSES],
+    values="unnormalized; softmax(logits / T), T the model card's temperature, gives calibrated probabilities",
 )
 WEIGHTS_IMAGES = IMAGES.model_copy(
     update={

@@ -11,7 +11,10 @@ from mnist_core.cli import parse_params
 from mnist_core.errors import PipelineError
 from mnist_core.inference.predict import PredictionBatch, PredictParams, format_table, predict, write_csv
 
-USAGE = "usage: mnist predict INPUT... [--model champion|RUN|FILE] [--threshold P] [--output FILE.csv]  (-h for more)"
+USAGE = (
+    "usage: mnist predict INPUT... [--model champion|RUN|FILE] [--threshold P] [--output FILE.csv] "
+    "[--show-prepared DIR]  (-h for more)"
+)
 SOME_FAILED = 3
 
 
@@ -34,6 +37,9 @@ def main(argv: Sequence[str]) -> int:
         print_batch(batch, params.threshold)
         if params.output is not None:
             print(f"Wrote {params.output} ({len(batch.predictions)} rows)")
+        if params.show_prepared is not None:
+            shown = sum(row.error is None for row in batch.predictions)
+            print(f"Wrote {shown} prepared 28x28 images (what the model saw) to {params.show_prepared}")
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`| head`): what it did not read is in the CSV, if one was asked for.

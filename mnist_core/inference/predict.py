@@ -6,6 +6,8 @@ Never imports torch itself: with an `.onnx` model (the default runtime) a predic
 
 import csv
 import io
+import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +58,11 @@ class PredictParams(BaseModel):
         "files you made yourself.",
     )
     output: Path | None = Field(None, description="Write the predictions to this CSV file.")
+    show_prepared: Path | None = Field(
+        None,
+        description="Write the 28x28 image the model saw for each input to this folder (PNG, named after the "
+        "input and the predicted class), to see why a prediction went wrong. Made if missing; never an input's folder.",
+    )
 
     @model_validator(mode="after")
     def _output_is_not_an_input(self) -> "PredictParams":
@@ -80,6 +87,38 @@ class PredictParams(BaseModel):
             raise ValueError(f"output {str(self.output)!r} is one of the inputs; it would be overwritten")
         return self
 
+    @model_validator(mode="after")
+    def _show_prepared_is_a_folder_we_may_write(self) -> "PredictParams":
+        """Refused before anything is read: a folder that holds inputs (a PNG written there could replace one, and
+        the next run would read it back as an input), or one that cannot be written."""
+        if self.show_prepared is None:
+            return self
+        folder = Path(self.show_prepared).expanduser()
+        shown = str(self.show_prepared)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--show-prepared {shown!r} is not a folder")
+        existing = folder if folder.is_dir() else folder.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--show-prepared {shown!r} is not writable (or its parent folder does not exist)")
+        if any(_holds_inputs(folder, spec) for spec in self.inputs):
+            raise ValueError(f"--show-prepared {shown!r} holds inputs, which its images could overwrite; name "
+                             "another folder")  # fmt: skip
+        return self
+
+
+def _holds_inputs(folder: Path, spec: str) -> bool:
+    """Whether `folder` is where `spec` reads its inputs: the input folder itself, the folder of an input file, or
+    anywhere under the folder a pattern starts from (a pattern may reach into subfolders)."""
+    target = folder.resolve()
+    path = Path(spec).expanduser()
+    if any(char in spec for char in "*?[") and not path.exists():
+        root = Path(re.split(r"[*?\[]", spec, maxsplit=1)[0] or ".").expanduser()
+        root = root if root.is_dir() else root.parent
+        return target.is_relative_to(root.resolve())
+    if path.is_dir():
+        return target == path.resolve()
+    return path.exists() and target == path.resolve().parent
+
 
 @dataclass(frozen=True)
 class ChosenModel:
@@ -87,6 +126,8 @@ class ChosenModel:
     run_id: str | None  # None for a model file outside any run folder
     dataset: str
     class_names: list[str]
+    # From the model card: probabilities are softmax(logits / T); 1.0 for a bare model file or an older card.
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +180,9 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
         raise DataError(f"{spec}: no such model file, run folder, or run id under {output_dir.resolve()}")
     card = _read_card(path.parent)
     model_dataset = card.dataset.name if card else dataset
-    return ChosenModel(path, card.run_id if card else None, model_dataset, CLASS_NAMES[model_dataset])
+    return ChosenModel(
+        path, card.run_id if card else None, model_dataset, CLASS_NAMES[model_dataset], _temperature(card)
+    )
 
 
 def _train_command(dataset: str) -> str:
@@ -161,7 +204,13 @@ def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenMode
     path = run_dir / RUNTIME_FILES[runtime]
     if not path.is_file():
         raise DataError(f"{path}: {what} has no {runtime} model; pick another --runtime")
-    return ChosenModel(path, card.run_id, card.dataset.name, CLASS_NAMES[card.dataset.name])
+    return ChosenModel(path, card.run_id, card.dataset.name, CLASS_NAMES[card.dataset.name], _temperature(card))
+
+
+def _temperature(card: ModelCard | None) -> float:
+    """The card's calibration temperature; 1.0 (raw softmax) when absent or not a positive number."""
+    value = card.temperature if card is not None else 1.0
+    return float(value) if 0 < value < 1e3 else 1.0
 
 
 def printable(text: str) -> str:
@@ -170,22 +219,27 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from logits; `temperature` > 1 softens them (calibration, fitted on the validation split)."""
+    logits = np.asarray(logits, dtype=np.float64) / temperature
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def predict_loaded(
-    loaded: list[LoadedInput], predictor: Predictor, class_names: list[str], threshold: float
+    loaded: list[LoadedInput], predictor: Predictor, class_names: list[str], threshold: float, temperature: float = 1.0
 ) -> list[Prediction]:
-    """One row per input, in input order: its prediction, or its error."""
+    """One row per input, in input order: its prediction, or its error. Probabilities are softmax(logits / T)."""
     good = [index for index, item in enumerate(loaded) if item.image is not None]
     rows = [Prediction(input=printable(item.name), error=item.error and printable(item.error)) for item in loaded]
     if not good:
         return rows
     images = np.stack([loaded[index].image for index in good])
     probabilities = np.concatenate(
-        [softmax(predictor.logits(images[start : start + BATCH])) for start in range(0, len(images), BATCH)]
+        [
+            softmax(predictor.logits(images[start : start + BATCH]), temperature)
+            for start in range(0, len(images), BATCH)
+        ]
     )
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
     for index, probs, top in zip(good, probabilities, ranked, strict=True):
@@ -210,10 +264,37 @@ def predict(params: PredictParams) -> PredictionBatch:
     loaded_at = time.perf_counter()
     loaded = load_inputs(params.inputs, chosen.dataset)  # the model's dataset decides the images' form
     read_at = time.perf_counter()
-    rows = predict_loaded(loaded, predictor, chosen.class_names, params.threshold)
+    rows = predict_loaded(loaded, predictor, chosen.class_names, params.threshold, chosen.temperature)
     done = time.perf_counter()
     seconds = {"load the model": loaded_at - started, "read the inputs": read_at - loaded_at, "predict": done - read_at}
+    if params.show_prepared is not None:
+        write_prepared(loaded, rows, params.show_prepared)
     return PredictionBatch(chosen, predictor.runtime, predictor.sha256, rows, seconds)
+
+
+def prepared_name(index: int, row: Prediction) -> str:
+    """`00003-photo.jpg-7.png`: the input's order, its file name (made safe for any file system) and the predicted
+    class, so the folder sorts like the table and a wrong reading shows in the name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(row.input).name)[:80]
+    return f"{index:05d}-{name}-{row.class_name}.png"
+
+
+def write_prepared(loaded: list[LoadedInput], rows: list[Prediction], folder: Path) -> int:
+    """The 28x28 image the model saw for each input that could be read, as a PNG in `folder` (made if missing);
+    StorageError when it cannot be written. Returns how many were written."""
+    from PIL import Image  # only when asked: predicting needs no image writer
+
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(exist_ok=True)
+        written = 0
+        for index, (item, row) in enumerate(zip(loaded, rows, strict=True)):
+            if item.image is not None:
+                Image.fromarray(item.image, "L").save(folder / prepared_name(index, row))
+                written += 1
+    except OSError as error:
+        raise StorageError(f"{folder}: cannot write the prepared images ({error.strerror or error})") from error
+    return written
 
 
 def csv_text(rows: list[Prediction]) -> str:

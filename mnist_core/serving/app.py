@@ -221,7 +221,7 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
         return served
 
     def answer(served: Served, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probabilities = softmax(served.predictor.logits(images))
+        probabilities = softmax(served.predictor.logits(images), served.temperature)
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
         for best in ranked[:, 0]:
             metrics.predictions.labels(served.class_names[int(best)]).inc()

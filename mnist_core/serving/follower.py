@@ -29,6 +29,7 @@ class Served:
     dataset: str
     class_names: list[str]
     loaded_at: float  # time.time()
+    temperature: float = 1.0  # calibration from the model card: probabilities are softmax(logits / T)
 
     @property
     def sha256(self) -> str:
@@ -103,7 +104,9 @@ class ModelFollower:
             return
         previous = self.current
         # The swap: one reference assignment. Requests that already took `previous` keep it until they finish.
-        self.current = Served(predictor, chosen.run_id, chosen.dataset, chosen.class_names, time.time())
+        self.current = Served(
+            predictor, chosen.run_id, chosen.dataset, chosen.class_names, time.time(), chosen.temperature
+        )
         self._key, self._refused, self.problem = key, None, None
         self.swaps += 1
         before = f" (was {previous.version})" if previous else ""
