@@ -62,3 +62,10 @@ def test_the_defaults_are_the_fast98_recipe() -> None:
     defaults, fast98 = RunParams(), RunParams(preset="fast98")
     assert defaults.model_dump(exclude={"preset"}) == fast98.model_dump(exclude={"preset"})
     assert RunParams(preset="seed").lr != defaults.lr
+
+
+def test_the_robust_and_fashion90_presets() -> None:
+    robust, fashion = RunParams(preset="robust"), RunParams(preset="fashion90", dataset="fashion-mnist")
+    assert (robust.augment, robust.epochs, robust.hidden_sizes) == (0.6, 15, [128, 64])  # the seed's architecture
+    assert (fashion.hidden_sizes, fashion.epochs, fashion.lr, fashion.dropout) == ([512, 256], 30, 0.1, 0.2)
+    assert RunParams(preset="robust", epochs=2).epochs == 2  # an explicit field still wins
