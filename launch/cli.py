@@ -15,8 +15,10 @@ quietly (status 130).
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from launch.entry import quiet_interrupts, telemetry_off
 
@@ -74,7 +76,24 @@ def stack(argv: Sequence[str]) -> int:
 def registry(argv: Sequence[str]) -> int:
     from mnist_core.registry.cli import main
 
-    return main(argv)
+    return main(argv, announce=_announce_champion)
+
+
+def _announce_champion(pointer: Any, text: str) -> None:
+    """A champion changed by hand (`mnist registry promote|rollback`) is published where automatic promotions
+    are: the `<dataset>-promotion` artifact, in the Prefect API the environment names. Best effort: the registry
+    has already recorded it, and no Prefect server is needed to use the registry."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return
+    telemetry_off()
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        markdown = f"## Champion / challenger\n**Decision: {pointer.decision}.** {text}\n\n{pointer.promotion.reason}"
+        create_markdown_artifact(key=f"{pointer.dataset}-promotion", markdown=markdown, description=text)
+    except Exception as error:  # noqa: BLE001 - any failure to publish is one line, never the command's failure
+        print(f"mnist registry: warning: recorded, but not published to Prefect ({type(error).__name__}: {error})",
+              file=sys.stderr)  # fmt: skip
 
 
 def _flow_module(name: str, program: str):  # noqa: ANN202 - a module

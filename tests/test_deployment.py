@@ -607,9 +607,16 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
         second = read_champion(tmp_path / "anywhere", "mnist")
         assert second is not None and second.run_id == survivor and second.decision == "forced"
         assert _predict_elsewhere(machines, digit, "third-machine") == survivor
-        env = {**os.environ, **shared}
+        env = {**os.environ, **shared, "PREFECT_API_URL": stack.stack.api_url}
         rollback = subprocess.run([MNIST, "registry", "rollback"], env=env, capture_output=True, text=True, timeout=60)
         assert rollback.returncode == 0 and first.run_id in rollback.stdout, rollback.stdout + rollback.stderr
+        with stack.stack.client() as client:  # visible in Prefect, where automatic promotions are
+            [announced] = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-promotion"])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+        assert "rollback" in announced.data and first.run_id in announced.data, announced.data
         assert _predict_elsewhere(machines, digit, "third-machine") == first.run_id
     finally:
         if sweep_process is not None and sweep_process.poll() is None:

@@ -15,7 +15,7 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,14 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], announce: Callable[[Any, str], None] | None = None) -> int:
+    """`mnist registry ARGV`; `announce(pointer, text)` is told of a champion changed by hand (the `mnist` command
+    publishes it to Prefect)."""
     args = parser().parse_args(list(argv))
     from mnist_core.errors import PipelineError
 
     try:
-        return _run(args)
+        return _run(args, announce)
     except PipelineError as error:
         print(f"mnist registry: error: {error}", file=sys.stderr)
         return 1
@@ -63,7 +65,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, announce: Callable[[Any, str], None] | None = None) -> int:
     from mnist_core.registry.database import SqlStore
 
     store = SqlStore(args.output_dir, args.url)
@@ -108,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             pointer = store.rollback(args.dataset, who)
     before = pointer.promotion.champion_run_id if pointer.promotion else None
-    print(f"{pointer.dataset} champion: {pointer.run_id} ({pointer.decision} by {who}; it replaces {before or '-'})")
+    text = f"{pointer.dataset} champion: {pointer.run_id} ({pointer.decision} by {who}; it replaces {before or '-'})"
+    print(text)
+    if announce is not None:
+        announce(pointer, text)
     return 0
 
 
