@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from launch.entry import quiet_interrupts, telemetry_off
+from launch.entry import hand_over, quiet_interrupts, telemetry_off
 
 # What each command needs imported: checked first, so a Python without the project's packages says what to do.
 NEEDS = ("torch", "prefect", "pydantic")
@@ -41,6 +41,7 @@ def train(argv: Sequence[str]) -> int:
 def predict(argv: Sequence[str]) -> int:
     from mnist_core.inference.cli import main
 
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(argv)
 
 
@@ -64,18 +65,21 @@ def predict_batch(argv: Sequence[str]) -> int:
 def serve(argv: Sequence[str]) -> int:
     from mnist_core.serving.cli import main
 
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(argv)
 
 
 def stack(argv: Sequence[str]) -> int:
     from deployments.stack import main
 
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(list(argv))
 
 
 def registry(argv: Sequence[str]) -> int:
     from mnist_core.registry.cli import main
 
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(argv, announce=_announce_champion)
 
 
@@ -112,6 +116,9 @@ PREDICT_BATCH_HELP = """Batch inference as a Prefect flow run (the `mnist-predic
 of every input (images, folders, globs, .npy or IDX files) with the chosen model; a bad input is a row with its
 error, never the end of the batch. The CSV goes to --output (default: under <output_dir>/predictions/)."""
 
+# The name a command's messages start with (the flows' own, as `python flows/*.py` has always printed them).
+PROGRAMS = {"train": "mnist", "sweep": "mnist-sweep", "predict-batch": "mnist-predict"}
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train,
     "predict": predict,
@@ -136,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"mnist: error: unknown command {args[0]!r}\n{usage}", file=sys.stderr)
         return 2
+    # First, before any import that takes time: a library's import can swallow a KeyboardInterrupt (seen: the run
+    # went on), so a Ctrl-C now exits at once, quietly, until the command's own handling takes over.
+    quiet_interrupts(PROGRAMS.get(args[0], f"mnist {args[0]}"))
     missing = _missing_packages()
     if missing:
         print(

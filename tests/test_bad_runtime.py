@@ -148,8 +148,8 @@ def test_diverging_learning_rate_from_cli(
     monkeypatch.setattr(train_module, "load_prepared", first_2048_training_images)
     output = tmp_path / "runs"
     args = ["--data-dir", str(mnist_data_dir), "--mirror", str(mnist_mirror), "--output-dir", str(output), *FAST]
-    code, err = run_cli([*args, "--lr", "10", "--momentum", "0.99", "--no-nesterov", "--schedule", "none",
-                         "--batch-size", "32", "--label-smoothing", "0", "--weight-decay", "0",
+    code, err = run_cli([*args, "--lr", "10", "--clip-grad-norm", "0", "--momentum", "0.99", "--no-nesterov",
+                         "--schedule", "none", "--batch-size", "32", "--label-smoothing", "0", "--weight-decay", "0",
                          "--hidden-sizes", "128", "64"], capsys)  # fmt: skip
     assert code == 1
     assert "mnist: error: loss became non-finite in epoch 1" in err and "lr=10.0" in err

@@ -77,8 +77,9 @@ def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
     from mnist_core.registry.store import read_champion, read_registry
     from tests.test_flow import read_artifacts
 
-    base = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs")
-    # lr 10 diverges (the loss becomes non-finite): that trial fails, the sweep goes on with the rest.
+    # lr 10 diverges (the loss becomes non-finite; without the clipping that would save it): that trial fails, the
+    # sweep goes on with the rest.
+    base = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs", clip_grad_norm=0.0)
     params = SweepParams(base=base, grid={"lr": [0.3, 10.0]}, trials=2)
     state = sweep(params, return_state=True)
     assert state.is_completed(), state.message
