@@ -202,19 +202,25 @@ class Stack:
 
     def _up_worker(self, state: dict[str, Any]) -> None:
         worker_pid = state.get("worker_pid")
+        limit = os.environ.get("MNIST_WORKER_LIMIT") or None  # runs at once on this worker (1 per GPU)
+        if self.is_ours(worker_pid, "worker") and state.get("worker_limit") != limit:
+            # Asked for another limit than the running worker has (`MNIST_WORKER_LIMIT=1 make stack-up` on a running
+            # stack): a new worker with the limit asked for, not a silent "already running".
+            print(f"worker: restarting with --limit {limit or 'none'} (it had {state.get('worker_limit') or 'none'})")
+            self.stop(worker_pid, "worker")
         if self.is_ours(worker_pid, "worker"):
             print(f"worker: already running (PID {worker_pid})")
             worker_running = partial(self.is_ours, worker_pid, "worker")
         else:
             args = ["worker", "start", "--pool", self.pool, "--type", "process", "--name", WORKER_NAME]
-            if limit := os.environ.get("MNIST_WORKER_LIMIT"):  # runs at once on this worker (1 per GPU)
+            if limit:
                 args += ["--limit", limit]
             # MNIST_WORKER_NAME: the runs it starts inherit it, and a sweep's table says which worker ran each trial.
             env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME}
             worker = start_prefect(args, env, self.log_path("worker"), cwd=PROJECT_ROOT)
             worker_pid, worker_running = worker.pid, partial(is_running, worker)
-            self.write_state({**state, "worker_pid": worker_pid})
-            print(f"worker: starting (PID {worker_pid})")
+            self.write_state({**state, "worker_pid": worker_pid, "worker_limit": limit})
+            print(f"worker: starting (PID {worker_pid}{f', --limit {limit}' if limit else ''})")
         self.wait_for("worker", self.worker_online, worker_running, "worker")
 
     def _up_serve(self, state: dict[str, Any]) -> str:

@@ -54,6 +54,11 @@ def sweep(sweep: SweepParams) -> dict:
     device = str(preflight(base))
     mode = trial_mode()
     start, concurrency = (start_on_pool, sweep.concurrency) if mode == "pool" else (_run_here, 1)
+    if sweep.planned_trials < sweep.trials:  # a grid has as many points as it has: said, not silently capped
+        print(
+            f"{sweep.trials} trials asked for, but the grid has {sweep.grid_size} points: "
+            f"running {sweep.planned_trials}"
+        )
     print(f"{sweep.planned_trials} trials, {concurrency} at a time ({mode})")
     rows = run_trials(sweep, runtime.flow_run.get_id(), start, concurrency)
     promotion: Promotion | None = None

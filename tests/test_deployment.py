@@ -68,10 +68,12 @@ class StackHandle:
     def stack(self) -> Stack:
         return Stack(self.state_dir, "127.0.0.1", self.port, DEFAULT_POOL)
 
-    def stack_command(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def stack_command(
+        self, command: str, timeout: float = 300, extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, str(STACK_SCRIPT), command, "--state-dir", str(self.state_dir), "--port", str(self.port)],
-            env=self.env,
+            env={**self.env, **(extra or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -252,6 +254,14 @@ def test_stack_up_is_idempotent(stack: StackHandle) -> None:
     after = json.loads((stack.state_dir / "stack.json").read_text())
     assert (after["server_pid"], after["worker_pid"]) == (before["server_pid"], before["worker_pid"])
     assert stack.stack.worker_online()
+    # Found by a new user: `MNIST_WORKER_LIMIT=1 make stack-up` on a running stack kept the unlimited worker.
+    limited = stack.stack_command("up", extra={"MNIST_WORKER_LIMIT": "1"})
+    assert "worker: restarting with --limit 1" in limited.stdout, limited.stdout + limited.stderr
+    state = json.loads((stack.state_dir / "stack.json").read_text())
+    assert state["worker_limit"] == "1" and state["worker_pid"] != after["worker_pid"]
+    assert state["server_pid"] == after["server_pid"] and stack.stack.worker_online()
+    unlimited = stack.stack_command("up")  # back as it was, for the tests after this one
+    assert "worker: restarting with --limit none" in unlimited.stdout, unlimited.stdout + unlimited.stderr
 
 
 @pytest.mark.parametrize(
