@@ -11,17 +11,9 @@ from mnist_core.config import RunParams
 from mnist_core.records import EpochStats
 from mnist_core.training.augment import Augment
 from mnist_core.training.loop import train_model
+from tests.test_train_fast_path import small_split
 
 CPU = torch.device("cpu")
-
-
-def small_split(tensors: dict[str, torch.Tensor], train: int, val: int = 500) -> dict[str, torch.Tensor]:
-    return {
-        "train_images": tensors["train_images"][:train],
-        "train_labels": tensors["train_labels"][:train],
-        "val_images": tensors["val_images"][:val],
-        "val_labels": tensors["val_labels"][:val],
-    }
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
