@@ -50,13 +50,16 @@ def running_seaweedfs(folder: Path, timeout_s: float = 60.0) -> Iterator[Seaweed
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
     (folder / "s3.json").write_text(json.dumps({"identities": [identity]}))
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: free_port() for name in ("master", "volume", "filer")}
+    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
     args = [
         str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
         f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
-        "-s3", f"-s3.port={ports['s3']}", f"-s3.config={folder / 's3.json'}", "-master.volumeSizeLimitMB=64",
+        "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={folder / 's3.json'}",
+        "-master.volumeSizeLimitMB=64",
+        # Nothing on fixed ports (two test processes each run one) and nothing sent off the machine.
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
     ]  # fmt: skip
     (folder / "data").mkdir(exist_ok=True)
     with open(folder / "weed.log", "ab") as log:

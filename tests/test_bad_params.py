@@ -147,7 +147,7 @@ WRONG = [
     ("device", "gpu", "should match pattern"),
     ("run_name", "../../etc", "should match pattern"),
     ("run_name", "a" * 65, "should match pattern"),
-    ("preset", "fastest", "'fast98' or 'seed'"),
+    ("preset", "fastest", "'fast98', 'seed', 'robust' or 'fashion90'"),
 ]
 
 

@@ -35,6 +35,12 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory, prefect_home_with_dat
     return prefect_home_with_database(tmp_path_factory.mktemp("prefect-home"))
 
 
+def as_a_terminal_starts_it() -> None:
+    """Ctrl-C's default action, as a shell gives a foreground command: the test runner's worker processes (xdist)
+    ignore SIGINT, and a child would inherit that and never see the Ctrl-C the tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class FlowProcess:
     """`python flows/mnist.py` in a process group of its own, as a terminal runs a foreground command."""
 
@@ -48,7 +54,8 @@ class FlowProcess:
         self.command, self.env = command, env
         with open(log, "wb") as stream:
             self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=stream,
-                                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=as_a_terminal_starts_it)  # fmt: skip
 
     def wait_for_checkpoint(self, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
