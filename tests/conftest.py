@@ -30,6 +30,9 @@ MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The end-to-end module first: it is the longest file and mostly waits on servers and workers, so the other test
+    # process runs the rest of the suite meanwhile (xdist hands out files in this order).
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
