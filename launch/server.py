@@ -70,6 +70,16 @@ def start_prefect(
     group (`stop_group`) stops it and whatever it started (a worker's flow-run processes). Unless it is to
     `outlive_caller` (the stack's server and worker), it is stopped when the caller dies, however it dies."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    die_with_parent = None if outlive_caller else _die_with_parent()
+
+    def prepare_child() -> None:
+        # SIGINT back to its default: a caller that ignores it (a background job of a script, nohup, a CI runner)
+        # passes that on, and a Prefect worker stops on SIGTERM by sending itself SIGINT; ignored, the worker
+        # never stopped and was SIGKILLed after STOP_TIMEOUT_S (seen under pytest-xdist, whose workers ignore it).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if die_with_parent is not None:
+            die_with_parent()
+
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [*prefect_command(), *args],
@@ -79,7 +89,7 @@ def start_prefect(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=None if outlive_caller else _die_with_parent(),  # noqa: PLW1509 - only a prctl call
+            preexec_fn=prepare_child,  # noqa: PLW1509 - a signal reset and a prctl call only
         )
 
 
