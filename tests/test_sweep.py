@@ -70,7 +70,11 @@ def test_trials_rank_by_validation_accuracy_with_failures_last() -> None:
 
 @pytest.mark.slow
 def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
-    prefect_server, mnist_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    prefect_server,
+    mnist_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No `mnist/trial` deployment on this server: the trials run in the sweep's process, one after another."""
     from flows.sweep import sweep
@@ -82,7 +86,9 @@ def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
     base = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs", clip_grad_norm=0.0)
     params = SweepParams(base=base, grid={"lr": [0.3, 10.0]}, trials=3)  # more than the grid has: said so
     state = sweep(params, return_state=True)
-    assert "3 trials asked for, but the grid has 2 points: running 2" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    said = printed.out + printed.err + caplog.text  # log_prints: a print in a flow goes through Prefect's logger
+    assert "3 trials asked for, but the grid has 2 points: running 2" in said
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["trials"] == 2 and summary["completed"] == 1
