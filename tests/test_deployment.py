@@ -271,13 +271,6 @@ def test_stack_up_is_idempotent(stack: StackHandle) -> None:
     after = json.loads((stack.state_dir / "stack.json").read_text())
     assert (after["server_pid"], after["worker_pid"]) == (before["server_pid"], before["worker_pid"])
     assert stack.stack.worker_online()
-    # Found by a new user: `MNIST_WORKER_LIMIT=1 make stack-up` on a running stack kept the unlimited worker.
-    limited = stack.stack_command("up", extra={"MNIST_WORKER_LIMIT": "1"})
-    assert "worker: restarting with --limit 1" in limited.stdout, limited.stdout + limited.stderr
-    state = json.loads((stack.state_dir / "stack.json").read_text())
-    assert state["worker_limit"] == "1" and state["worker_pid"] != after["worker_pid"]
-    assert state["server_pid"] == after["server_pid"] and stack.stack.worker_online()
-    # The tests after this one run one deployment run at a time (its concurrency limit): the limit is no matter.
 
 
 @pytest.mark.parametrize(
@@ -477,7 +470,15 @@ def test_deployment_runs_against_postgres(stack: StackHandle, stack_database: St
 
 
 def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
-    """Last test on this stack: `down` stops the worker and the server by PID; a second `down` is a no-op."""
+    """Last test on this stack: `down` stops the worker and the server by PID; a second `down` is a no-op. First,
+    as the last use of the running stack, `up` with a worker limit (a restart of its worker)."""
+    after = json.loads((stack.state_dir / "stack.json").read_text())
+    # Found by a new user: `MNIST_WORKER_LIMIT=1 make stack-up` on a running stack kept the unlimited worker.
+    limited = stack.stack_command("up", extra={"MNIST_WORKER_LIMIT": "1"})
+    assert "worker: restarting with --limit 1" in limited.stdout, limited.stdout + limited.stderr
+    state = json.loads((stack.state_dir / "stack.json").read_text())
+    assert state["worker_limit"] == "1" and state["worker_pid"] != after["worker_pid"]
+    assert state["server_pid"] == after["server_pid"] and stack.stack.worker_online()
     state = json.loads((stack.state_dir / "stack.json").read_text())
     pids = [state["worker_pid"], state["server_pid"]]
     assert all(alive(pid) for pid in pids)
