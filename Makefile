@@ -8,7 +8,6 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
 	@echo "Installing the project and its packages into $(VENV) (about 2 minutes; torch comes from this machine's disk)"
 	$(VENV)/bin/pip install --progress-bar off -e '.[test]' | grep -E '^(Collecting|Successfully)' || true
 	$(VENV)/bin/python -c "import torch, prefect, mnist_core"
