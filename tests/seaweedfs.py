@@ -4,6 +4,7 @@ on loopback with its own data folder and an access key, stopped by PID. Not a mo
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from launch.server import free_port, stop_group
+from launch.server import stop_group
 
 ACCESS_KEY, SECRET_KEY = "mnist-test-key", "mnist-test-secret"
 
@@ -35,6 +36,19 @@ class SeaweedFS:
         }
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` different free ports on loopback: held open together while chosen (one at a time, the kernel can
+    hand the same just-released port out twice; seen: SeaweedFS's S3 port was its master's gRPC port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
 def weed_binary() -> Path | None:
     candidate = Path(sys.executable).parent / "weed"
     return candidate if candidate.exists() else None
@@ -49,8 +63,9 @@ def running_seaweedfs(folder: Path, timeout_s: float = 60.0) -> Iterator[Seaweed
     identity = {"name": "mnist", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
     (folder / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    numbers = distinct_free_ports(8)
+    ports = dict(zip(("master", "volume", "filer", "s3"), numbers[:4], strict=True))
+    grpc = dict(zip(("master", "volume", "filer", "s3"), numbers[4:], strict=True))
     args = [
         str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder / 'data'}",
         f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",

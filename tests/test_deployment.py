@@ -26,12 +26,13 @@ import pandas as pd
 import pytest
 
 from deployments.stack import DEFAULT_POOL, Stack
-from launch.server import free_port, log_tail
+from launch.server import log_tail
 from mnist_core.config import RunParams
 from mnist_core.registry.store import read_champion, read_registry
 from mnist_core.training.checkpoint import load_checkpoint
 from tests.conftest import PROJECT_ROOT
 from tests.postgres import Cluster
+from tests.seaweedfs import distinct_free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -167,9 +168,10 @@ def running_stack(
     state_dir: Path, env: dict[str, str], output_dir: Path, base_params: dict[str, Any]
 ) -> Iterator[StackHandle]:
     # The stack's model server (mnist serve) on a port of its own, following this test's runs.
-    env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home"), "MNIST_SERVE_PORT": str(free_port()),
+    serve_port, stack_port = distinct_free_ports(2)
+    env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home"), "MNIST_SERVE_PORT": str(serve_port),
            "MNIST_SERVE_OUTPUT_DIR": str(output_dir)}  # fmt: skip
-    handle = StackHandle(state_dir, free_port(), env, output_dir, base_params, 0.0)
+    handle = StackHandle(state_dir, stack_port, env, output_dir, base_params, 0.0)
     try:
         started = time.monotonic()
         up = handle.stack_command("up")

@@ -20,6 +20,7 @@ import torch
 
 from launch.server import free_port
 from mnist_core.layout import ONNX_FILE
+from tests.seaweedfs import distinct_free_ports
 from tests.serving import (
     champion_json,
     digit_png,
@@ -355,10 +356,11 @@ def _metric(server: Server, name: str) -> float:
 def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from deployments.stack import SERVE_ROLE, Stack
 
-    monkeypatch.setenv("MNIST_SERVE_PORT", str(free_port()))
+    serve_port, stack_port = distinct_free_ports(2)
+    monkeypatch.setenv("MNIST_SERVE_PORT", str(serve_port))
     monkeypatch.setenv("MNIST_SERVE_OUTPUT_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("MNIST_SERVE_TOKEN", raising=False)
-    stack = Stack(tmp_path / "stack", "127.0.0.1", free_port(), "mnist-pool")
+    stack = Stack(tmp_path / "stack", "127.0.0.1", stack_port, "mnist-pool")
     try:
         assert "Model:" in stack._up_serve({})
         state = stack.read_state()
