@@ -9,8 +9,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	@echo "Installing the project and its packages into $(VENV) (about 2 minutes; torch comes from this machine's disk)"
-	# --no-compile: bytecode is written by the first import of each module, not for all of torch's files up front.
-	$(VENV)/bin/pip install --no-compile --progress-bar off -e '.[test]' | grep -E '^(Collecting|Successfully)' || true
+	$(VENV)/bin/pip install --progress-bar off -e '.[test]' | grep -E '^(Collecting|Successfully)' || true
 	$(VENV)/bin/python -c "import torch, prefect, mnist_core"
 	touch $@
 
