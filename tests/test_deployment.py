@@ -146,11 +146,6 @@ def recorded_pids(state_dir: Path) -> dict[str, int]:
     return {role: state[f"{role}_pid"] for role in ("serve", "worker", "server") if state.get(f"{role}_pid")}
 
 
-@pytest.fixture(scope="module")
-def stack_env(mnist_mirror: Path) -> dict[str, str]:
-    return stack_env_for(mnist_mirror)
-
-
 def stack_env_for(mnist_mirror: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
     env.update(
@@ -202,11 +197,6 @@ class StackDatabase:
     why_not: str = ""
 
 
-@pytest.fixture(scope="module")
-def stack_database(postgres_cluster: Cluster) -> StackDatabase:
-    return database_for(postgres_cluster)
-
-
 def database_for(postgres_cluster: Cluster) -> StackDatabase:
     """A database of its own in the session's PostgreSQL cluster; $MNIST_TEST_POSTGRES_URL uses an existing one.
     Without PostgreSQL's binaries (or, as root, a `postgres` user) the stack uses SQLite and only
@@ -216,18 +206,6 @@ def database_for(postgres_cluster: Cluster) -> StackDatabase:
     if postgres_cluster.port is None:
         return StackDatabase(None, postgres_cluster.why_not)
     return StackDatabase(postgres_cluster.create_database(f"prefect_{uuid.uuid4().hex[:8]}"))  # one per module
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    stack_env: dict[str, str],
-    stack_database: StackDatabase,
-    request: pytest.FixtureRequest,
-    mnist_data_dir: Path,
-    mnist_mirror: Path,
-) -> Iterator[StackHandle]:
-    yield from stack_for(tmp_path_factory, stack_env, stack_database, request, mnist_data_dir, mnist_mirror)
 
 
 def stack_for(

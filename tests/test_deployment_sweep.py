@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +26,12 @@ from tests.test_deployment import (
     MNIST,
     PREFECT,
     RUN_TIMEOUT_S,
-    StackDatabase,
     StackHandle,
     _wait_for_final_state,
-    database_for,
     recorded_pids,
-    stack_env_for,
-    stack_for,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-# A stack of this module's own (built as tests/test_deployment.py builds its), so the two run side by side.
-@pytest.fixture(scope="module")
-def stack_env(mnist_mirror: Path) -> dict[str, str]:
-    return stack_env_for(mnist_mirror)
-
-
-@pytest.fixture(scope="module")
-def stack_database(postgres_cluster: Cluster) -> StackDatabase:
-    return database_for(postgres_cluster)
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    stack_env: dict[str, str],
-    stack_database: StackDatabase,
-    request: pytest.FixtureRequest,
-    mnist_data_dir: Path,
-    mnist_mirror: Path,
-) -> Iterator[StackHandle]:
-    yield from stack_for(tmp_path_factory, stack_env, stack_database, request, mnist_data_dir, mnist_mirror)
 
 
 def _start_worker(stack: StackHandle, name: str, machines: dict[str, Any]) -> subprocess.Popen[bytes]:
