@@ -3,8 +3,6 @@ are drawn on the canvas with mouse strokes and must be read right (9 of 10 at le
 page is read too."""
 
 import base64
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,38 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from tests.browser import browser_page as chromium_page
 from tests.serving import digit_png, make_run, promote, start_server, stop_server, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 10_000
-
-
-def _chromium() -> str | None:
-    return CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
 def browser_page() -> Iterator[Any]:
-    missing = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright is not installed"
-    if missing is None and _chromium() is None:
-        missing = f"no chromium at {CHROMIUM} or on PATH (Debian: apt-get install chromium)"
-    if missing:
-        if os.environ.get("MNIST_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"MNIST_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
-    with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium refuses its sandbox.
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        try:
-            yield browser.new_page(viewport={"width": 1000, "height": 800})
-        finally:
-            browser.close()
+    with chromium_page(1000, 800) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")

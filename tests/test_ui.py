@@ -1,13 +1,12 @@
 """The Prefect UI as a user sees it, in a real browser: the flow run's page and the report artifact's page after a
 real run. Headless Chromium (Debian's) through Playwright; screenshots are kept in test-output/ui/."""
 
-import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.browser import browser_page as chromium_page
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -16,31 +15,11 @@ SCREENSHOTS = PROJECT_ROOT / "test-output" / "ui"
 PAGE_TIMEOUT_MS = 60_000
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
-    missing = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright is not installed"
-    if missing is None and _chromium() is None:
-        missing = "no chromium on PATH (Debian: apt-get install chromium; .ci/chromium.sh)"
-    if missing:
-        if os.environ.get("MNIST_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"MNIST_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium refuses its sandbox.
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
+    with chromium_page(1400, 1000) as opened:
+        yield opened
 
 
 def _images(page: Any) -> list[dict[str, Any]]:
