@@ -5,6 +5,7 @@ file, a database unreachable at start, a schema newer than the code; and the `mn
 import importlib.util
 import json
 import multiprocessing
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from sqlalchemy import insert, text
 from launch.cli import main as mnist
 from launch.server import free_port
 from mnist_core.errors import StorageError
+from mnist_core.layout import REGISTRY_DB_FILE
 from mnist_core.registry import database
 from mnist_core.registry.store import RegistryStore, check_registry, read_champion, read_registry
 from tests.conftest import PROJECT_ROOT
@@ -108,6 +110,30 @@ def test_writers_wait_for_a_busy_database_without_an_error(tmp_path: Path) -> No
     for thread in threads:
         thread.join(timeout=60)
     assert not errors and len(read_registry(tmp_path)) == 5
+
+
+def test_a_registry_file_being_created_by_another_run_is_waited_for(tmp_path: Path) -> None:
+    """Until the new file is switched to WAL, a run connecting while another holds the write lock used to fail at
+    once with "busy for over 600 s": SQLite does not wait for that switch (1 in ~30 concurrent first runs in CI)."""
+    holder = sqlite3.connect(tmp_path / REGISTRY_DB_FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE another_writer (x)")
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            _one_run(str(tmp_path), 0)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive(), "the run waits while the other holds the file"
+    holder.execute("COMMIT")
+    holder.close()
+    thread.join(timeout=60)
+    assert not errors and read_registry(tmp_path)["run_id"].tolist() == ["run0"]
 
 
 def test_a_writer_that_waits_too_long_gets_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

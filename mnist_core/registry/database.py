@@ -19,7 +19,9 @@ re-scores the champion, so the champion it measured is still the champion when t
 import json
 import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,7 +188,7 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor = connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
         # WAL: readers (read_champion, every second from a server) never wait for a writer, nor block one.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -197,6 +199,28 @@ def _sqlite_engine(url: URL) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _enter_wal(cursor: Any) -> None:
+    """Switch a new database file to WAL, waiting like any writer would.
+
+    The switch needs the file to itself. While the file is still in rollback mode (the moment it is created) and
+    another process holds its write lock, SQLite answers "database is locked" at once instead of calling the busy
+    handler (upgrading a read lock there could deadlock), so six runs creating one registry together fail without
+    this retry. Once the file is in WAL (it stays so), the first read answers and nothing is retried."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
 
 def _storage_error(url: URL, error: SQLAlchemyError) -> StorageError:
