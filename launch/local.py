@@ -115,14 +115,37 @@ class LocalRun:
         )
 
 
+# The command-line run of this process, while its signals are handled (None on a worker, in tests, in a library).
+_current: LocalRun | None = None
+
+
 @contextlib.contextmanager
 def signals_handled(run: LocalRun) -> Iterator[None]:
+    global _current
     previous = {which: signal.signal(which, run.handle) for which in EXIT_CODES}
+    _current = run
     try:
         yield
     finally:
+        _current = None
         for which, handler in previous.items():
             signal.signal(which, handler)
+
+
+def raise_a_lost_stop() -> None:
+    """Raise again a Ctrl-C or SIGTERM that was received but did not stop the run; called at every epoch's end.
+
+    The handler raises the interrupt wherever the main thread is. Where that is inside a library that catches and
+    drops it (seen once in CI: a Ctrl-C sent the moment epoch 1's checkpoint appeared, when the epoch is logged and
+    published to the API, and the run trained on to the end), this stops the run one epoch later, as it would
+    have. A no-op outside a command-line run, and once the run has completed."""
+    run = _current
+    if run is None or not run.signals or run.completed:
+        return
+    first = run.signals[0]
+    if first == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise TerminationSignal(first)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from prefect import State, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from launch.local import raise_a_lost_stop
 from mnist_core.config import RunParams
 from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import PipelineError, disguised_interrupt
@@ -60,7 +61,7 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
             params,
             torch.device(device),
             work_dir / CHECKPOINT_FILE,
-            on_epoch=chain(report_progress, bar and bar.epoch_done),
+            on_epoch=chain(report_progress, bar and bar.epoch_done, lambda _: raise_a_lost_stop()),
             on_step=bar and bar.step,
             normalization=(prepared.mean, prepared.std),
             logger=logger,
