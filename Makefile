@@ -8,8 +8,8 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	@echo "Installing the project and its packages into $(VENV) (about 2 minutes; torch comes from this machine's disk)"
-	$(VENV)/bin/pip install --progress-bar off -e '.[test]' | grep -E '^(Collecting|Successfully)' || true
+	@echo "Installing the project and its packages into $(VENV) (under a minute with uv; torch comes from this machine's disk)"
+	python3 launch/install.py $(VENV) '.[test]'
 	$(VENV)/bin/python -c "import torch, prefect, mnist_core"
 	touch $@
 
