@@ -234,7 +234,7 @@ def test_photographed_digits_are_recognized_nearly_as_well_as_clean_ones(run, mn
     """MNIST test digits as a person would photograph them (dark ink on tinted paper, large, off-centre, PNG or
     JPEG), brought back to MNIST form by the same preparation `mnist predict` uses."""
     exported, _ = run
-    count = 1000
+    count = 500  # the same assertion as with 1000 (standard error ~1 point against a 5-point margin), in half the time
     images, labels = mnist_tensors["test_images"][:count].numpy(), mnist_tensors["test_labels"][:count].numpy()
     files = write_photos(images, tmp_path, seed=0)
     batch = predict(PredictParams(inputs=[str(tmp_path)], model=str(exported.run_dir)))
