@@ -33,12 +33,14 @@ if TYPE_CHECKING:
 
 STORE_ENV = "MNIST_ARTIFACT_STORE"
 BLOBS = "blobs/sha256"
-# A store that does not answer is retried for a few seconds, then the caller gets one clear error (obstore's
-# defaults retry for up to 3 minutes, which holds a run, a server or `mnist predict` for nothing).
+# A store that does not answer, or answers 5xx, is retried for a few seconds (jittered back-off, at most ~9 s in
+# all), then the caller gets one clear error (obstore's defaults retry for up to 3 minutes, which holds a run, a
+# server or `mnist predict` for nothing). Three retries within 1.1 s were too few: a busy SeaweedFS answered 500
+# to all of them in CI.
 RETRY = {
-    "max_retries": 3,
+    "max_retries": 6,
     "retry_timeout": timedelta(seconds=20),
-    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=2), "base": 2.0},
+    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=3), "base": 2.0},
 }
 TIMEOUTS = {"connect_timeout": "5s", "timeout": "60s"}
 
