@@ -72,7 +72,10 @@ def running_seaweedfs(folder: Path, timeout_s: float = 60.0) -> Iterator[Seaweed
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", f"-s3.config={folder / 's3.json'}",
-        "-master.volumeSizeLimitMB=64",
+        # 64 MB volumes, and room for 64 of them: with weed's default of 8, the filer's 7 and one for the bucket
+        # were all there could be, and once ~64 MB was stored every upload failed with a 500 ("No writable volumes
+        # and no free volumes left"; seen in CI on the 32 MB upload test late in a session).
+        "-master.volumeSizeLimitMB=64", "-volume.max=64",
         # Nothing on fixed ports (two test processes each run one) and nothing sent off the machine.
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
     ]  # fmt: skip
