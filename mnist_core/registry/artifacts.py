@@ -35,8 +35,8 @@ STORE_ENV = "MNIST_ARTIFACT_STORE"
 BLOBS = "blobs/sha256"
 # A store that does not answer, or answers 5xx, is retried for a few seconds (jittered back-off, at most ~9 s in
 # all), then the caller gets one clear error (obstore's defaults retry for up to 3 minutes, which holds a run, a
-# server or `mnist predict` for nothing). Three retries within 1.1 s were too few: a busy SeaweedFS answered 500
-# to all of them in CI.
+# server or `mnist predict` for nothing). The three retries before ended within ~1 s, too soon for a store to get
+# over a 5xx (S3's own advice is to back off and retry).
 RETRY = {
     "max_retries": 6,
     "retry_timeout": timedelta(seconds=20),
