@@ -93,9 +93,7 @@ class LocalRun:
                 first = signal.SIGINT
             self.stop_now(f"{which.name} again: stopping now; {RESUME_HINT}", EXIT_CODES[first])
         self.signals.append(which)
-        if which == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise TerminationSignal(number)
+        raise _interrupt(which)
 
     def server_exited(self, log_path: Path) -> None:
         """The watchdog's verdict when the server has exited while the run goes on."""
@@ -140,12 +138,13 @@ def raise_a_lost_stop() -> None:
     published to the API, and the run trained on to the end), this stops the run one epoch later, as it would
     have. A no-op outside a command-line run, and once the run has completed."""
     run = _current
-    if run is None or not run.signals or run.completed:
-        return
-    first = run.signals[0]
-    if first == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise TerminationSignal(first)
+    if run is not None and run.signals and not run.completed:
+        raise _interrupt(run.signals[0])
+
+
+def _interrupt(which: signal.Signals) -> BaseException:
+    """What a stop raises: KeyboardInterrupt for SIGINT, Prefect's TerminationSignal for SIGTERM (as its engine)."""
+    return KeyboardInterrupt() if which == signal.SIGINT else TerminationSignal(which)
 
 
 @contextlib.contextmanager

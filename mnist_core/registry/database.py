@@ -207,13 +207,11 @@ def _enter_wal(cursor: Any) -> None:
     The switch needs the file to itself. While the file is still in rollback mode (the moment it is created) and
     another process holds its write lock, SQLite answers "database is locked" at once instead of calling the busy
     handler (upgrading a read lock there could deadlock), so six runs creating one registry together fail without
-    this retry. Once the file is in WAL (it stays so), the first read answers and nothing is retried."""
+    this retry. Once the file is in WAL (it stays so), the statement changes nothing and answers at once."""
     deadline = time.monotonic() + BUSY_SECONDS
     pause = 0.005
     while True:
         try:
-            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-                return
             cursor.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as error:
