@@ -308,21 +308,9 @@ def _in_parallel(count: int, work: Callable[[int], Any]) -> list[Any]:
 
 
 @pytest.mark.slow  # four real exports at once: ~6 s, the longest of the quick layer
-def test_two_exports_to_the_same_root_at_once(tmp_path: Path) -> None:
-    root = tmp_path / "runs"
-    run_dirs = _in_parallel(4, lambda i: _export(root, metrics_rows=i + 1))
-    assert len({d.name for d in run_dirs}) == 4
-    assert sorted(p.name for p in root.iterdir()) == sorted(d.name for d in run_dirs)
-    for i, run_dir in enumerate(run_dirs):
-        card = json.loads((run_dir / CARD_FILE).read_text())
-        assert card["run_id"] == run_dir.name
-        assert len(pd.read_csv(run_dir / "metrics.csv")) == i + 1
-        load_weights(run_dir / WEIGHTS_FILE)
-
-
-@pytest.mark.slow  # four real exports at once: ~6 s, the longest of the quick layer
-def test_parallel_exports_trace_the_model_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Dynamo's state is process-wide (torch.jit.script, before it, raced with itself on CI once).
+def test_four_exports_to_the_same_root_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four runs exporting into one root together: four whole run folders under distinct names, and the model
+    traced one at a time (Dynamo's state is process-wide; torch.jit.script, before it, raced with itself on CI)."""
     original_export = torch.export.export
     active, most_at_once = [0], [0]
     counter_lock = threading.Lock()
@@ -339,9 +327,17 @@ def test_parallel_exports_trace_the_model_one_at_a_time(tmp_path: Path, monkeypa
                 active[0] -= 1
 
     monkeypatch.setattr(torch.export, "export", slow_export)
-    run_dirs = _in_parallel(4, lambda i: _export(tmp_path / "runs"))
+    root = tmp_path / "runs"
+    run_dirs = _in_parallel(4, lambda i: _export(root, metrics_rows=i + 1))
     assert most_at_once[0] == 1
-    assert all((run_dir / ONNX_FILE).is_file() for run_dir in run_dirs)
+    assert len({d.name for d in run_dirs}) == 4
+    assert sorted(p.name for p in root.iterdir()) == sorted(d.name for d in run_dirs)
+    for i, run_dir in enumerate(run_dirs):
+        card = json.loads((run_dir / CARD_FILE).read_text())
+        assert card["run_id"] == run_dir.name
+        assert len(pd.read_csv(run_dir / "metrics.csv")) == i + 1
+        assert (run_dir / ONNX_FILE).is_file()
+        load_weights(run_dir / WEIGHTS_FILE)
 
 
 def test_two_runs_share_a_data_cache_at_once(synthetic_dataset, tmp_path: Path) -> None:

@@ -248,6 +248,7 @@ def test_stack_up_is_idempotent(stack: StackHandle) -> None:
     again = stack.stack_command("up")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "server: already running" in again.stdout and "worker: already running" in again.stdout
+    assert "unchanged since the last `up`, kept" in again.stdout  # the same server, the same code: no redeploy
     after = json.loads((stack.state_dir / "stack.json").read_text())
     assert (after["server_pid"], after["worker_pid"]) == (before["server_pid"], before["worker_pid"])
     assert stack.stack.worker_online()
@@ -423,6 +424,7 @@ def test_a_run_goes_on_through_a_restart_of_the_stacks_server(stack: StackHandle
     assert not stack.stack.server_healthy()
     up = stack.stack_command("up")
     assert up.returncode == 0 and "server: starting" in up.stdout, up.stdout + up.stderr
+    assert "deployments/prefect.yaml: applied" in up.stdout  # another server: applied again, whatever it kept
     restarted = time.monotonic() - started
     state = _wait_for_final_state(stack, flow_run_id)
     print(

@@ -154,3 +154,32 @@ def test_a_throwaway_server_never_gets_the_callers_database(tmp_path: Path, monk
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
     assert env["PREFECT_HOME"] == str(tmp_path) and env["PATH"] == "/usr/bin"
     assert not [key for key in env if key.startswith(("PREFECT_API_", "PREFECT_PROFILE"))]
+
+
+def test_deployments_are_applied_again_when_what_they_are_built_from_changes(tmp_path: Path) -> None:
+    """`up` skips `prefect deploy` only while the digest is the same: any change of the code the flows import, of
+    prefect.yaml, of the server (a restarted one) or of the pool means applying again."""
+    import shutil
+
+    root = tmp_path / "checkout"
+    for package in stack_module.DEPLOYED_CODE:
+        shutil.copytree(
+            stack_module.PROJECT_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    digest = stack_module.deployment_digest
+    url = "http://127.0.0.1:4200/api"
+    before = digest(root, 100, url, "mnist-pool")
+    assert digest(root, 100, url, "mnist-pool") == before
+    assert digest(root, 101, url, "mnist-pool") != before
+    assert digest(root, 100, url.replace("4200", "4201"), "mnist-pool") != before
+    assert digest(root, 100, url, "other-pool") != before
+    for changed in (
+        root / "deployments" / "prefect.yaml",
+        root / "mnist_core" / "config.py",
+        root / "tasks" / "train.py",
+    ):
+        original = changed.read_bytes()
+        changed.write_bytes(original + b"\n# edited\n")
+        assert digest(root, 100, url, "mnist-pool") != before, changed
+        changed.write_bytes(original)
+    assert digest(root, 100, url, "mnist-pool") == before

@@ -22,6 +22,7 @@ DPI = 100  # with the figure sizes below, every PNG stays well under 200 KB
 TRAIN_COLOR = "tab:blue"
 VAL_COLOR = "tab:orange"
 BEST_COLOR = "tab:red"
+_MOSAIC_GAP, _MOSAIC_TITLE = 6, 12  # pixels of the mistakes mosaic between images, and above each for its title
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -137,13 +138,22 @@ def plot_mistakes(
         return 0
     columns = max(1, math.ceil(math.sqrt(limit)))
     rows = math.ceil(len(chosen) / columns)
-    figure = new_figure(max(4.0, 1.75 * columns), max(2.5, 1.95 * rows))
-    for slot, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-        axes.set_axis_off()
-        if slot < len(chosen):
-            index = chosen[slot]
-            axes.imshow(np.squeeze(images[index]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            axes.set_title(_mistake_title(class_names, labels[index], predicted[index], confidence[index]), fontsize=8)
+    # One mosaic in one axes, titles as text: 36 axes of their own under the constrained layout took ~1 s a run,
+    # the slowest part of the plots; this takes ~0.2 s and looks the same.
+    height, width = np.squeeze(images[chosen[0]]).shape
+    cell_width, cell_height = width + _MOSAIC_GAP, height + _MOSAIC_TITLE
+    mosaic = np.ma.masked_array(np.zeros((rows * cell_height, columns * cell_width), np.float32), mask=True)
+    figure = Figure(figsize=(max(4.0, 1.75 * columns), max(2.5, 1.95 * rows)), dpi=DPI)  # no layout engine
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0.01, 0.01, 0.98, 0.98))
+    axes.set_axis_off()
+    for slot, index in enumerate(chosen):
+        row, column = divmod(slot, columns)
+        top, left = row * cell_height + _MOSAIC_TITLE, column * cell_width + _MOSAIC_GAP // 2
+        mosaic[top : top + height, left : left + width] = np.squeeze(images[index])  # unmasks the cell
+        title = _mistake_title(class_names, labels[index], predicted[index], confidence[index])
+        axes.text(left + width / 2, top - 1, title, ha="center", va="bottom", fontsize=8)
+    axes.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")  # masked gaps stay white
     save_figure(figure, path)
     return len(chosen)
 
