@@ -227,14 +227,18 @@ def running_server(home: Path, env: dict[str, str] | None = None) -> Iterator[st
     """A throwaway server on a free loopback port with its own SQLite database in `home`; yields its API URL and
     stops it (by PID) on exit. For the tests and the benchmark."""
     home.mkdir(parents=True, exist_ok=True)
-    # Nothing of the caller's server, database or profile: a throwaway server must never touch a real one. The
-    # database is named outright (the environment beats profiles and prefect.toml), and it runs in `home`, away
-    # from any .env or prefect.toml of the caller's folder.
+    with serving(throwaway_env(home, env), home / "server.log", cwd=home) as (url, _):
+        yield url
+
+
+def throwaway_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a throwaway server in `home` (it runs there, away from any .env or prefect.toml of the
+    caller's folder): nothing of the caller's server, database or profile, so it never touches a real one. The
+    database is named outright: the environment beats profiles and prefect.toml."""
     private = ("PREFECT_API_", "PREFECT_SERVER_DATABASE_", "PREFECT_PROFILE")
     child_env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith(private)}
     child_env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
     )
-    with serving(child_env, home / "server.log", cwd=home) as (url, _):
-        yield url
+    return child_env

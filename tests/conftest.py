@@ -4,6 +4,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # Before anything imports prefect: no telemetry (offline machine) and a private home for this test session.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -14,7 +15,16 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_SESSION_HOME / 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from launch.server import running_server  # noqa: E402
+from launch.server import (  # noqa: E402
+    api_url,
+    free_port,
+    send_what_is_queued,
+    server_healthy,
+    start_server,
+    stop_group,
+    throwaway_env,
+    wait_for,
+)
 from mnist_core.config import RunParams  # noqa: E402
 from mnist_core.data import download as download_module  # noqa: E402
 from mnist_core.data.download import download_dataset  # noqa: E402
@@ -23,6 +33,7 @@ from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
 from tests import synthetic  # noqa: E402
 from tests.postgres import Cluster  # noqa: E402, F401 - the fixture's type
 from tests.seaweedfs import SeaweedFS  # noqa: E402, F401 - the fixture's type
+from tests.shared import SHARED_DIR, shared, stop_leftovers  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -99,25 +110,65 @@ def synthetic_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
 
 # A Prefect database as a server leaves it once healthy (migrated, block types registered, no runs): a server started
 # on a copy of it is healthy in ~5 s instead of ~18 s on an empty PREFECT_HOME (2-core machine).
-PREFECT_DB_TEMPLATE = _SESSION_HOME / "template-prefect.db"
+PREFECT_DB_TEMPLATE = SHARED_DIR / "template-prefect.db"
+
+
+def _start_prefect_server(folder: Path) -> dict[str, Any]:
+    """The session's server, in `folder` with its own SQLite database, healthy; its database as it is before any
+    run is kept as PREFECT_DB_TEMPLATE."""
+    import sqlite3
+
+    port = free_port()
+    server = start_server("127.0.0.1", port, throwaway_env(folder), folder / "server.log", cwd=folder)
+    record = {"url": api_url("127.0.0.1", port), "pid": server.pid}
+    try:
+        wait_for("Prefect server", lambda: server_healthy(record["url"]), lambda: server.poll() is None,
+                 folder / "server.log")  # fmt: skip
+        # SQLite's backup API: a consistent copy of a database in use (WAL included).
+        source, copy = sqlite3.connect(folder / "prefect.db"), sqlite3.connect(PREFECT_DB_TEMPLATE)
+        with contextlib.closing(source), contextlib.closing(copy):
+            source.backup(copy)
+    except BaseException:
+        _stop_prefect_server(record)
+        raise
+    return record
+
+
+def _stop_prefect_server(record: dict[str, Any]) -> None:
+    stop_group(record["pid"], lambda: _alive(record["pid"]))
+
+
+def _alive(pid: int) -> bool:
+    """Running: a zombie (its parent, another test process, has not waited for it yet) has no command line."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+SHARED_STOPPERS = {"prefect-server": _stop_prefect_server}
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # the controller, or the only process
+        stop_leftovers(SHARED_STOPPERS)
 
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
-    """One Prefect server for the whole session (~18 s to start), on loopback with its own database, stopped by
-    PID at the end; flows called in this process report to it. Yields its API URL. Its database, as it is before
-    any run, is kept as PREFECT_DB_TEMPLATE (see `prefect_home_with_database`)."""
-    import sqlite3
-
+    """One Prefect server for the whole session, shared by its test processes (tests/shared.py), on loopback with
+    its own database, stopped by PID at the end; flows called in this process report to it. Yields its API URL."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    home = _SESSION_HOME / "server"
-    with running_server(home) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
-        # SQLite's backup API: a consistent copy of a database in use (WAL included).
-        source, copy = sqlite3.connect(home / "prefect.db"), sqlite3.connect(PREFECT_DB_TEMPLATE)
-        with contextlib.closing(source), contextlib.closing(copy):
-            source.backup(copy)
-        yield api_url
+    with (
+        shared("prefect-server", _start_prefect_server, _stop_prefect_server) as record,
+        temporary_settings({PREFECT_API_URL: record["url"]}),
+    ):
+        try:
+            yield record["url"]
+        finally:
+            send_what_is_queued()  # this process's logs and events, before the last user stops the server
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,72 @@
+"""Servers shared by all of a test session's processes (pytest-xdist runs two): the first process to ask starts
+one, the others reuse it, and the last one done with it stops it by PID. A server costs seconds of CPU to start
+and keeps a core busy now and then while it idles; on a 2-core machine the suite is CPU-bound, so one fewer is
+time saved. If a test process dies without letting go, the session's end (`stop_leftovers`) stops what is left."""
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Made by the first process that loads this module (the xdist controller, or the only process): the workers it
+# starts inherit the variable, so they all find the same folder.
+if "MNIST_TESTS_SHARED" not in os.environ:
+    os.environ["MNIST_TESTS_SHARED"] = tempfile.mkdtemp(prefix="mnist-tests-shared-")
+SHARED_DIR = Path(os.environ["MNIST_TESTS_SHARED"])
+
+Record = dict[str, Any]
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    with open(SHARED_DIR / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _users_file(name: str) -> Path:
+    return SHARED_DIR / f"{name}.json"
+
+
+@contextlib.contextmanager
+def shared(name: str, start: Callable[[Path], Record], stop: Callable[[Record], None]) -> Iterator[Record]:
+    """The record of the one `name` of the session (what `start(folder)` returned, JSON: URLs, PIDs), started if
+    no process holds it; stopped with `stop(record)` when the last process holding it lets go."""
+    with _locked(name):
+        users_file = _users_file(name)
+        state = json.loads(users_file.read_text()) if users_file.exists() else None
+        if state is None:
+            folder = SHARED_DIR / name
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {"record": start(folder), "users": 0}
+        state["users"] += 1
+        users_file.write_text(json.dumps(state))
+    try:
+        yield state["record"]
+    finally:
+        with _locked(name):
+            # Gone: stopped already by stop_leftovers (an interrupted session).
+            state = json.loads(users_file.read_text()) if users_file.exists() else {"users": 0}
+            state["users"] -= 1
+            if state["users"] == 0:
+                users_file.unlink()
+                stop(state["record"])
+            elif state["users"] > 0:
+                users_file.write_text(json.dumps(state))
+
+
+def stop_leftovers(stoppers: dict[str, Callable[[Record], None]]) -> None:
+    """At the session's very end (the controller): stop what a test process that died still held, then remove the
+    shared folder (the servers' databases and logs)."""
+    for name, stop in stoppers.items():
+        users_file = _users_file(name)
+        if users_file.exists():
+            with _locked(name):
+                stop(json.loads(users_file.read_text())["record"])
+                users_file.unlink()
+    shutil.rmtree(SHARED_DIR, ignore_errors=True)
