@@ -158,6 +158,7 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path, prefec
     assert "epoch 1/1: train loss" in output and "━" not in output and " steps " not in output
     assert not [line for line in output.splitlines() if "| ERROR" in line or "| WARNING" in line], output[-3000:]
     assert "anonymous usage data" not in output  # the run's own server has analytics off: no telemetry notice
+    assert "Prefect server of this run: http://127.0.0.1:" in output, "the run's server is not on loopback"
     # No link to the run's own server, which is gone once the run ends; instead, where the run stays recorded.
     assert "View at" not in output
     assert result.stdout.splitlines()[-1].startswith("mnist: the run's Prefect server has stopped")
