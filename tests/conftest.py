@@ -185,27 +185,47 @@ def prefect_home_with_database(prefect_server: str) -> Callable[[Path], Path]:
     return prepare
 
 
-@pytest.fixture(scope="session")
-def trained_run(
-    prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory
-):
-    """The real `mnist` flow run once per session (1 epoch) into its own output root, which it leaves with a
-    champion: (RunResult, flow run id, output root). Read only."""
-    from flows.mnist import mnist
-
-    output_dir = tmp_path_factory.mktemp("runs")
-    params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=output_dir, mirror=[str(mnist_mirror)])
-    state = mnist(params, return_state=True)
-    assert state.is_completed(), state.message
-    return state.result(), state.state_details.flow_run_id, output_dir
+def _stays(record: dict[str, Any]) -> None:
+    """Nothing to stop: files, removed with the shared folder at the session's end."""
 
 
 @pytest.fixture(scope="session")
-def small_mnist_onnx(mnist_tensors: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model.onnx (~95 % on MNIST), trained in seconds and exported once per session (`mnist serve` tests)."""
+def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
+    """The real `mnist` flow run once per session (1 epoch), shared by the test processes (they share its server),
+    into its own output root, which it leaves with a champion: (RunResult, flow run id, output root). Read only."""
+    import uuid
+
+    from mnist_core.records import RunResult
+
+    def run(folder: Path) -> dict[str, Any]:
+        from flows.mnist import mnist
+
+        params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=folder / "runs", mirror=[str(mnist_mirror)])
+        state = mnist(params, return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        return {"result": result.model_dump_json(), "flow_run_id": str(state.state_details.flow_run_id),
+                "output_dir": str(params.output_dir)}  # fmt: skip
+
+    with shared("trained-run", run, _stays) as record:
+        yield (
+            RunResult.model_validate_json(record["result"]),
+            uuid.UUID(record["flow_run_id"]),
+            Path(record["output_dir"]),
+        )
+
+
+@pytest.fixture(scope="session")
+def small_mnist_onnx(mnist_tensors: dict[str, torch.Tensor]) -> Iterator[Path]:
+    """A real model.onnx (~95 % on MNIST), trained in seconds and exported once per session (`mnist serve` tests),
+    shared by the test processes."""
     from tests.serving import export_model, train_small_mlp
 
-    return export_model(train_small_mlp(mnist_tensors), tmp_path_factory.mktemp("small-model"))
+    def build(folder: Path) -> dict[str, Any]:
+        return {"onnx": str(export_model(train_small_mlp(mnist_tensors), folder))}
+
+    with shared("small-mnist-onnx", build, _stays) as record:
+        yield Path(record["onnx"])
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,8 @@ def shared(name: str, start: Callable[[Path], Record], stop: Callable[[Record], 
     with _locked(name):
         users_file = _users_file(name)
         state = json.loads(users_file.read_text()) if users_file.exists() else None
-        if state is None:
-            folder = SHARED_DIR / name
-            folder.mkdir(parents=True, exist_ok=True)
-            state = {"record": start(folder), "users": 0}
+        if state is None:  # a fresh folder each time: one stopped when a process let go may be asked for again
+            state = {"record": start(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=SHARED_DIR))), "users": 0}
         state["users"] += 1
         users_file.write_text(json.dumps(state))
     try:
