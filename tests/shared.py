@@ -1,7 +1,8 @@
-"""Servers shared by all of a test session's processes (pytest-xdist runs two): the first process to ask starts
-one, the others reuse it, and the last one done with it stops it by PID. A server costs seconds of CPU to start
-and keeps a core busy now and then while it idles; on a 2-core machine the suite is CPU-bound, so one fewer is
-time saved. If a test process dies without letting go, the session's end (`stop_leftovers`) stops what is left."""
+"""What all of a test session's processes (pytest-xdist runs two) can share: a server, a trained run, a model.
+The first process to ask makes it, the others reuse it, and the last one done with it stops it (a server, by
+PID). A Prefect server costs seconds of CPU to start and keeps a core busy now and then while it idles, a run
+~10 s; on a 2-core machine the suite is CPU-bound, so each one made once is time saved. If a test process dies
+without letting go, the session's end (`stop_leftovers`) stops what is left."""
 
 import contextlib
 import fcntl
