@@ -201,6 +201,10 @@ class Stack:
         if state.get("deployed") == applied and self._has_declared_deployments():
             print(f"pool {self.pool} and deployments from {prefect_file}: unchanged since the last `up`, kept")
             return state
+        # Forgotten before deploying: a deploy that fails half-way must not leave a digest that a later `up` with
+        # the same code would take for "applied".
+        state = {key: value for key, value in state.items() if key != "deployed"}
+        self.write_state(state)
         commands = [["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]]
         if not self._has_pool():
             commands.insert(0, ["work-pool", "create", self.pool, "--type", "process", "--overwrite"])

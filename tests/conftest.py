@@ -121,6 +121,9 @@ def _start_prefect_server(folder: Path) -> dict[str, Any]:
     port = free_port()
     server = start_server("127.0.0.1", port, throwaway_env(folder), folder / "server.log", cwd=folder)
     record = {"url": api_url("127.0.0.1", port), "pid": server.pid}
+    # Recorded at once, not only once healthy: if this process dies while the server starts, the session's end
+    # (stop_leftovers) still finds it.
+    (folder / "server.pid").write_text(str(server.pid))
     try:
         wait_for("Prefect server", lambda: server_healthy(record["url"]), lambda: server.poll() is None,
                  folder / "server.log")  # fmt: skip
@@ -135,24 +138,29 @@ def _start_prefect_server(folder: Path) -> dict[str, Any]:
 
 
 def _stop_prefect_server(record: dict[str, Any]) -> None:
-    stop_group(record["pid"], lambda: _alive(record["pid"]))
+    if _a_prefect_server(record["pid"]):  # not a process that took the PID over after the server exited
+        stop_group(record["pid"], lambda: _a_prefect_server(record["pid"]))
 
 
-def _alive(pid: int) -> bool:
-    """Running: a zombie (its parent, another test process, has not waited for it yet) has no command line."""
+def _a_prefect_server(pid: int) -> bool:
+    """A running `prefect server start` (a zombie, whose parent has not waited for it yet, has no command line)."""
     try:
-        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return b"server" in words and b"start" in words and any(word.endswith(b"prefect") for word in words)
 
 
-SHARED_STOPPERS = {"prefect-server": _stop_prefect_server}
+def _stop_every_session_server() -> None:
+    """Every server the session started, also one whose starter died before recording it (its `server.pid`)."""
+    for pid_file in SHARED_DIR.glob("prefect-server-*/server.pid"):
+        _stop_prefect_server({"pid": int(pid_file.read_text())})
 
 
 @pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER") is None:  # the controller, or the only process
-        stop_leftovers(SHARED_STOPPERS)
+        stop_leftovers(_stop_every_session_server)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 The first process to ask makes it, the others reuse it, and the last one done with it stops it (a server, by
 PID). A Prefect server costs seconds of CPU to start and keeps a core busy now and then while it idles, a run
 ~10 s; on a 2-core machine the suite is CPU-bound, so each one made once is time saved. If a test process dies
-without letting go, the session's end (`stop_leftovers`) stops what is left."""
+without letting go, the session's end (`stop_leftovers`) stops what is left. A session killed outright (SIGKILL
+to pytest itself, whose end then never runs) leaves its server running: its PID is in `prefect-server-*/server.pid`
+under $MNIST_TESTS_SHARED."""
 
 import contextlib
 import fcntl
@@ -48,24 +50,24 @@ def shared(name: str, start: Callable[[Path], Record], stop: Callable[[Record], 
     try:
         yield state["record"]
     finally:
-        with _locked(name):
-            # Gone: stopped already by stop_leftovers (an interrupted session).
-            state = json.loads(users_file.read_text()) if users_file.exists() else {"users": 0}
-            state["users"] -= 1
-            if state["users"] == 0:
-                users_file.unlink()
-                stop(state["record"])
-            elif state["users"] > 0:
-                users_file.write_text(json.dumps(state))
+        if SHARED_DIR.is_dir():  # else the session's end stopped everything already (an interrupted session)
+            _let_go(name, stop)
 
 
-def stop_leftovers(stoppers: dict[str, Callable[[Record], None]]) -> None:
-    """At the session's very end (the controller): stop what a test process that died still held, then remove the
-    shared folder (the servers' databases and logs)."""
-    for name, stop in stoppers.items():
+def _let_go(name: str, stop: Callable[[Record], None]) -> None:
+    with _locked(name):
         users_file = _users_file(name)
-        if users_file.exists():
-            with _locked(name):
-                stop(json.loads(users_file.read_text())["record"])
-                users_file.unlink()
+        state = json.loads(users_file.read_text())
+        state["users"] -= 1
+        if state["users"] == 0:
+            users_file.unlink()
+            stop(state["record"])
+        else:
+            users_file.write_text(json.dumps(state))
+
+
+def stop_leftovers(stop_all: Callable[[], None]) -> None:
+    """At the session's very end (the controller, once every test process is done): `stop_all` stops whatever a
+    test process that died still held, then the shared folder (the servers' databases and logs) is removed."""
+    stop_all()
     shutil.rmtree(SHARED_DIR, ignore_errors=True)
