@@ -138,17 +138,11 @@ def _start_prefect_server(folder: Path) -> dict[str, Any]:
 
 
 def _stop_prefect_server(record: dict[str, Any]) -> None:
-    if _a_prefect_server(record["pid"]):  # not a process that took the PID over after the server exited
-        stop_group(record["pid"], lambda: _a_prefect_server(record["pid"]))
+    from deployments.stack import Stack
 
-
-def _a_prefect_server(pid: int) -> bool:
-    """A running `prefect server start` (a zombie, whose parent has not waited for it yet, has no command line)."""
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"server" in words and b"start" in words and any(word.endswith(b"prefect") for word in words)
+    # A running `prefect server`, not a process that took the PID over (a zombie has no command line either).
+    if Stack.is_ours(record["pid"], "server"):
+        stop_group(record["pid"], lambda: Stack.is_ours(record["pid"], "server"))
 
 
 def _stop_every_session_server() -> None:

@@ -25,9 +25,9 @@ BEST_COLOR = "tab:red"
 _MOSAIC_GAP, _MOSAIC_TITLE = 6, 12  # pixels of the mistakes mosaic between images, and above each for its title
 
 
-def new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     """A figure with its own Agg canvas: no global backend, so threads never share a figure manager."""
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -143,8 +143,7 @@ def plot_mistakes(
     height, width = np.squeeze(images[chosen[0]]).shape
     cell_width, cell_height = width + _MOSAIC_GAP, height + _MOSAIC_TITLE
     mosaic = np.ma.masked_array(np.zeros((rows * cell_height, columns * cell_width), np.float32), mask=True)
-    figure = Figure(figsize=(max(4.0, 1.75 * columns), max(2.5, 1.95 * rows)), dpi=DPI)  # no layout engine
-    FigureCanvasAgg(figure)
+    figure = new_figure(max(4.0, 1.75 * columns), max(2.5, 1.95 * rows), layout=None)  # one axes, placed by hand
     axes = figure.add_axes((0.01, 0.01, 0.98, 0.98))
     axes.set_axis_off()
     for slot, index in enumerate(chosen):
