@@ -30,14 +30,14 @@ serve: setup
 
 # The local Prefect stack (server, pool, deployments, worker, model server) on 127.0.0.1; see README.
 stack-up: setup
-	$(PYTHON) deployments/stack.py up
+	$(PYTHON) -m launch.stack up
 
 stack-down:
-	$(PYTHON) deployments/stack.py down
+	$(PYTHON) -m launch.stack down
 
 # A stopped stack is an answer, not a failure of make (`mnist stack status` exits 1 for scripts that test it).
 stack-status:
-	@$(PYTHON) deployments/stack.py status || true
+	@$(PYTHON) -m launch.stack status || true
 
 test-e2e: setup
 	$(PYTHON) -m pytest -m e2e $(PYTEST_ARGS)

@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_scale.py --mirror /work/shared/data/mnist [--workers 1 2 4] [--trials 4]
 
-For each worker count: a fresh stack (deployments/stack.py: server, pool, deployments, its worker with --limit 1)
+For each worker count: a fresh stack (launch/stack.py: server, pool, deployments, its worker with --limit 1)
 plus N-1 more workers with --limit 1, then `python flows/sweep.py` against it with `concurrency` N and one-epoch
 trials; the stack is stopped by PID after. Dispatch to start is each trial run's Running time minus its creation.
 A benchmark, not a test: on a 2-core machine more workers than cores only share the cores.
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deployments.stack import DEFAULT_POOL, Stack
+from launch.stack import DEFAULT_POOL, Stack
 from launch.server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

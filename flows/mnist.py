@@ -9,15 +9,10 @@ if __name__ == "__main__":  # a command line: its arguments are read before torc
 
     sys.exit(run_script("train", sys.argv[1:]))
 
-import sys
-from collections.abc import Sequence
-
 from prefect import flow
 from prefect.states import Completed, State
 
-from launch.local import RESUME_HINT, run_from_command_line
 from mnist_core.config import RunParams
-from mnist_core.errors import PipelineError
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
 from mnist_core.training.checkpoint import checkpoint_lock, discard_checkpoint
@@ -46,39 +41,3 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
         # Only a completed run gets here: after a failure the checkpoint stays, for a rerun to resume from.
         discard_checkpoint(params)
     return RunResult(exported=exported, promotion=promotion)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`mnist train ARGS`: the command line's parsing, then `run`."""
-    from launch.cli import train
-
-    return train(sys.argv[1:] if argv is None else argv)
-
-
-def run(params: RunParams) -> int:
-    """The flow from the command line: checks, a Prefect API, a summary; the exit status."""
-    try:
-        # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
-        # before a Prefect server is started.
-        preflight(params)
-    except (PipelineError, OSError) as error:
-        print(f"mnist: error: {error}", file=sys.stderr)
-        return 1
-    _, code = run_from_command_line("mnist", lambda: mnist(params), hint=RESUME_HINT, report=print_summary)
-    return code
-
-
-def print_summary(result: RunResult | Unchanged) -> None:
-    if isinstance(result, Unchanged):
-        print(
-            f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
-            "and code); --force-retrain trains anyway.",
-            flush=True,
-        )
-        return
-    print(f"\nTest accuracy: {result.exported.card.metrics.test_accuracy:.2%}")
-    print(f"Report: {result.exported.report}")
-    print(f"Model:  {result.exported.model}")
-    print(f"Run folder: {result.exported.run_dir}")
-    decision = result.promotion.reason if result.promotion else "not offered for promotion (promote is off)."
-    print(f"Champion: {decision}", flush=True)

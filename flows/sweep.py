@@ -13,18 +13,13 @@ if __name__ == "__main__":  # a command line: its arguments are read before torc
 
     sys.exit(run_script("sweep", sys.argv[1:]))
 
-import json
-import sys
 import uuid
-from collections.abc import Sequence
 
 from prefect import State, flow, runtime
 from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
 
 from flows.mnist import mnist
-from launch.local import run_from_command_line
-from launch.trials import cancel_trials, start_on_pool
 from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import Promotion
@@ -32,6 +27,7 @@ from mnist_core.sweep import SweepParams
 from tasks import download, promote, transform
 from tasks.sweep import run_trials, trial_mode
 from tasks.sweep_results import best_trial, publish_sweep
+from tasks.trials import cancel_trials, start_on_pool
 
 
 def _cancel_trials(flow: object, flow_run: FlowRun, state: State) -> None:
@@ -67,18 +63,3 @@ def sweep(sweep: SweepParams) -> dict:
         prepared = transform(download(base.dataset, base.data_dir, base.mirror), base)
         promotion = promote(best, prepared, base, device)
     return publish_sweep(rows, sweep, promotion, mode)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`mnist sweep SWEEP_JSON`: the command line's parsing, then `run`."""
-    from launch.cli import sweep as sweep_command
-
-    return sweep_command(sys.argv[1:] if argv is None else argv, prog="mnist-sweep")
-
-
-def run(params: SweepParams) -> int:
-    summary, code = run_from_command_line("mnist-sweep", lambda: sweep(params))
-    if summary is None:
-        return code
-    print(json.dumps(summary, indent=2), flush=True)
-    return 0

@@ -35,7 +35,7 @@ def train(argv: Sequence[str]) -> int:
     from mnist_core.config import RunParams
 
     params = parse_params(RunParams, argv, description=TRAIN_HELP, prog="mnist train")
-    return _flow_module("flows.mnist", "mnist").run(params)
+    return _runs("mnist").train(params)
 
 
 def predict(argv: Sequence[str]) -> int:
@@ -51,7 +51,7 @@ def sweep(argv: Sequence[str], prog: str = "mnist sweep") -> int:
     params = parse_sweep_arguments(argv, prog=prog)
     if isinstance(params, int):
         return params
-    return _flow_module("flows.sweep", "mnist-sweep").run(params)
+    return _runs("mnist-sweep").run_sweep(params)
 
 
 def predict_batch(argv: Sequence[str]) -> int:
@@ -59,7 +59,7 @@ def predict_batch(argv: Sequence[str]) -> int:
     from mnist_core.inference.predict import PredictParams
 
     params = parse_params(PredictParams, argv, PREDICT_BATCH_HELP, prog="mnist predict-batch", positional="inputs")
-    return _flow_module("flows.predict", "mnist-predict").run(params)
+    return _runs("mnist-predict").predict_batch(params)
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -70,7 +70,7 @@ def serve(argv: Sequence[str]) -> int:
 
 
 def stack(argv: Sequence[str]) -> int:
-    from deployments.stack import main
+    from launch.stack import main
 
     hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(list(argv))
@@ -100,11 +100,11 @@ def _announce_champion(pointer: Any, text: str) -> None:
               file=sys.stderr)  # fmt: skip
 
 
-def _flow_module(name: str, program: str):  # noqa: ANN202 - a module
-    """Import a flow module (torch and Prefect: seconds), Ctrl-C meanwhile exiting quietly."""
+def _runs(program: str):  # noqa: ANN202 - a module
+    """launch/runs.py, which imports the flows (torch and Prefect: seconds), Ctrl-C meanwhile exiting quietly."""
     quiet_interrupts(program)
     telemetry_off()
-    return importlib.import_module(name)
+    return importlib.import_module("launch.runs")
 
 
 TRAIN_HELP = """Train and evaluate the MLP on MNIST (or Fashion-MNIST), export a run folder with report and model

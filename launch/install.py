@@ -1,10 +1,11 @@
 """`make setup`'s installer: the project and its packages into a virtual environment, with uv where it can be had.
 
-uv installs the same packages as pip, in a quarter of the time: torch's CUDA wheels alone unpack to ~3 GB, which
-uv writes in parallel (fresh `.venv` on the 2-core AMD EPYC: pip 110 s, uv 27 s; docs/testing.md). uv does not read
-pip's configuration, and this machine's (a local wheel folder, local indexes, a constraints file capping torch)
-decides where torch comes from, so it is read from `pip config list` and passed on. If uv cannot be installed or
-fails, pip installs as before. Standard library only: it runs before anything is installed.
+uv installs the same packages as pip in about half the time: torch's CUDA wheels alone unpack to ~3 GB, which uv
+writes in parallel (fresh-clone CI on the 2-core AMD EPYC: installs 40-56 s with uv, 114 s with pip; the test
+times in docs/development.md). uv does not read pip's configuration, and this machine's (a local wheel folder, local
+indexes, a constraints file capping torch) decides where torch comes from, so it is read from `pip config list` and
+passed on. If uv cannot be installed or fails, pip installs as before. Standard library only: it runs before
+anything is installed.
 
     python3 launch/install.py .venv '.[test]'
 """

@@ -31,6 +31,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, temp
 from launch.entry import hand_over
 from launch.server import ServerError, serving
 from mnist_core.errors import PipelineError, disguised_interrupt
+from tasks import stops
 
 T = TypeVar("T")
 
@@ -95,6 +96,10 @@ class LocalRun:
         self.signals.append(which)
         raise _interrupt(which)
 
+    def lost_stop(self) -> BaseException | None:
+        """The stop to raise again at an epoch's end (tasks/stops.py): one was received, yet the run goes on."""
+        return _interrupt(self.signals[0]) if self.signals and not self.completed else None
+
     def server_exited(self, log_path: Path) -> None:
         """The watchdog's verdict when the server has exited while the run goes on."""
         if self.completed:
@@ -113,33 +118,16 @@ class LocalRun:
         )
 
 
-# The command-line run of this process, while its signals are handled (None on a worker, in tests, in a library).
-_current: LocalRun | None = None
-
-
 @contextlib.contextmanager
 def signals_handled(run: LocalRun) -> Iterator[None]:
-    global _current
     previous = {which: signal.signal(which, run.handle) for which in EXIT_CODES}
-    _current = run
+    stops.listen(run.lost_stop)
     try:
         yield
     finally:
-        _current = None
+        stops.listen(None)
         for which, handler in previous.items():
             signal.signal(which, handler)
-
-
-def raise_a_lost_stop() -> None:
-    """Raise again a Ctrl-C or SIGTERM that was received but did not stop the run; called at every epoch's end.
-
-    The handler raises the interrupt wherever the main thread is. Where that is inside a library that catches and
-    drops it (seen once in CI: a Ctrl-C sent the moment epoch 1's checkpoint appeared, when the epoch is logged and
-    published to the API, and the run trained on to the end), this stops the run one epoch later, as it would
-    have. A no-op outside a command-line run, and once the run has completed."""
-    run = _current
-    if run is not None and run.signals and not run.completed:
-        raise _interrupt(run.signals[0])
 
 
 def _interrupt(which: signal.Signals) -> BaseException:

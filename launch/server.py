@@ -1,5 +1,5 @@
 """The one way this project starts a Prefect server: `prefect server start` on loopback (by default) in a new
-session, waited on through Prefect's client, stopped by PID. Used by the stack (deployments/stack.py), the
+session, waited on through Prefect's client, stopped by PID. Used by the stack (launch/stack.py), the
 benchmark and the tests. Importing this module starts nothing.
 """
 
@@ -9,14 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+import tenacity
+
 HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ServerError(RuntimeError):
@@ -43,24 +45,6 @@ def api_url(host: str, port: int) -> str:
     return f"http://{client_host}:{port}/api"
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` that has Linux send the child SIGTERM when the process that started it dies, even by SIGKILL
-    (`prctl(PR_SET_PDEATHSIG)`); None elsewhere. Looked up before the fork: the child only makes the call."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def set_parent_death_signal() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the call: nobody would stop this child
-            os._exit(1)
-
-    return set_parent_death_signal
-
-
 def start_prefect(
     args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None, outlive_caller: bool = True
 ) -> subprocess.Popen:
@@ -68,29 +52,44 @@ def start_prefect(
 
     A new session: the process leads its own group, ignores the caller's terminal signals, and one SIGTERM to the
     group (`stop_group`) stops it and whatever it started (a worker's flow-run processes). Unless it is to
-    `outlive_caller` (the stack's server and worker), it is stopped when the caller dies, however it dies."""
+    `outlive_caller` (the stack's server and worker), it is stopped when the caller dies, however it dies: it runs
+    under launch/lifeline.py, holding the read end of a pipe whose write end only this process has."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    die_with_parent = None if outlive_caller else _die_with_parent()
+    command, lifeline = [*prefect_command(), *args], None
+    if not outlive_caller:
+        lifeline, keep = os.pipe()  # both non-inheritable: no other child of ours holds the write end open
+        command = [sys.executable, "-m", "launch.lifeline", str(lifeline), *args]
 
     def prepare_child() -> None:
         # SIGINT back to its default: a caller that ignores it (a background job of a script, nohup, a CI runner)
         # passes that on, and a Prefect worker stops on SIGTERM by sending itself SIGINT; ignored, the worker
         # never stopped and was SIGKILLed after STOP_TIMEOUT_S (seen under pytest-xdist, whose workers ignore it).
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if die_with_parent is not None:
-            die_with_parent()
 
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [*prefect_command(), *args],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=prepare_child,  # noqa: PLW1509 - a signal reset and a prctl call only
-        )
+    try:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=() if lifeline is None else (lifeline,),
+                preexec_fn=prepare_child,  # noqa: PLW1509 - a signal reset only
+            )
+    except BaseException:
+        if lifeline is not None:
+            os.close(keep)
+        raise
+    finally:
+        if lifeline is not None:
+            os.close(lifeline)
+    if lifeline is not None:
+        # Open as long as this process lives (closed by the kernel when it dies); a stopped server has no use for it.
+        weakref.finalize(process, os.close, keep)
+    return process
 
 
 def start_server(
@@ -137,35 +136,59 @@ def wait_for(
     timeout_s: float = HEALTH_TIMEOUT_S,
 ) -> None:
     """Poll `check` until it holds; ServerError (with the log's tail) if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         if check():
-            return
+            return True
         if not running():
             raise ServerError(f"the {what} exited; last lines of its log ({log_path}):\n{log_tail(log_path)}")
-        time.sleep(0.25)
-    raise ServerError(f"the {what} was not healthy after {timeout_s:.0f} s; log ({log_path}):\n{log_tail(log_path)}")
+        return False
+
+    try:
+        poll(healthy, timeout_s, interval_s=0.25)
+    except tenacity.RetryError:
+        raise ServerError(
+            f"the {what} was not healthy after {timeout_s:.0f} s; log ({log_path}):\n{log_tail(log_path)}"
+        ) from None
+
+
+def poll(check: Callable[[], bool], timeout_s: float, interval_s: float) -> None:
+    """Call `check` every `interval_s` until it returns True; tenacity.RetryError after `timeout_s`. An exception
+    from `check` ends the wait at once."""
+    tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout_s),
+        wait=tenacity.wait_fixed(interval_s),
+        retry=tenacity.retry_if_result(lambda done: not done),
+    )(check)
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The processes of the group `pgid` (a server and what it started, also once the leader has exited)."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+    return members
 
 
 def group_alive(pgid: int) -> bool:
-    """Some process of the group `pgid` still exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Some process of the group `pgid` still runs."""
+    return bool(group_members(pgid))
 
 
 def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM to the process group `pid` leads, SIGKILL if it is still `alive` after `timeout_s`."""
+    """SIGTERM to the process group `pid` leads, SIGKILL to what of it is left after `timeout_s` if it is still
+    `alive` (the caller's check that the PID is still the process it started)."""
+    members = group_members(pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive():
-        time.sleep(0.1)
-    if alive():
+    # psutil waits on processes that are not our children too (the group's grandchildren).
+    _, left = psutil.wait_procs(members, timeout=timeout_s)
+    if left and alive():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+        psutil.wait_procs(left, timeout=STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager
@@ -175,7 +198,8 @@ def serving(
     """A server on a free loopback port, run with `env` in `cwd`, once healthy: yields its API URL and process. On
     exit, this process's queued logs and events are sent to it, then its whole group is stopped (by PID), the
     server's own children too, even once the server itself has exited. If this process dies without stopping it
-    (SIGKILL), Linux stops it. `meanwhile` runs while the server starts (which takes seconds), before waiting."""
+    (SIGKILL), its lifeline stops it (launch/lifeline.py). `meanwhile` runs while the server starts (which takes
+    seconds), before waiting."""
     port = free_port()
     server = start_server("127.0.0.1", port, env, log_path, cwd=cwd, outlive_caller=False)
     try:
@@ -210,16 +234,19 @@ def finished_task_runs(flow_run_id: object, names: Iterable[str], timeout_s: flo
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    wanted, deadline = set(names), time.monotonic() + timeout_s
-    while True:
+    wanted, done = set(names), {}
+
+    def all_final() -> bool:
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        done = {run.task_key.split("-")[0]: run for run in runs if run.state and run.state.is_final()}
-        if wanted <= set(done):
-            return done
-        if time.monotonic() > deadline:
-            raise ServerError(f"no final task-run state after {timeout_s} s for {sorted(wanted - set(done))}")
-        time.sleep(0.5)
+        done.update({run.task_key.split("-")[0]: run for run in runs if run.state and run.state.is_final()})
+        return wanted <= set(done)
+
+    try:
+        poll(all_final, timeout_s, interval_s=0.5)
+    except tenacity.RetryError:
+        raise ServerError(f"no final task-run state after {timeout_s} s for {sorted(wanted - set(done))}") from None
+    return done
 
 
 @contextlib.contextmanager

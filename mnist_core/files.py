@@ -1,7 +1,6 @@
 """Atomic file writes (readers see the old file or the new one, never a mix, and a crash leaves no partial file),
 and the lock that serializes writers across processes."""
 
-import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -9,9 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import filelock
+
 from mnist_core.errors import StorageError
 
-if TYPE_CHECKING:  # torch only for the annotation: the download path and deployments/stack.py stay torch-free
+if TYPE_CHECKING:  # torch only for the annotation: the download path and launch/stack.py stay torch-free
     import torch
 
 
@@ -36,16 +37,20 @@ def temp_files_glob(name: str) -> str:
 
 @contextmanager
 def exclusive_lock(path: Path, blocking: bool = True) -> Iterator[None]:
-    """flock on `path` (created, with its folder, if missing). The kernel drops it if the process dies.
-    With `blocking=False`, raises BlockingIOError at once if another process holds it."""
+    """An exclusive lock on `path` (created, with its folder, if missing), through filelock (flock on POSIX): the
+    kernel drops it if the process dies. With `blocking=False`, raises BlockingIOError at once if another process
+    (or another lock object of this one) holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(blocking=blocking)
+    except filelock.Timeout:
+        raise BlockingIOError(f"{path} is locked by another process") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], check: Callable[[Path], None] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""A sweep's tasks: where its trials run, and running them (launch/trials.py starts, polls and cancels them)."""
+"""A sweep's tasks: where its trials run, and running them (tasks/trials.py starts, polls and cancels them)."""
 
 import uuid
 from typing import Any
@@ -9,9 +9,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from launch.trials import TRIAL_DEPLOYMENT, Starter, run_all
 from mnist_core.sweep import SweepParams
 from reporting.publish import BestEffort
+from tasks.trials import TRIAL_DEPLOYMENT, Starter, run_all
 
 
 @task(name="choose-where-trials-run", cache_policy=NO_CACHE, persist_result=False)

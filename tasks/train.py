@@ -8,7 +8,6 @@ from prefect import State, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from launch.local import raise_a_lost_stop
 from mnist_core.config import RunParams
 from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import PipelineError, disguised_interrupt
@@ -19,6 +18,7 @@ from mnist_core.training.loop import train_model
 from mnist_core.training.model import save_weights
 from reporting.publish import PUBLISH_RETRIES, BestEffort
 from reporting.terminal import chain, training_bar
+from tasks.stops import raise_a_lost_stop
 
 
 def _worth_retrying(task: Any, task_run: Any, state: State) -> bool:

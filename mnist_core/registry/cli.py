@@ -66,9 +66,9 @@ def main(argv: Sequence[str], announce: Callable[[Any, str], None] | None = None
 
 
 def _run(args: argparse.Namespace, announce: Callable[[Any, str], None] | None = None) -> int:
-    from mnist_core.registry.database import SqlStore
+    from mnist_core.registry.database import RegistryStore
 
-    store = SqlStore(args.output_dir, args.url)
+    store = RegistryStore(args.output_dir, args.url)
     if args.command == "ls":
         frame = store.read().frame
         if args.dataset:

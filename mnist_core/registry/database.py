@@ -21,13 +21,13 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import tenacity
 from sqlalchemy import (
     Boolean,
     Column,
@@ -208,17 +208,14 @@ def _enter_wal(cursor: Any) -> None:
     another process holds its write lock, SQLite answers "database is locked" at once instead of calling the busy
     handler (upgrading a read lock there could deadlock), so six runs creating one registry together fail without
     this retry. Once the file is in WAL (it stays so), the statement changes nothing and answers at once."""
-    deadline = time.monotonic() + BUSY_SECONDS
-    pause = 0.005
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.2)
+    tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda error: isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        ),
+        wait=tenacity.wait_exponential(multiplier=0.005, max=0.2),
+        stop=tenacity.stop_after_delay(BUSY_SECONDS),
+        reraise=True,
+    )(cursor.execute, "PRAGMA journal_mode = WAL")
 
 
 def _storage_error(url: URL, error: SQLAlchemyError) -> StorageError:
@@ -233,10 +230,10 @@ def _storage_error(url: URL, error: SQLAlchemyError) -> StorageError:
 
 
 class RegistryView:
-    """The registry as one connection sees it: inside `SqlStore.locked()`, the writer's transaction; outside it,
+    """The registry as one connection sees it: inside `RegistryStore.locked()`, the writer's transaction; outside it,
     a short read per call."""
 
-    def __init__(self, store: "SqlStore", connection: Connection | None = None) -> None:
+    def __init__(self, store: "RegistryStore", connection: Connection | None = None) -> None:
         self._store = store
         self._connection = connection
 
@@ -333,7 +330,7 @@ class EmptyView(RegistryView):
         return []
 
 
-class SqlStore:
+class RegistryStore:
     """The registry of an output root, in its database. Writes happen inside `locked()`: one transaction, which
     commits when the block ends and rolls back (nothing recorded) if it raises."""
 
@@ -367,7 +364,7 @@ class SqlStore:
         file = self.sqlite_file
         return file is None or file.is_file() or self._legacy_files()
 
-    def open(self) -> "SqlStore":
+    def open(self) -> "RegistryStore":
         """Create or migrate the schema and import the output root's files, once per process; refuses a database
         from a newer schema, and damaged files (before anything is created)."""
         key = (self.url_text, str(self.root), os.getpid())
@@ -436,7 +433,7 @@ class SqlStore:
 
     def _transaction(self) -> Connection:
         if self._held is None or self._held._connection is None:
-            raise RuntimeError("SqlStore.commit, .recover, .promote and .rollback run inside `with store.locked():`")
+            raise RuntimeError("RegistryStore.commit, .recover, .promote, .rollback run inside `with store.locked()`")
         return self._held._connection
 
     def recover(self, run: Exported, margin: float) -> Promotion | None:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from mnist_core.layout import REGISTRY_FILE
 from mnist_core.records import Promotion
-from mnist_core.registry.database import SqlStore
+from mnist_core.registry.database import RegistryStore
 from mnist_core.registry.legacy import champion_path
 from mnist_core.registry.rows import (
     COLUMNS,
@@ -30,7 +30,6 @@ from mnist_core.registry.rows import (
     registry_row,
 )
 
-RegistryStore = SqlStore
 __all__ = [
     "COLUMNS",
     "COLUMNS_BEFORE_FINGERPRINTS",

@@ -2,9 +2,9 @@
 `mnist-pool` process work pool, the deployments of deployments/prefect.yaml, one worker, and the model server
 (`mnist serve`, following the champion of runs/; MNIST_SERVE_PORT, default 8000; MNIST_SERVE=0 leaves it out).
 
-    python deployments/stack.py up      # start what is not running yet, deploy what changed, wait until healthy
-    python deployments/stack.py status  # what runs, where
-    python deployments/stack.py down    # stop, by PID, what `up` started
+    python -m launch.stack up      # start what is not running yet, deploy what changed, wait until healthy
+    python -m launch.stack status  # what runs, where
+    python -m launch.stack down    # stop, by PID, what `up` started
 
 State (PIDs, logs, the `env` file to source, and PREFECT_HOME unless you set one) lives in `.stack/`.
 Importing this module starts nothing.
@@ -21,6 +21,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from launch.server import (
     api_url,
@@ -95,10 +97,10 @@ class Stack:
         if not pid:
             return False
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            process = psutil.Process(pid)
+            words = process.cmdline()  # a zombie has none
+        except psutil.Error:
             return False
-        words = [part.decode(errors="replace") for part in cmdline]
         if role == SERVE_ROLE:
             return "launch.cli" in words and SERVE_ROLE in words
         return any(word.endswith("prefect") for word in words) and role in words
@@ -161,7 +163,7 @@ class Stack:
             f'          prefect deployment run mnist-predict/batch --param \'params={{"inputs": ["DIR"]}}\' --watch\n'
             f"{serving}"
             f"  Logs:   {self.log_dir}\n"
-            f"  Stop:   make stack-down   (or: {sys.executable} deployments/stack.py down)"
+            f"  Stop:   make stack-down   (or: {sys.executable} -m launch.stack down)"
         )
         return 0
 
@@ -176,7 +178,7 @@ class Stack:
                 raise SystemExit(f"stack: something else already serves {self.api_url}; pick another --port")
             self.home.mkdir(parents=True, exist_ok=True)
             server = start_server(self.host, self.port, self.env(), self.log_path("server"), cwd=PROJECT_ROOT)
-            # Until the child has exec'd, /proc shows this script's command line: watch the Popen, not /proc.
+            # Until the child has exec'd, its command line is this script's: watch the Popen, not the command line.
             server_pid, server_running = server.pid, partial(is_running, server)
             print(f"server: starting (PID {server_pid}, database {describe_database(self.home)})")
         state = {
@@ -228,7 +230,7 @@ class Stack:
 
     def _has_declared_deployments(self) -> bool:
         """Every deployment of prefect.yaml is on the server, with its entrypoint and pool (none deleted since)."""
-        import yaml  # a Prefect dependency
+        import yaml
 
         declared = yaml.safe_load(PREFECT_FILE.read_text(encoding="utf-8"))["deployments"]
         with self.client() as client:

@@ -1,0 +1,68 @@
+"""A flow run from the command line (`mnist train`, `mnist predict-batch`, `mnist sweep`): checks, a Prefect API
+and signal handling (launch/local.py), the flow, a summary, the exit status. The flows themselves (flows/) know
+nothing of the command line; this module imports torch and Prefect, so launch/cli.py imports it only once the
+arguments are read."""
+
+import json
+import sys
+
+from flows.mnist import mnist
+from flows.predict import predict
+from flows.sweep import sweep
+from launch.local import RESUME_HINT, run_from_command_line
+from mnist_core.config import RunParams
+from mnist_core.errors import PipelineError
+from mnist_core.inference.cli import SOME_FAILED
+from mnist_core.inference.predict import PredictParams
+from mnist_core.preflight import preflight
+from mnist_core.records import RunResult, Unchanged
+from mnist_core.sweep import SweepParams
+
+
+def train(params: RunParams) -> int:
+    """The `mnist` flow; 0, or 1 after a one-line error, 130/143 after Ctrl-C/SIGTERM."""
+    try:
+        # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
+        # before a Prefect server is started.
+        preflight(params)
+    except (PipelineError, OSError) as error:
+        print(f"mnist: error: {error}", file=sys.stderr)
+        return 1
+    _, code = run_from_command_line("mnist", lambda: mnist(params), hint=RESUME_HINT, report=print_train_summary)
+    return code
+
+
+def print_train_summary(result: RunResult | Unchanged) -> None:
+    if isinstance(result, Unchanged):
+        print(
+            f"\nNot retrained: nothing changed since run {result.champion_run_id} (same data, parameters "
+            "and code); --force-retrain trains anyway.",
+            flush=True,
+        )
+        return
+    print(f"\nTest accuracy: {result.exported.card.metrics.test_accuracy:.2%}")
+    print(f"Report: {result.exported.report}")
+    print(f"Model:  {result.exported.model}")
+    print(f"Run folder: {result.exported.run_dir}")
+    decision = result.promotion.reason if result.promotion else "not offered for promotion (promote is off)."
+    print(f"Champion: {decision}", flush=True)
+
+
+def predict_batch(params: PredictParams) -> int:
+    """The `mnist-predict` flow; SOME_FAILED when an input could not be read."""
+    summary, code = run_from_command_line("mnist-predict", lambda: predict(params))
+    if summary is None:
+        return code
+    print(f"\n{summary.count} predictions ({summary.failed} failed, {summary.for_review} for review)")
+    print(f"Predictions: {summary.predictions_csv}")
+    print(f"Model: {summary.model} (SHA-256 {summary.model_sha256})", flush=True)
+    return SOME_FAILED if summary.failed else 0
+
+
+def run_sweep(params: SweepParams) -> int:
+    """The `mnist-sweep` flow; its summary as JSON."""
+    summary, code = run_from_command_line("mnist-sweep", lambda: sweep(params))
+    if summary is None:
+        return code
+    print(json.dumps(summary, indent=2), flush=True)
+    return 0
