@@ -138,7 +138,7 @@ def _start_prefect_server(folder: Path) -> dict[str, Any]:
 
 
 def _stop_prefect_server(record: dict[str, Any]) -> None:
-    from deployments.stack import Stack
+    from launch.stack import Stack
 
     # A running `prefect server`, not a process that took the PID over (a zombie has no command line either).
     if Stack.is_ours(record["pid"], "server"):
