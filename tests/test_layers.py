@@ -1,6 +1,7 @@
 """The architecture as a rule that can fail: each layer of `mnist_core` imports only the layers below it (every
-import, also those inside functions), `mnist_core` never imports Prefect, and the ONNX inference path never
-imports torch."""
+import, also those inside functions), `mnist_core` never imports Prefect, the packages around it import only
+downwards (mnist_core <- reporting <- tasks <- flows <- launch), benchmarks import nothing from the tests, no test
+module imports another, and the ONNX inference path never imports torch. docs/development.md draws the same."""
 
 import ast
 import importlib
@@ -72,6 +73,78 @@ def test_every_import_goes_down_the_layers() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+# The packages around mnist_core, bottom to top; each may import those before it (and itself). deployments/ holds
+# only prefect.yaml: nothing imports it.
+OUTER = ["mnist_core", "reporting", "tasks", "flows", "deployments", "launch"]
+
+
+def _outside_script_entry(tree: ast.Module) -> ast.Module:
+    """The module without its `if __name__ == "__main__":` blocks: a flow module run as a script hands over to the
+    `mnist` command there (`python flows/mnist.py` = `mnist train`); importing the module never runs it."""
+    kept = [
+        node
+        for node in tree.body
+        if not (
+            isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test)
+        )
+    ]
+    return ast.Module(body=kept, type_ignores=[])
+
+
+def project_imports(path: Path) -> list[tuple[int, str]]:
+    tree = _outside_script_entry(ast.parse(path.read_text(), str(path)))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]  # `from tests import x`
+    return [(line, name) for line, name in found if name.split(".")[0] in (*OUTER, "tests", "benchmarks")]
+
+
+def test_the_packages_around_mnist_core_import_only_downwards() -> None:
+    wrong = []
+    for package in OUTER[1:]:
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            for line, target in project_imports(path):
+                top = target.split(".")[0]
+                if top not in OUTER or OUTER.index(top) > OUTER.index(package):
+                    wrong.append(f"{path.relative_to(PROJECT_ROOT)}:{line} ({package}) imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_benchmarks_import_nothing_from_the_tests() -> None:
+    wrong = [
+        f"{path.relative_to(PROJECT_ROOT)}:{line} imports {target}"
+        for path in sorted((PROJECT_ROOT / "benchmarks").rglob("*.py"))
+        for line, target in project_imports(path)
+        if target.split(".")[0] == "tests"
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/ (or are fixtures in conftest.py), never in a test module."""
+    wrong = [
+        f"{path.relative_to(PROJECT_ROOT)}:{line} imports {target}"
+        for path in sorted((PROJECT_ROOT / "tests").rglob("*.py"))
+        for line, target in project_imports(path)
+        if target.startswith("tests.") and target.rsplit(".", 1)[-1].startswith("test_")
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_outer_rule_catches_an_upward_import(tmp_path: Path) -> None:
+    """The checker itself: a task importing launch is seen; a script entry's import is not an import of the module."""
+    task = tmp_path / "task.py"
+    task.write_text("from launch.local import run_from_command_line\n")
+    assert project_imports(task) == [(1, "launch.local"), (1, "launch.local.run_from_command_line")]
+    flow = tmp_path / "flow.py"
+    flow.write_text('if __name__ == "__main__":\n    from launch.cli import run_script\nfrom tasks import train\n')
+    assert project_imports(flow) == [(3, "tasks"), (3, "tasks.train")]
+
+
 def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
     """The checker itself: an import from data/ into registry/ is named."""
     assert LAYERS.index(layer_of("mnist_core.data.images")) < LAYERS.index(layer_of("mnist_core.registry.store"))
@@ -83,7 +156,7 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "statement",
     [
-        "import mnist_core.inference.cli",
+        "import mnist_core.inference.predict_command",
         "from mnist_core.export.runtimes import load_predictor",
         "import mnist_core.data.images",
         "from mnist_core.serving.app import create_app",
