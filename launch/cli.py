@@ -39,7 +39,7 @@ def train(argv: Sequence[str]) -> int:
 
 
 def predict(argv: Sequence[str]) -> int:
-    from mnist_core.inference.cli import main
+    from mnist_core.inference.predict_command import main
 
     hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(argv)
@@ -77,7 +77,7 @@ def stack(argv: Sequence[str]) -> int:
 
 
 def registry(argv: Sequence[str]) -> int:
-    from mnist_core.registry.cli import main
+    from mnist_core.registry.registry_command import main
 
     hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(argv, announce=_announce_champion)

@@ -2,7 +2,7 @@
 
 import sys
 
-from mnist_core.inference.cli import USAGE, main
+from mnist_core.inference.predict_command import USAGE, main
 
 args = sys.argv[1:]
 if not args or args[0] != "predict":
