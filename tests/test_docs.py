@@ -98,3 +98,26 @@ def test_generator_runs_as_a_script() -> None:
     result = subprocess.run([sys.executable, str(DOCS / "gen_parameters.py"), "--check"], cwd=PROJECT_ROOT,
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+# The folders of the project that hold code, and where they are described.
+DESCRIBED_FOLDERS = ("mnist_core", "tasks", "flows", "deployments", "launch", "reporting", "benchmarks", "tests")
+
+
+def code_folders() -> list[str]:
+    """Every folder under DESCRIBED_FOLDERS that holds Python files (or prefect.yaml), as `path/`."""
+    found = set()
+    for top in DESCRIBED_FOLDERS:
+        for path in [*(PROJECT_ROOT / top).rglob("*.py"), *(PROJECT_ROOT / top).rglob("prefect.yaml")]:
+            folder = path.parent.relative_to(PROJECT_ROOT)
+            if "__pycache__" not in folder.parts and "results" not in folder.parts:
+                found.add(f"{folder.as_posix()}/")
+    return sorted(found)
+
+
+def test_the_development_page_describes_every_code_folder() -> None:
+    """docs/development.md's layout tables name every package folder as `path/`: a folder added without a line
+    there fails here."""
+    page = (DOCS / "development.md").read_text()
+    missing = [folder for folder in code_folders() if f"`{folder}`" not in page]
+    assert not missing, f"docs/development.md's layout does not describe {missing}"
