@@ -23,7 +23,7 @@ torch.cuda.get_device_name(), 'pydantic', pydantic.VERSION)"
 # The CUDA tests: the files that need no Prefect (the CPU tests in them run on CI). grep: torch.compile's DEBUG
 # log floods a failing test's captured log.
 timeout "${TESTS_TIMEOUT_S:-150}" "$PY" -m pytest -p no:cacheprovider -m cuda -v -rs --durations=10 \
-    tests/test_train_fast_path.py tests/test_backprop.py tests/test_cuda_pipeline.py 2>&1 \
+    tests/training/test_train_fast_path.py tests/training/test_backprop.py tests/training/test_cuda_pipeline.py 2>&1 \
     | grep -v "^DEBUG    torch" | tee "$OUT/pytest-cuda.txt"
 tests_rc=${PIPESTATUS[0]}
 

@@ -2,11 +2,11 @@
 
     python benchmarks/photos.py --model RUN_DIR/model.onnx [--count 500] [--before b4766ee] [--out FILE.json]
 
-Each kind (tests/photos.py PHOTO_KINDS: squared paper and blue ink with light falloff, ruled paper and black ink,
-red ink, thin pencil, thick marker, a small digit off-centre on a big photo, turned + blurred + hard JPEG) is made
-from the first --count MNIST *test* digits (seeded), so no training image leaks into the measure. Both preparations
-read the same JPEG bytes: the one at --before (loaded from `git show`) and the working tree's. Probabilities use
-the model card's temperature when there is one. A benchmark, not a test: nothing fails on a figure.
+Each kind (benchmarks/synthetic_photos.py PHOTO_KINDS: squared paper and blue ink with light falloff, ruled paper and
+black ink, red ink, thin pencil, thick marker, a small digit off-centre on a big photo, turned + blurred + hard JPEG)
+is made from the first --count MNIST *test* digits (seeded), so no training image leaks into the measure. Both
+preparations read the same JPEG bytes: the one at --before (loaded from `git show`) and the working tree's.
+Probabilities use the model card's temperature when there is one. A benchmark, not a test: nothing fails on a figure.
 """
 
 import argparse
@@ -23,12 +23,12 @@ from types import ModuleType
 
 import numpy as np
 from PIL import Image
+from synthetic_photos import PHOTO_KINDS, kind_photo_jpeg
 
 from mnist_core.data import images
 from mnist_core.data.idx import IMAGE_MAGIC, LABEL_MAGIC, parse_idx, read_bytes
 from mnist_core.errors import DataError
 from mnist_core.export.runtimes import load_predictor
-from tests.photos import PHOTO_KINDS, kind_photo_jpeg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from made_up_runs import make_exported  # noqa: E402
+
 from mnist_core.registry.rule import ChampionScore, judge  # noqa: E402
 from mnist_core.registry.store import RegistryStore, entries, read_champion  # noqa: E402
-from tests.records import make_exported  # noqa: E402
 
 
 def record(store: RegistryStore, root: Path, run_id: str, accuracy: float) -> None:

