@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium for the browser test of the Prefect UI (tests/test_ui.py drives it with Playwright, through
+# Debian's Chromium for the browser test of the Prefect UI (tests/e2e/test_ui.py drives it with Playwright, through
 # `executable_path`: Playwright's own browser download cannot reach its host from CI). Prints the binary's path.
 set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then

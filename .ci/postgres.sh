@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make PostgreSQL server binaries available for the PostgreSQL deployment test (tests/test_deployment.py).
+# Make PostgreSQL server binaries available for the PostgreSQL deployment test (tests/e2e/test_deployment.py).
 # Installs Debian's `postgresql` if no initdb is found. It starts nothing: the test starts its own throwaway
 # cluster on 127.0.0.1 (as the `postgres` user when run as root) and stops it by PID.
 # Prints the folder holding initdb/postgres; exits 1 (with the reason) if they cannot be had.

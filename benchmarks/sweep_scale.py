@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from launch.stack import DEFAULT_POOL, Stack
 from launch.server import free_port
+from launch.stack import DEFAULT_POOL, Stack
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")

@@ -12,8 +12,8 @@ from flows.sweep import sweep
 from launch.local import RESUME_HINT, run_from_command_line
 from mnist_core.config import RunParams
 from mnist_core.errors import PipelineError
-from mnist_core.inference.predict_command import SOME_FAILED
 from mnist_core.inference.predict import PredictParams
+from mnist_core.inference.predict_command import SOME_FAILED
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
 from mnist_core.sweep import SweepParams

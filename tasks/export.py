@@ -19,7 +19,7 @@ from reporting.publish import BestEffort
 
 def inline_plots(report: str, run_dir: Path) -> str:
     """The report with its plots as data URIs: the Prefect UI renders a markdown artifact's images inline (checked
-    in Chromium by tests/test_ui.py) but cannot reach the run folder's files, which a browser will not load from
+    in Chromium by tests/e2e/test_ui.py) but cannot reach the run folder's files, which a browser will not load from
     a file:// URL inside an http:// page anyway."""
     for name in PLOT_FILES:
         path = run_dir / name

@@ -16,7 +16,7 @@ import torch
 
 import mnist_core.data.download as download_module
 import mnist_core.files as files_module
-from flows.mnist import main
+from launch.cli import train as main
 from mnist_core.config import RunParams
 from mnist_core.data.download import download_dataset
 from mnist_core.data.prepare import load_prepared, prepare_dataset

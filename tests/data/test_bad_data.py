@@ -303,7 +303,7 @@ def test_bad_mirror_from_cli(
     """The whole path: flag -> flow -> download task (with its retries) -> exit status 1 and a short message."""
     from dataclasses import replace
 
-    from flows.mnist import main
+    from launch.cli import train as main
 
     # Offline or not, only the mirror under test is tried.
     monkeypatch.setitem(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deployments.stack import DEFAULT_POOL
+from launch.stack import DEFAULT_POOL
 from mnist_core.config import RunParams
 from mnist_core.registry.store import read_champion, read_registry
 from mnist_core.training.checkpoint import load_checkpoint

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from deployments.stack import DEFAULT_POOL, Stack
+from launch.stack import DEFAULT_POOL, Stack
 from mnist_core.registry.store import read_champion
 from tests.support import PROJECT_ROOT
 from tests.support.postgres import Cluster

@@ -8,7 +8,7 @@ import pytest
 
 # Imported here, not inside a test that captures output: Prefect's console log handler keeps the stream that is
 # sys.stderr when Prefect is first imported, and a captured one is closed after its test.
-from flows.sweep import main as sweep_main
+from launch.cli import sweep as sweep_command
 from mnist_core.config import RunParams
 from mnist_core.sweep import SweepParams, ask, make_study, ranked
 
@@ -45,7 +45,7 @@ def test_an_invalid_sweep_is_refused_naming_the_field(sweep: dict, message: str)
     ],
 )
 def test_the_command_line_refuses_a_bad_sweep_in_one_line_per_problem(argv: list[str], message: str, capsys) -> None:
-    assert sweep_main(argv) == 2
+    assert sweep_command(argv, prog="mnist-sweep") == 2
     err = capsys.readouterr().err
     assert message in err.strip().splitlines()[-1] and "pydantic.dev" not in err and "Traceback" not in err
 
@@ -127,7 +127,7 @@ def test_cancelling_a_sweep_cancels_the_trials_it_started_and_only_those(prefect
     from prefect.states import Cancelled, Completed, Scheduled
 
     from flows.sweep import _cancel_trials, sweep
-    from launch.trials import cancel_trials, sweep_tag
+    from tasks.trials import cancel_trials, sweep_tag
 
     with get_client(sync_client=True) as client:
         sweep_run = client.create_flow_run(stand_in, state=Cancelled())
@@ -151,7 +151,7 @@ def test_a_trial_past_its_timeout_is_a_row_and_is_stopped(prefect_server, stand_
     from prefect.client.orchestration import get_client
     from prefect.states import Scheduled
 
-    from launch.trials import Trials
+    from tasks.trials import Trials
 
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run(stand_in, state=Scheduled())  # no worker ever picks it up

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.mnist import main
+from launch.cli import train as main
 from mnist_core.cli import build_parser, parse_params
 from mnist_core.config import RunParams
 from tests.support import PROJECT_ROOT

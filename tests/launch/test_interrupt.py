@@ -208,8 +208,8 @@ def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:
 
 
 def test_a_killed_run_takes_its_server_with_it(flow: FlowProcess) -> None:
-    """SIGKILL leaves the run no time to stop its server: the kernel does (the server asked to be sent SIGTERM when
-    its parent dies). Nothing is left running, and the checkpoint is intact."""
+    """SIGKILL leaves the run no time to stop its server: the server does (its lifeline pipe from the run reads
+    end-of-file, launch/lifeline.py). Nothing is left running, and the checkpoint is intact."""
     url, server = flow.server_url(), flow.server_pid()
     code, _ = flow.stop_and_time(lambda: os.killpg(flow.process.pid, signal.SIGKILL))
     assert code == -signal.SIGKILL

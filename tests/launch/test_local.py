@@ -7,7 +7,8 @@ import time
 import pytest
 from prefect.exceptions import TerminationSignal
 
-from launch.local import LocalRun, raise_a_lost_stop, signals_handled
+from launch.local import LocalRun, signals_handled
+from tasks.stops import raise_a_lost_stop
 
 
 def _swallowed(which: signal.Signals) -> None:

@@ -1,4 +1,4 @@
-"""deployments/stack.py without a real Prefect server: its API calls, through Prefect's client, against a scripted
+"""launch/stack.py without a real Prefect server: its API calls, through Prefect's client, against a scripted
 HTTP server on loopback."""
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments import stack as stack_module
-from deployments.stack import Stack
+from launch import stack as stack_module
+from launch.stack import Stack
 
 
 class ScriptedServer:

@@ -354,7 +354,7 @@ def _metric(server: Server, name: str) -> float:
 
 
 def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from deployments.stack import SERVE_ROLE, Stack
+    from launch.stack import SERVE_ROLE, Stack
 
     serve_port, stack_port = distinct_free_ports(2)
     monkeypatch.setenv("MNIST_SERVE_PORT", str(serve_port))

@@ -1,5 +1,5 @@
-"""The real stack for the end-to-end tests (tests/e2e/): started with deployments/stack.py on loopback, driven through
-Prefect's CLI and client, and stopped by PID also when a test fails. A module's one stack is conftest's `stack`
+"""The real stack for the end-to-end tests (tests/e2e/): started with `python -m launch.stack` on loopback, driven
+through Prefect's CLI and client, and stopped by PID also when a test fails. A module's one stack is conftest's `stack`
 fixture (module-scoped: each e2e module has a stack of its own), on PostgreSQL where it can run here."""
 
 import json
@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from deployments.stack import DEFAULT_POOL, Stack
 from launch.server import log_tail
-from tests.support import PROJECT_ROOT
+from launch.stack import DEFAULT_POOL, Stack
 from tests.support.postgres import Cluster
 from tests.support.seaweedfs import distinct_free_ports
 
-STACK_SCRIPT = PROJECT_ROOT / "deployments" / "stack.py"
+STACK_MODULE = "launch.stack"
 MNIST = str(Path(sys.executable).parent / "mnist")
 PREFECT = str(Path(sys.executable).parent / "prefect")
 RUN_TIMEOUT_S = 240
@@ -48,7 +47,7 @@ class StackHandle:
         self, command: str, timeout: float = 300, extra: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, str(STACK_SCRIPT), command, "--state-dir", str(self.state_dir), "--port", str(self.port)],
+            [sys.executable, "-m", STACK_MODULE, command, "--state-dir", str(self.state_dir), "--port", str(self.port)],
             env={**self.env, **(extra or {})},
             capture_output=True,
             text=True,
