@@ -4,10 +4,10 @@ tests/support/serving.py). A benchmark run as a script imports it as `serve_proc
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+import tenacity
 
 from launch.server import free_port
 
@@ -48,8 +48,12 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def wait_until(check, timeout: float = 10.0, every: float = 0.05) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {check}")
-        time.sleep(every)
+    """Poll `check` (tenacity) until it returns something true; AssertionError after `timeout` seconds."""
+    try:
+        tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout),
+            wait=tenacity.wait_fixed(every),
+            retry=tenacity.retry_if_result(lambda result: not result),
+        )(check)
+    except tenacity.RetryError:
+        raise AssertionError(f"not true within {timeout} s: {check}") from None

@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from launch.stack import DEFAULT_POOL
 from mnist_core.config import RunParams
 from mnist_core.registry.store import read_champion, read_registry
 from mnist_core.training.checkpoint import load_checkpoint
-from tests.support.stack import LONG_RUN, RUN_TIMEOUT_S, StackDatabase, StackHandle, _wait_for_final_state
+from tests.support.stack import LONG_RUN, StackDatabase, StackHandle, _wait_for_final_state
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -32,8 +34,8 @@ WORSE = {"lr": 0.001, "hidden_sizes": [8]}
 def alive(pid: int) -> bool:
     """Running (a zombie, which has no command line, counts as gone)."""
     try:
-        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -101,11 +103,7 @@ def test_retrain_promotes_keeps_and_queues(stack: StackHandle) -> None:
     forced_id = stack.submit({**stack.base_params, "force_promote": True, "force_retrain": True})
     worse_id, worse_seconds = stack.run_deployment({**stack.base_params, **WORSE})
     print(f"two concurrent runs, the worse one watched: {worse_seconds:.1f} s")
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while stack.flow_run(forced_id)["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-        assert time.monotonic() < deadline, stack.worker_log()
-        time.sleep(1)
-    assert stack.flow_run(forced_id)["state_type"] == "COMPLETED", stack.worker_log()
+    assert _wait_for_final_state(stack, forced_id) == "COMPLETED", stack.worker_log()
 
     # Concurrency limit 1 with ENQUEUE: the later run waited for the slot and started after the other finished.
     history = {run_id: stack.flow_run_states(run_id) for run_id in (forced_id, worse_id)}
@@ -177,10 +175,7 @@ def run_folders(output_dir: Path) -> set[str]:
 
 
 def _wait_for_file(path: Path, stack: StackHandle, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.is_file():
-        assert time.monotonic() < deadline, f"no {path.name} after {timeout_s} s:\n{stack.worker_log()}"
-        time.sleep(0.1)
+    wait_until(path.is_file, timeout_s, lambda: f"no {path.name} after {timeout_s} s:\n{stack.worker_log()}")
 
 
 def test_cancelling_a_deployment_run_stops_training_promptly(stack: StackHandle) -> None:

@@ -30,6 +30,7 @@ from tests.support.stack import (
     _wait_for_final_state,
     recorded_pids,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -146,10 +147,7 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
     workers = {name: _start_worker(stack, name, machines) for name in ("trial-worker-1", "trial-worker-2")}
     sweep_process = None
     try:
-        deadline = time.monotonic() + 60
-        while not _online(stack, set(workers)):
-            assert time.monotonic() < deadline, "the two trial workers did not come online"
-            time.sleep(0.5)
+        wait_until(lambda: _online(stack, set(workers)), 60, "the two trial workers did not come online", 0.5)
         started = time.monotonic()
         sweep = {"base": base, "grid": {"lr": [0.1, 0.3]}, "trials": 2, "concurrency": 2}
         sweep_process = _run_sweep(stack, sweep, machines, "sweep-machine")
@@ -189,14 +187,14 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
         killed = {"base": forced, "grid": {"lr": [0.2, 0.3]}, "concurrency": 2, "trial_timeout_s": 120}
         sweep_process = _run_sweep(stack, killed, machines, "sweep-machine")
         running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["RUNNING"])))
-        deadline = time.monotonic() + 120
-        while True:  # both trials running: one on each worker
+
+        def both_trials_running() -> bool:  # one on each worker
+            assert sweep_process.poll() is None, "the sweep exited before its trials started"
             with stack.stack.client() as client:
                 busy = [run for run in client.read_flow_runs(flow_run_filter=running) if "sweep-trial" in run.tags]
-            if len(busy) == 2:
-                break
-            assert time.monotonic() < deadline and sweep_process.poll() is None, "the trials did not start"
-            time.sleep(0.25)
+            return len(busy) == 2
+
+        wait_until(both_trials_running, 120, "the trials did not start", every_s=0.25)
         workers["trial-worker-2"].kill()  # SIGKILL to the worker's PID alone, as an OOM killer or `kill -9` does
         output, _ = sweep_process.communicate(timeout=300)
         assert sweep_process.returncode == 0, output[-3000:]
@@ -246,14 +244,15 @@ def test_cancelling_a_sweep_deployment_run_cancels_its_trials(stack: StackHandle
         deployment = client.read_deployment_by_name("mnist-sweep/default")
         sweep_run = client.create_flow_run_from_deployment(deployment.id, parameters={"sweep": sweep})
     tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep-{sweep_run.id}"]))
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:  # a trial is training
+
+    def trials_once_one_trains() -> list:  # empty (so, waited on) until a trial is training
         with stack.stack.client() as client:
             trials = client.read_flow_runs(flow_run_filter=tagged)
-        if any(run.state_type and run.state_type.value == "RUNNING" for run in trials):
-            break
-        assert time.monotonic() < deadline, f"no trial started:\n{stack.worker_log()}"
-        time.sleep(0.5)
+        return trials if any(run.state_type and run.state_type.value == "RUNNING" for run in trials) else []
+
+    trials = wait_until(
+        trials_once_one_trains, RUN_TIMEOUT_S, lambda: f"no trial started:\n{stack.worker_log()}", every_s=0.5
+    )
     started = time.monotonic()
     cancel = stack.prefect("flow-run", "cancel", str(sweep_run.id), timeout=60)
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr

@@ -2,6 +2,7 @@
 to the flow process, an impatient second Ctrl-C, the run's Prefect server killed. Each ends within seconds with
 one line that says what happened, the last checkpoint intact, and no run folder; the rerun resumes."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,11 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from mnist_core.config import RunParams
 from mnist_core.training.checkpoint import load_checkpoint
 from tests.support import PROJECT_ROOT
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +61,11 @@ class FlowProcess:
                                             preexec_fn=as_a_terminal_starts_it)  # fmt: skip
 
     def wait_for_checkpoint(self, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.checkpoint.is_file():
+        def written() -> bool:
             assert self.process.poll() is None, f"the flow exited ({self.process.returncode}):\n{self.output_text()}"
-            assert time.monotonic() < deadline, f"no checkpoint after {timeout_s} s:\n{self.output_text()}"
-            time.sleep(0.05)
+            return self.checkpoint.is_file()
+
+        wait_until(written, timeout_s, lambda: f"no checkpoint after {timeout_s} s:\n{self.output_text()}", 0.05)
 
     def signal_and_time(self, *signals: tuple[signal.Signals, bool]) -> tuple[int, float]:
         """Send each (signal, to the whole group?); the exit status and the seconds since the first."""
@@ -86,10 +89,12 @@ class FlowProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_for_output(self, text: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.output_text():
-            assert time.monotonic() < deadline, f"no {text!r} after {timeout_s} s:\n{self.output_text()[-3000:]}"
-            time.sleep(0.02)
+        wait_until(
+            lambda: text in self.output_text(),
+            timeout_s,
+            lambda: f"no {text!r} after {timeout_s} s:\n{self.output_text()[-3000:]}",
+            every_s=0.02,
+        )
 
     def server_url(self) -> str:
         line = next(line for line in self.output_text().splitlines() if "Prefect server of this run:" in line)
@@ -97,14 +102,10 @@ class FlowProcess:
 
     def server_pid(self) -> int:
         """The run's server: the child of the flow process that runs `prefect server start`."""
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid and b"server" in cmdline and b"start" in cmdline:
-                return int(stat.parent.name)
+        for child in psutil.Process(self.process.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if {"server", "start"} <= set(child.cmdline()):
+                    return child.pid
         pytest.fail("no server process under the flow process")
 
     def assert_stopped_cleanly(self, code: int, expected_code: int, seconds: float, message: str) -> int:
@@ -207,16 +208,21 @@ def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:
     print(f"\nserver killed after epoch {epoch}: exit 1 after {seconds:.1f} s")
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is no zombie (a dead child not yet reaped has no command line)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_killed_run_takes_its_server_with_it(flow: FlowProcess) -> None:
     """SIGKILL leaves the run no time to stop its server: the server does (its lifeline pipe from the run reads
     end-of-file, launch/lifeline.py). Nothing is left running, and the checkpoint is intact."""
     url, server = flow.server_url(), flow.server_pid()
     code, _ = flow.stop_and_time(lambda: os.killpg(flow.process.pid, signal.SIGKILL))
     assert code == -signal.SIGKILL
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{server}/cmdline").exists() and Path(f"/proc/{server}/cmdline").read_bytes():
-        assert time.monotonic() < deadline, "the run's server outlived the killed run"
-        time.sleep(0.2)
+    wait_until(lambda: not _running(server), 20, "the run's server outlived the killed run", every_s=0.2)
     flow.assert_server_gone(url)
     assert 1 <= load_checkpoint(flow.checkpoint, _params(flow.output))["epoch"] < EPOCHS
 

@@ -8,13 +8,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launch.server import free_port
+from launch.server import free_port, wait_for
 
 
 @dataclass
@@ -76,12 +75,9 @@ def running_cluster() -> Iterator[Cluster]:
                  "-k", str(data_dir), "-c", "fsync=off", "-c", "max_connections=200"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
             )  # fmt: skip
-        deadline = time.monotonic() + 60
         ready = [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
-        while subprocess.run(ready, capture_output=True).returncode != 0:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((data_dir / "server.log").read_text())
-            time.sleep(0.2)
+        wait_for("PostgreSQL server", lambda: subprocess.run(ready, capture_output=True).returncode == 0,
+                 lambda: server.poll() is None, data_dir / "server.log", timeout_s=60)  # fmt: skip
         yield Cluster(port, bindir)
     finally:
         if server is not None:

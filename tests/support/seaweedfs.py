@@ -7,14 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from launch.server import stop_group
+from launch.server import stop_group, wait_for
 
 ACCESS_KEY, SECRET_KEY = "mnist-test-key", "mnist-test-secret"
 
@@ -84,16 +83,13 @@ def running_seaweedfs(folder: Path, timeout_s: float = 60.0) -> Iterator[Seaweed
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"weed exited ({process.returncode}); see {folder / 'weed.log'}")
+
+        def answers() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(endpoint, timeout=1).status_code in (200, 403):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS's S3 gateway did not answer in {timeout_s:.0f} s; see {folder}")
-            time.sleep(0.25)
+                return httpx.get(endpoint, timeout=1).status_code in (200, 403)
+            return False
+
+        wait_for("SeaweedFS S3 gateway", answers, lambda: process.poll() is None, folder / "weed.log", timeout_s)
         yield SeaweedFS(endpoint, process)
     finally:
         # weed takes its time over SIGTERM: a short grace, then SIGKILL to its group.

@@ -22,6 +22,7 @@ from launch.server import log_tail
 from launch.stack import DEFAULT_POOL, Stack
 from tests.support.postgres import Cluster
 from tests.support.seaweedfs import distinct_free_ports
+from tests.support.waiting import wait_until
 
 STACK_MODULE = "launch.stack"
 MNIST = str(Path(sys.executable).parent / "mnist")
@@ -209,11 +210,13 @@ def stack_for(
 
 
 def _wait_for_final_state(stack: StackHandle, flow_run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
-    deadline = time.monotonic() + timeout_s
-    while (state := stack.flow_run(flow_run_id)["state_type"]) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-        assert time.monotonic() < deadline, f"{flow_run_id} still {state} after {timeout_s} s:\n{stack.worker_log()}"
-        time.sleep(0.25)
-    return state
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    return wait_until(
+        lambda: (state := stack.flow_run(flow_run_id)["state_type"]) in final and state,
+        timeout_s,
+        lambda: f"{flow_run_id} not final after {timeout_s} s:\n{stack.worker_log()}",
+        every_s=0.25,
+    )
 
 
 # Long enough (an epoch takes ~1 s here) that the run is surely still training when it is cancelled or the server

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from mnist_core.layout import CARD_FILE, METRICS_FILE
 from mnist_core.training.checkpoint import CHECKPOINT_FILE, claim_checkpoint_data, load_checkpoint
 from mnist_core.training.loop import TrainResult, train_model
 from tests.support import PROJECT_ROOT
+from tests.support.waiting import wait_until
 
 CPU = torch.device("cpu")
 # Small enough to be quick, with epochs long enough (~1-3 s) that the kill lands inside one.
@@ -84,13 +84,14 @@ def _flow_env(prefect_home: Path, api_url: str) -> dict[str, str]:
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
+    def holds() -> bool:
+        if condition():
+            return True
         if process.poll() is not None:
             pytest.fail(f"the flow exited ({process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout_s} s")
-        time.sleep(0.05)
+        return False
+
+    wait_until(holds, timeout_s, f"no {what} after {timeout_s} s", every_s=0.05)
 
 
 @pytest.mark.slow
