@@ -7,6 +7,7 @@ import ast
 import importlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,24 +115,23 @@ def test_the_packages_around_mnist_core_import_only_downwards() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_benchmarks_import_nothing_from_the_tests() -> None:
-    wrong = [
+def imports_in(folder: str, wanted: Callable[[str], bool]) -> list[str]:
+    return [
         f"{path.relative_to(PROJECT_ROOT)}:{line} imports {target}"
-        for path in sorted((PROJECT_ROOT / "benchmarks").rglob("*.py"))
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py"))
         for line, target in project_imports(path)
-        if target.split(".")[0] == "tests"
+        if wanted(target)
     ]
+
+
+def test_benchmarks_import_nothing_from_the_tests() -> None:
+    wrong = imports_in("benchmarks", lambda target: target.split(".")[0] == "tests")
     assert not wrong, "\n".join(wrong)
 
 
 def test_no_test_module_imports_another() -> None:
     """Shared helpers live in tests/support/ (or are fixtures in conftest.py), never in a test module."""
-    wrong = [
-        f"{path.relative_to(PROJECT_ROOT)}:{line} imports {target}"
-        for path in sorted((PROJECT_ROOT / "tests").rglob("*.py"))
-        for line, target in project_imports(path)
-        if target.startswith("tests.") and target.rsplit(".", 1)[-1].startswith("test_")
-    ]
+    wrong = imports_in("tests", lambda target: target.startswith("tests.") and ".test_" in f".{target}")
     assert not wrong, "\n".join(wrong)
 
 

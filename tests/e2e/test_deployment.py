@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from launch.stack import DEFAULT_POOL
 from mnist_core.config import RunParams
 from mnist_core.registry.store import read_champion, read_registry
 from mnist_core.training.checkpoint import load_checkpoint
+from tests.support import running
 from tests.support.stack import LONG_RUN, StackDatabase, StackHandle, _wait_for_final_state
 from tests.support.waiting import wait_until
 
@@ -29,14 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # A run worse than any 1-epoch run of the default recipe (about 68 % against about 96 %).
 WORSE = {"lr": 0.001, "hidden_sizes": [8]}
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, which has no command line, counts as gone)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_deployment_declares_schedule_concurrency_and_pool(stack: StackHandle) -> None:
@@ -251,11 +243,11 @@ def test_stack_down_stops_what_up_started(stack: StackHandle) -> None:
     assert state["server_pid"] == after["server_pid"] and stack.stack.worker_online()
     state = json.loads((stack.state_dir / "stack.json").read_text())
     pids = [state["worker_pid"], state["server_pid"]]
-    assert all(alive(pid) for pid in pids)
+    assert all(running(pid) for pid in pids)
     down = stack.stack_command("down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "worker: stopped" in down.stdout and "server: stopped" in down.stdout
-    assert not any(alive(pid) for pid in pids)
+    assert not any(running(pid) for pid in pids)
     assert not stack.stack.server_healthy()
     again = stack.stack_command("down", timeout=60)
     assert again.returncode == 0 and "server: not running" in again.stdout

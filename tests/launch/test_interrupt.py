@@ -17,7 +17,7 @@ import pytest
 
 from mnist_core.config import RunParams
 from mnist_core.training.checkpoint import load_checkpoint
-from tests.support import PROJECT_ROOT
+from tests.support import PROJECT_ROOT, running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -208,21 +208,13 @@ def test_the_run_stops_when_its_server_dies(flow: FlowProcess) -> None:
     print(f"\nserver killed after epoch {epoch}: exit 1 after {seconds:.1f} s")
 
 
-def _running(pid: int) -> bool:
-    """The process exists and is no zombie (a dead child not yet reaped has no command line)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_a_killed_run_takes_its_server_with_it(flow: FlowProcess) -> None:
     """SIGKILL leaves the run no time to stop its server: the server does (its lifeline pipe from the run reads
     end-of-file, launch/lifeline.py). Nothing is left running, and the checkpoint is intact."""
     url, server = flow.server_url(), flow.server_pid()
     code, _ = flow.stop_and_time(lambda: os.killpg(flow.process.pid, signal.SIGKILL))
     assert code == -signal.SIGKILL
-    wait_until(lambda: not _running(server), 20, "the run's server outlived the killed run", every_s=0.2)
+    wait_until(lambda: not running(server), 20, "the run's server outlived the killed run", every_s=0.2)
     flow.assert_server_gone(url)
     assert 1 <= load_checkpoint(flow.checkpoint, _params(flow.output))["epoch"] < EPOCHS
 
