@@ -1,30 +1,31 @@
 """The ASGI app of `mnist serve`: the page, `/predict`, the Open Inference Protocol v2 routes, `/metrics`.
 
-One pure-ASGI guard in front of every route does what must hold for all of them: the token, the body limit and
-the slow-client timeout, the JSON error for anything refused, and the request metrics. Inference of a few images
-runs on the event loop (a tiny MLP: well under a millisecond, less than a hop to the thread pool); larger batches
-go to the thread pool so one big request does not stall the others.
+The token is FastAPI's bearer security dependency on every route but health; the body limit and the slow-client
+timeout are a dependency of the two routes that read a body; multipart uploads are parsed by Starlette
+(python-multipart). Inference of a few images runs on the event loop (a tiny MLP: well under a millisecond, less
+than a hop to the thread pool); larger batches go to the thread pool so one big request does not stall the others.
 """
 
 import asyncio
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnist_core.data.idx import CLASS_NAMES
 from mnist_core.inference.predict import softmax
@@ -35,33 +36,19 @@ from mnist_core.serving.inputs import (
     parse_json,
     prepare,
     tensor_from_v2,
+    uploads_from_form,
     uploads_from_json,
-    uploads_from_multipart,
 )
+from mnist_core.serving.settings import ServeSettings
 
 PAGE = Path(__file__).with_name("page.html")
 # Up to this many images, and pixels to decode, are prepared and run on the event loop (well under a millisecond
 # each); more go to the thread pool, so one big request does not stall the others.
 INLINE_IMAGES = 4
-HEALTH_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready"})  # open without the token: probes have none
 INLINE_PIXELS = 512 * 512
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    dataset: str = "mnist"
-    model: str = "champion"
-    output_dir: Path = Path("runs")
-    token: str | None = None
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_images: int = 64  # per /predict request
-    max_batch: int = 1024  # images per v2 tensor
-    max_pixels: int = 4_000_000  # per image, checked from its header before decoding
-    body_timeout_s: float = 10.0  # a client that sends nothing for this long is cut off (408)
-    poll_seconds: float = 1.0
+TOKEN_HELP = "missing or wrong token (send: Authorization: Bearer $MNIST_SERVE_TOKEN)"
+BEARER = HTTPBearer(auto_error=False)  # None rather than FastAPI's own 401/403, so the answer says what to send
+TOKEN_IN_ADDRESS = APIKeyQuery(name="token", auto_error=False)  # the page only: a browser opening it has no header
 
 
 @dataclass
@@ -106,10 +93,6 @@ class FollowerCollector:
         yield problem
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
-
-
 class FastJSON(JSONResponse):
     """JSON by orjson, numpy arrays included: the answers skip FastAPI's validation and encoding of plain data
     (a v2 answer of 256 x 10 floats took longer to encode than to compute)."""
@@ -118,87 +101,70 @@ class FastJSON(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class Guard:
-    """Token, body limit, slow clients, JSON errors and request metrics for every route (pure ASGI: cheap)."""
+class RequestMetrics:
+    """Requests counted by route and status, and timed. Pure ASGI, because only the response's start message
+    carries the status every request ends with, including what the router answers itself (404, 405) and what the
+    exception handlers answer; a FastAPI dependency never sees the status, and a route class would have to guess it
+    from the exception and would miss unmatched requests. It reads nothing of the request and changes nothing."""
 
-    def __init__(self, app: ASGIApp, settings: ServeSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
-        self.token = settings.token.encode() if settings.token else None
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
 
-    def _authorized(self, scope: Scope) -> bool:
-        if self.token is None or scope["path"] in HEALTH_ROUTES:
-            return True
-        headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
-        if not given and scope["path"] == "/":  # a browser opening the page can only pass it in the address
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            given = query.get("token", [""])[0].encode()
-        return hmac.compare_digest(given, self.token)
-
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-        sent_start = False
+        status = 500  # an exception no handler answered: Starlette's error middleware outside this one sends 500
 
-        async def watch(message: Message) -> None:
-            nonlocal status, sent_start
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status, sent_start = message["status"], True
+                status = message["status"]
             await send(message)
 
-        async def refuse(code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-            body = error_body(message)
-            head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await watch({"type": "http.response.start", "status": code, "headers": head + (headers or [])})
-            await watch({"type": "http.response.body", "body": body})
-
-        limit, timeout = self.settings.max_body_bytes, self.settings.body_timeout_s
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            try:
-                message = await asyncio.wait_for(receive(), timeout)
-            except TimeoutError:
-                raise BodyRefused(408, f"the request body did not arrive within {timeout:g} s") from None
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyRefused(413, f"request body over the limit of {limit} bytes (--max-body-bytes)")
-            return message
-
         try:
-            if not self._authorized(scope):
-                await refuse(401, "missing or wrong token (send: Authorization: Bearer $MNIST_SERVE_TOKEN)",
-                             [(b"www-authenticate", b"Bearer")])  # fmt: skip
-                return
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and not length.isdigit():
-                await refuse(400, "Content-Length is not a number")
-                return
-            if length is not None and int(length) > limit:
-                await refuse(413, f"request body over the limit of {limit} bytes (--max-body-bytes)")
-                return
-            await self.app(scope, limited_receive, watch)
-        except BodyRefused as error:
-            if not sent_start:
-                await refuse(error.status, error.message)
+            await self.app(scope, receive, send_noting_status)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            label = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: bounded label values
             self.metrics.requests.labels(label, str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
-class BodyRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+def body_limits(settings: ServeSettings) -> Callable[[Request], Any]:
+    """A dependency giving the request with its body limited: over `max_body_bytes` (declared by Content-Length or
+    counted while a chunked body arrives) 413, a client that sends nothing for `body_timeout_s` 408."""
+    limit, timeout = settings.max_body_bytes, settings.body_timeout_s
+    too_large = f"request body over the limit of {limit} bytes (--max-body-bytes)"
+
+    async def limited(request: Request) -> Request:
+        length = request.headers.get("content-length")
+        if length is not None and not length.isdigit():
+            raise BadInput(400, "Content-Length is not a number")
+        if length is not None and int(length) > limit:
+            raise BadInput(413, too_large)
+        received = 0
+
+        async def receive() -> Message:
+            nonlocal received
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await request.receive()
+            except TimeoutError:
+                raise BadInput(408, f"the request body did not arrive within {timeout:g} s") from None
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BadInput(413, too_large)
+            return message
+
+        # The same request read through the limited receive: request.body() and request.form() stream from it.
+        return Request(request.scope, receive)
+
+    return limited
 
 
-def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -> FastAPI:
+def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *, token: str | None = None) -> FastAPI:
+    """The app; with a `token`, every route but health wants it (the page also takes it in its address)."""
     follower = follower or ModelFollower(settings.model, settings.output_dir, settings.dataset, settings.poll_seconds)
     metrics = Metrics()
     metrics.registry.register(FollowerCollector(follower))
@@ -230,6 +196,26 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
     def model_facts(served: Served) -> dict[str, Any]:
         return {"run_id": served.run_id, "sha256": served.sha256, "dataset": served.dataset, "version": served.version}
 
+    expected = token.encode() if token else None
+
+    def check_token(given: str | None) -> None:
+        if expected is not None and not hmac.compare_digest((given or "").encode(), expected):
+            raise StarletteHTTPException(401, TOKEN_HELP, headers={"WWW-Authenticate": "Bearer"})
+
+    async def bearer_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
+        check_token(credentials.credentials if credentials else None)
+
+    async def bearer_or_address_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+        in_address: Annotated[str | None, Security(TOKEN_IN_ADDRESS)],
+    ) -> None:
+        check_token(credentials.credentials if credentials else in_address)
+
+    # On every route but health (probes have no token); with no token, nothing to check. Named on each route rather
+    # than by one APIRouter: an included router is matched as a second level, for every request.
+    guarded = [Depends(bearer_token)] if token else []
+    LimitedRequest = Annotated[Request, Depends(body_limits(settings))]  # noqa: N806 - a type, as FastAPI writes them
+
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, error: BadInput) -> JSONResponse:
         return JSONResponse({"error": error.message}, status_code=error.status)
@@ -247,19 +233,19 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
     async def unexpected(_: Request, error: Exception) -> JSONResponse:  # a bug of ours: no traceback to the client
         return JSONResponse({"error": f"internal error ({type(error).__name__})"}, status_code=500)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, dependencies=[Depends(bearer_or_address_token)] if token else [])
     async def index() -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
 
-    @app.post("/predict")
-    async def predict(request: Request) -> FastJSON:
+    @app.post("/predict", dependencies=guarded)
+    async def predict(request: LimitedRequest) -> FastJSON:
         served = model_or_503()
         content_type = request.headers.get("content-type", "")
-        body = await request.body()
-        if content_type.startswith("multipart/form-data"):
-            uploads = uploads_from_multipart(body, content_type, settings.max_images)
-        elif content_type.split(";")[0].strip() == "application/json":
-            uploads = uploads_from_json(body, settings.max_images)
+        media_type = content_type.split(";")[0].strip().lower()
+        if media_type == "multipart/form-data":
+            uploads = await uploads_from_form(request, settings.max_images)
+        elif media_type == "application/json":
+            uploads = uploads_from_json(await request.body(), settings.max_images)
         else:
             raise BadInput(415, f"Content-Type {content_type or 'missing'}: send multipart/form-data (image files) "
                                 'or application/json ({"images": [base64, ...]})')  # fmt: skip
@@ -302,7 +288,7 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
         if name != settings.dataset:
             raise BadInput(404, f"no model {name!r} here; this server serves {settings.dataset!r}")
 
-    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}", dependencies=guarded)
     async def model_metadata(name: str) -> dict[str, Any]:
         check_name(name)
         served = model_or_503()
@@ -318,13 +304,13 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
             "parameters": model_facts(served),
         }
 
-    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/ready", dependencies=guarded)
     async def model_ready(name: str) -> JSONResponse:
         check_name(name)
         return await ready()
 
-    @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request) -> FastJSON:
+    @app.post("/v2/models/{name}/infer", dependencies=guarded)
+    async def infer(name: str, request: LimitedRequest) -> FastJSON:
         check_name(name)
         served = model_or_503()
         content_type = request.headers.get("content-type", "application/json")
@@ -352,9 +338,9 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None) -
             ],
         })  # fmt: skip
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=guarded)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(Guard, settings=settings, metrics=metrics)  # type: ignore[arg-type]
+    app.add_middleware(RequestMetrics, metrics=metrics)  # type: ignore[arg-type]
     return app

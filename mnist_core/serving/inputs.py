@@ -1,21 +1,26 @@
-"""What a client sends, turned into MNIST-form images or a clear refusal. Nothing here touches the disk, a shell or
-an unpickler: images are decoded from bytes by mnist_core.data.images (the same preparation as `mnist predict`),
-multipart bodies split on their boundary, JSON by orjson, v2 tensors by numpy from lists."""
+"""What a client sends, turned into MNIST-form images or a clear refusal. Nothing here reaches a shell, a path on
+disk or an unpickler: images are decoded from bytes by mnist_core.data.images (the same preparation as `mnist
+predict`), multipart bodies parsed by Starlette with python-multipart (an upload over 1 MiB is spooled to an
+anonymous temporary file, as Starlette does), JSON by orjson, v2 tensors by numpy from lists."""
 
 import base64
 import binascii
 import io
-import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
 import numpy as np
 import orjson
 from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from mnist_core.data.idx import IMAGE_SIDE
 from mnist_core.data.images import PILLOW_FORMATS, load_image
 from mnist_core.inference.predict import printable
+
+MAX_FIELD_BYTES = 64 * 1024  # a plain (non-file) form field: never an image, so never large
 
 
 class BadInput(Exception):
@@ -39,35 +44,20 @@ def _label(filename: str | None, index: int) -> str:
     return name or f"image {index + 1}"
 
 
-BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,200})"|([^\s;]{1,200}))', re.IGNORECASE)
-DISPOSITION_PARAM = re.compile(rb'(name|filename)="([^"]*)"', re.IGNORECASE)
-
-
-def uploads_from_multipart(body: bytes, content_type: str, max_images: int) -> list[Upload]:
-    """The file fields of a multipart/form-data body (RFC 7578). Parsed here, with a split on the boundary: the
-    standard library's MIME parser took milliseconds per request, and python-multipart is not a dependency."""
-    match = BOUNDARY.search(content_type)
-    if match is None:
-        raise BadInput(400, "multipart body without a boundary in its Content-Type")
-    delimiter = b"--" + (match.group(1) or match.group(2)).encode("latin-1", "replace")
-    sections = body.split(delimiter)
-    if len(sections) < 3 or not sections[-1].startswith(b"--"):
-        raise BadInput(400, "malformed multipart body (no closing boundary)")
-    uploads = []
-    for section in sections[1:-1]:  # the first is the preamble, the last the closing "--" and epilogue
-        if not section.startswith(b"\r\n") or not section.endswith(b"\r\n"):
-            raise BadInput(400, "malformed multipart body (a part not framed by CRLF)")
-        head, separator, content = section[2:-2].partition(b"\r\n\r\n")
-        if not separator:
-            head, content = section[2:-2].removesuffix(b"\r\n"), b""  # a part with headers only
-        disposition = next((line for line in head.split(b"\r\n") if line.lower().startswith(b"content-disposition:")),
-                           b"")  # fmt: skip
-        params = {key.lower(): value for key, value in DISPOSITION_PARAM.findall(disposition)}
-        if b"filename" not in params:
-            continue  # plain form fields are not images
-        uploads.append(Upload(_label(params[b"filename"].decode("utf-8", "replace"), len(uploads)), content))
-        if len(uploads) > max_images:
-            raise BadInput(413, f"too many images in one request: the limit is {max_images}")
+async def uploads_from_form(request: Request, max_images: int) -> list[Upload]:
+    """The file fields of a multipart/form-data body (RFC 7578), parsed by Starlette with python-multipart as it
+    arrives, at most `max_images` files and as many plain fields (which are not images, and skipped)."""
+    try:
+        async with request.form(max_files=max_images, max_fields=max_images, max_part_size=MAX_FIELD_BYTES) as form:
+            files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            uploads = [Upload(_label(file.filename, index), await file.read()) for index, file in enumerate(files)]
+    except HTTPException as error:  # Starlette's refusal of a multipart body: its message is all it says
+        detail = str(error.detail)
+        if detail.startswith("Too many files"):
+            raise BadInput(413, f"too many images in one request: the limit is {max_images}") from None
+        if "maximum" in detail.lower():  # its other limits: too many plain fields, or one too large
+            raise BadInput(413, f"multipart body over this server's limits: {detail}") from None
+        raise BadInput(400, f"malformed multipart body ({detail})") from None
     if not uploads:
         raise BadInput(400, "no image file in the multipart body (send each image as a file field)")
     return uploads
