@@ -15,8 +15,8 @@ STARTED = time.perf_counter()
 import tasks  # noqa: E402 - imported after the clock starts, to time the imports
 from flows.mnist import mnist  # noqa: E402
 from launch.server import finished_task_runs  # noqa: E402
-from mnist_core.cli import parse_params  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
+from mnist_core.flags import parse_params  # noqa: E402
 
 MARKER = "FLOW_PROBE "
 STAGES = tasks.__all__  # one task per stage

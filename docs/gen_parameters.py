@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from mnist_core.cli import flag_name
 from mnist_core.config import NOT_IN_TRAINING_DIGEST, PRESETS, RunParams
+from mnist_core.flags import flag_name
 
 PAGE = Path(__file__).resolve().parent / "parameters.md"
 

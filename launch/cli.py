@@ -31,8 +31,8 @@ def _missing_packages() -> list[str]:
 
 
 def train(argv: Sequence[str]) -> int:
-    from mnist_core.cli import parse_params
     from mnist_core.config import RunParams
+    from mnist_core.flags import parse_params
 
     params = parse_params(RunParams, argv, description=TRAIN_HELP, prog="mnist train")
     return _runs("mnist").train(params)
@@ -55,7 +55,7 @@ def sweep(argv: Sequence[str], prog: str = "mnist sweep") -> int:
 
 
 def predict_batch(argv: Sequence[str]) -> int:
-    from mnist_core.cli import parse_params
+    from mnist_core.flags import parse_params
     from mnist_core.inference.predict import PredictParams
 
     params = parse_params(PredictParams, argv, PREDICT_BATCH_HELP, prog="mnist predict-batch", positional="inputs")
@@ -63,7 +63,7 @@ def predict_batch(argv: Sequence[str]) -> int:
 
 
 def serve(argv: Sequence[str]) -> int:
-    from mnist_core.serving.cli import main
+    from mnist_core.serving.serve_command import main
 
     hand_over()  # imported: from here on Ctrl-C is the command's own to handle
     return main(argv)

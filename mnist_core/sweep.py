@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mnist_core.cli import describe_validation_error
 from mnist_core.config import RunParams
+from mnist_core.flags import describe_validation_error
 
 if TYPE_CHECKING:  # imported where a study is made: `mnist sweep --help` and its usage errors stay quick
     import optuna

@@ -18,7 +18,7 @@ CORE = PROJECT_ROOT / "mnist_core"
 # Bottom to top. The kernel is the modules directly in mnist_core/ that everything may use; the application
 # modules on top (preflight, fingerprint, sweep) compose the layers.
 LAYERS = ["kernel", "data", "training", "evaluation", "export", "registry", "inference", "serving", "application"]
-KERNEL = {"errors", "files", "redact", "config", "records", "cli", "layout", "stamps"}
+KERNEL = {"errors", "files", "redact", "config", "records", "flags", "layout", "stamps"}
 APPLICATION = {"preflight", "fingerprint", "sweep", "model", "__main__"}  # model: the old cards' loader name
 
 
@@ -160,7 +160,7 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
         "from mnist_core.export.runtimes import load_predictor",
         "import mnist_core.data.images",
         "from mnist_core.serving.app import create_app",
-        "import mnist_core.serving.cli",
+        "import mnist_core.serving.serve_command",
     ],
 )
 def test_the_onnx_path_imports_no_torch(statement: str) -> None:

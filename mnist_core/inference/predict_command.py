@@ -7,8 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mnist_core.cli import parse_params
 from mnist_core.errors import PipelineError
+from mnist_core.flags import parse_params
 from mnist_core.inference.predict import PredictionBatch, PredictParams, format_table, predict, write_csv
 
 USAGE = (

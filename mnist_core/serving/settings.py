@@ -1,4 +1,4 @@
-"""The settings of `mnist serve`, in one model: the CLI's flags are generated from it (`mnist_core.cli`), the app
+"""The settings of `mnist serve`, in one model: the CLI's flags are generated from it (`mnist_core.flags`), the app
 takes it as it is, and `--workers N` hands it to each worker process as JSON. The token is not here: it comes from
 the environment (MNIST_SERVE_TOKEN), never from a flag, which anyone on the machine could read in `ps`."""
 

@@ -10,8 +10,8 @@ import annotated_types as at
 import pytest
 from pydantic import ValidationError
 
-from mnist_core.cli import flag_name, parse_params
 from mnist_core.config import RunParams
+from mnist_core.flags import flag_name, parse_params
 
 
 def _just_past(bound: float, is_int: bool, direction: float) -> float:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from launch.cli import train as main
-from mnist_core.cli import build_parser, parse_params
 from mnist_core.config import RunParams
+from mnist_core.flags import build_parser, parse_params
 from tests.support import PROJECT_ROOT
 
 

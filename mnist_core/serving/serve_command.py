@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mnist_core.cli import parse_params
+from mnist_core.flags import parse_params
 from mnist_core.serving.settings import ServeSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -47,5 +47,5 @@ def main(argv: Sequence[str]) -> int:
         uvicorn.run(create_app(settings, token=token), **common)
     else:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        uvicorn.run("mnist_core.serving.cli:app_from_env", factory=True, workers=settings.workers, **common)
+        uvicorn.run("mnist_core.serving.serve_command:app_from_env", factory=True, workers=settings.workers, **common)
     return 0
