@@ -23,7 +23,7 @@ def touch(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["inference/predict.py", "inference/cli.py", "export/run_folder.py", "evaluation/plots.py",
+    ["inference/predict.py", "inference/predict_command.py", "export/run_folder.py", "evaluation/plots.py",
      "evaluation/evaluate.py", "registry/store.py", "records.py", "preflight.py"],
 )  # fmt: skip
 def test_editing_what_does_not_train_keeps_the_digest(code: Path, module: str) -> None:

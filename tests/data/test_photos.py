@@ -19,7 +19,7 @@ from mnist_core.data.images import load_inputs, to_mnist_form
 from mnist_core.errors import DataError
 from mnist_core.evaluation.calibration import expected_calibration_error, fit_temperature, log_softmax
 from mnist_core.export.runtimes import Predictor
-from mnist_core.inference import cli
+from mnist_core.inference import predict_command
 from mnist_core.inference import predict as predict_module
 from mnist_core.inference.predict import PredictParams, choose_model, softmax
 from mnist_core.records import ModelCard
@@ -155,8 +155,8 @@ def test_show_prepared_writes_what_the_model_saw(fake_model: Path, digits: np.nd
     make_kind_photo(digits[0], "squared-blue", np.random.default_rng(0)).save(inputs / "blue pen.jpg")
     Image.new("RGB", (200, 200), "white").save(inputs / "blank.png")
     shown = tmp_path / "shown"
-    status = cli.main([str(inputs), "--model", str(fake_model), "--show-prepared", str(shown)])
-    assert status == cli.SOME_FAILED  # the blank page is a row with its error
+    status = predict_command.main([str(inputs), "--model", str(fake_model), "--show-prepared", str(shown)])
+    assert status == predict_command.SOME_FAILED  # the blank page is a row with its error
     written = sorted(path.name for path in shown.iterdir())
     assert written == ["00001-blue_pen.jpg-7.png"]
     saved = np.asarray(Image.open(shown / written[0]))
@@ -194,7 +194,7 @@ def test_show_prepared_refuses_a_folder_it_must_not_write(where: str, tmp_path: 
 def test_show_prepared_refusal_is_one_line_of_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     Image.new("RGB", (50, 50), "white").save(tmp_path / "a.png")
     with pytest.raises(SystemExit) as stop:
-        cli.main([str(tmp_path / "a.png"), "--show-prepared", str(tmp_path)])
+        predict_command.main([str(tmp_path / "a.png"), "--show-prepared", str(tmp_path)])
     assert stop.value.code == 2 and "holds inputs" in capsys.readouterr().err
 
 

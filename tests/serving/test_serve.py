@@ -384,13 +384,13 @@ def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch
 def test_a_public_address_without_a_token_is_warned_about(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import uvicorn
 
-    from mnist_core.serving import cli
+    from mnist_core.serving import serve_command
 
     started = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
     monkeypatch.delenv("MNIST_SERVE_TOKEN", raising=False)
-    assert cli.main(["--host", "0.0.0.0", "--port", "0", "--output-dir", "/nonexistent"]) == 0
+    assert serve_command.main(["--host", "0.0.0.0", "--port", "0", "--output-dir", "/nonexistent"]) == 0
     assert "without a token" in capsys.readouterr().err and started[0]["host"] == "0.0.0.0"
     monkeypatch.setenv("MNIST_SERVE_TOKEN", "secret")
-    assert cli.main(["--host", "0.0.0.0", "--port", "0"]) == 0
+    assert serve_command.main(["--host", "0.0.0.0", "--port", "0"]) == 0
     assert "without a token" not in capsys.readouterr().err
