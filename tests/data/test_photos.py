@@ -19,8 +19,8 @@ from mnist_core.data.images import load_inputs, to_mnist_form
 from mnist_core.errors import DataError
 from mnist_core.evaluation.calibration import expected_calibration_error, fit_temperature, log_softmax
 from mnist_core.export.runtimes import Predictor
-from mnist_core.inference import predict_command
 from mnist_core.inference import predict as predict_module
+from mnist_core.inference import predict_command
 from mnist_core.inference.predict import PredictParams, choose_model, softmax
 from mnist_core.records import ModelCard
 from tests.support import PROJECT_ROOT
