@@ -199,7 +199,8 @@ def test_the_command_line_uses_the_users_server_when_one_is_set(
     tests/launch/test_interrupt.py and test_readme_command_runs_the_flow above run the one it starts)."""
     from prefect.settings import PREFECT_API_URL
 
-    import flows.mnist as flow_module
+    import launch.runs as runs_module
+    from launch.cli import train
     from mnist_core.errors import DataError
 
     seen: list[str] = []
@@ -208,8 +209,8 @@ def test_the_command_line_uses_the_users_server_when_one_is_set(
         seen.append(PREFECT_API_URL.value())
         raise DataError("stopped by the test")
 
-    monkeypatch.setattr(flow_module, "mnist", flow_that_records_the_api)
-    code = flow_module.main(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
+    monkeypatch.setattr(runs_module, "mnist", flow_that_records_the_api)
+    code = train(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
     output = capsys.readouterr()
     assert code == 1 and seen == [prefect_server]
     assert "starting a Prefect server" not in output.out and "mnist: error: stopped by the test" in output.err

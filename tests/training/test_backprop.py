@@ -104,9 +104,12 @@ def test_steps_update_the_weights_as_autograd_does(overrides: dict, step_class: 
             torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6, msg=name)
             continue
         # Adam divides by the gradient's own magnitude: where a gradient is ~0, float32 rounding (either path's)
-        # decides its sign, and that one weight moves by up to lr per step. Everywhere else: equal.
+        # decides its sign, and that one weight moves by up to lr per step. Everywhere else: equal to float32
+        # rounding, as for SGD. How many weights meet a ~0 gradient depends on the CPU's kernels: none of the small
+        # layers' on an AMD EPYC, 2 of 512 (AdamW, layers.2) on an Intel Xeon; so a few, never more than 0.1 %.
         difference = (param - expected).abs()
-        assert (difference > 1e-6).float().mean() < 1e-3, name
+        apart = int((difference > 1e-6 + 1e-5 * expected.abs()).sum())
+        assert apart <= max(4, 1e-3 * param.numel()), f"{name}: {apart} of {param.numel()} weights apart"
         assert difference.max() <= 3 * params.lr, name
     torch.testing.assert_close(step.loss_sum, reference_step.loss_sum, rtol=1e-5, atol=1e-5)
     assert step.correct.item() == reference_step.correct.item()
