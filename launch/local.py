@@ -1,7 +1,8 @@
 """What `python flows/mnist.py` needs around the flow: a Prefect API, and a terminal's signals turned into a
 clean stop.
 
-The API is PREFECT_API_URL when it is set (a server of the user's). Otherwise the run starts a server of its own,
+The API is PREFECT_API_URL when it is set (a server of the user's), else the server of this checkout's stack when it
+runs (`mnist stack up`: one UI for every run). Otherwise the run starts a server of its own,
 as Prefect's temporary server would be (`prefect server start` on loopback, on PREFECT_HOME's database), but in
 its own session. A terminal's Ctrl-C reaches the whole foreground process group: Prefect's temporary server, a
 child in that group, died of it, so the run could no longer record how it ended and its client retried the dead
@@ -30,6 +31,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, temp
 
 from launch.entry import hand_over
 from launch.server import ServerError, serving
+from launch.stack import running_api_url
 from mnist_core.errors import PipelineError, disguised_interrupt
 from tasks import stops
 
@@ -173,6 +175,13 @@ def local_run() -> Iterator[LocalRun]:
         configured = PREFECT_API_URL.value()
         if configured:
             yield run
+            return
+        stack_url = running_api_url()
+        if stack_url:
+            print(f"mnist: reporting to the local stack's Prefect server, {stack_url.removesuffix('/api')} "
+                  "(set PREFECT_API_URL to use another)", flush=True)  # fmt: skip
+            with temporary_settings({PREFECT_API_URL: stack_url}):
+                yield run
             return
         home = Path(PREFECT_HOME.value()).expanduser()
         log_path = home / "logs" / "mnist-run-server.log"

@@ -367,12 +367,30 @@ def describe_database(home: Path) -> str:
     return f"SQLite at {home / 'prefect.db'}"
 
 
+def default_state_dir() -> Path:
+    return Path(os.environ.get("MNIST_STACK_DIR", PROJECT_ROOT / ".stack"))
+
+
+def running_api_url(state_dir: Path | None = None) -> str | None:
+    """The API of this checkout's stack when its server runs and answers, else None: `mnist train` reports there
+    when PREFECT_API_URL is not set, so every run shows in the stack's UI."""
+    try:
+        state = json.loads(((state_dir or default_state_dir()) / "stack.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = state.get("api_url")
+    if not url or not Stack.is_ours(state.get("server_pid"), "server"):
+        return None
+    try:
+        return url if server_healthy(url, timeout_s=2.0) else None
+    except Exception:  # noqa: BLE001 - not answering, whatever the client says: the run starts a server of its own
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument(
-        "--state-dir", type=Path, default=Path(os.environ.get("MNIST_STACK_DIR", PROJECT_ROOT / ".stack"))
-    )
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     parser.add_argument(
         "--host",
         default=os.environ.get("MNIST_STACK_HOST", "127.0.0.1"),

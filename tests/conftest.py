@@ -11,6 +11,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="mnist-tests-prefect-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME))
 os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_SESSION_HOME / "storage"))
+# A developer's own stack (`mnist stack up` in this checkout) is not the tests': runs that start their own server
+# must not report to it instead. Tests of a stack name their state folder.
+os.environ["MNIST_STACK_DIR"] = str(_SESSION_HOME / "no-stack")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import psutil
 import pytest
 
 from mnist_core.config import RunParams
@@ -190,6 +192,45 @@ def test_on_a_terminal_training_and_download_show_a_progress_bar(
     assert "/430 steps" in output and "epoch 2/2" in output  # 2 x 215 steps of 256
     assert "train loss" in output and "Test accuracy:" in output
     assert "| ERROR" not in output and "| WARNING" not in output
+
+
+def test_the_command_line_reports_to_the_local_stack_when_it_runs(
+    prefect_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without PREFECT_API_URL, `mnist train` reports to this checkout's stack when its server runs (one UI for
+    every run), here the session's real server recorded as a stack's; a stack whose server is gone is not used."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import launch.runs as runs_module
+    from launch.cli import train
+    from launch.stack import running_api_url
+    from mnist_core.errors import DataError
+
+    port = str(urlparse(prefect_server).port)
+    [server_pid] = [process.pid for process in psutil.process_iter(["cmdline"])
+                    if {"server", "start", port} <= set(process.info["cmdline"] or [])]  # fmt: skip
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    (stack_dir / "stack.json").write_text(json.dumps({"server_pid": server_pid, "api_url": prefect_server}))
+    monkeypatch.setenv("MNIST_STACK_DIR", str(stack_dir))
+    seen: list[str] = []
+
+    def flow_that_records_the_api(params: RunParams) -> None:
+        seen.append(PREFECT_API_URL.value())
+        raise DataError("stopped by the test")
+
+    monkeypatch.setattr(runs_module, "mnist", flow_that_records_the_api)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = train(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
+    output = capsys.readouterr()
+    assert code == 1 and seen == [prefect_server], output
+    assert "reporting to the local stack's Prefect server" in output.out
+    assert "starting a Prefect server" not in output.out
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "stack.json").write_text(json.dumps({"server_pid": 2**22 + 1, "api_url": prefect_server}))
+    assert running_api_url(gone) is None and running_api_url(tmp_path / "none") is None
 
 
 def test_the_command_line_uses_the_users_server_when_one_is_set(
