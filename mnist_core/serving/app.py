@@ -33,13 +33,13 @@ from mnist_core.serving.follower import ModelFollower, Served
 from mnist_core.serving.inputs import (
     BadInput,
     count_pixels,
-    parse_json,
     prepare,
     tensor_from_v2,
     uploads_from_form,
     uploads_from_json,
 )
 from mnist_core.serving.settings import ServeSettings
+from mnist_core.serving.v2_binary import BINARY_CONTENT_TYPES, HEADER_LENGTH, binary_outputs, split_v2_body, v2_response
 
 PAGE = Path(__file__).with_name("page.html")
 # Up to this many images, and pixels to decode, are prepared and run on the event loop (well under a millisecond
@@ -310,33 +310,34 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
         return await ready()
 
     @app.post("/v2/models/{name}/infer", dependencies=guarded)
-    async def infer(name: str, request: LimitedRequest) -> FastJSON:
+    async def infer(name: str, request: LimitedRequest) -> Response:
         check_name(name)
         served = model_or_503()
+        header_length = request.headers.get(HEADER_LENGTH)
         content_type = request.headers.get("content-type", "application/json")
-        if content_type.split(";")[0].strip() != "application/json":
-            raise BadInput(415, f"Content-Type {content_type}: the v2 protocol's JSON (application/json) only")
+        # JSON, or (binary tensor extension, announced by its header length) JSON then raw bytes
+        allowed = BINARY_CONTENT_TYPES if header_length is not None else {"application/json"}
+        if content_type.split(";")[0].strip() not in allowed:
+            raise BadInput(415, f"Content-Type {content_type}: the v2 protocol's JSON (application/json), or with "
+                                f"{HEADER_LENGTH} JSON then raw tensor bytes (application/octet-stream)")  # fmt: skip
         body = await request.body()
 
-        def work() -> tuple[np.ndarray, np.ndarray, str | None]:
-            images, request_id = tensor_from_v2(parse_json(body), settings.max_batch)
+        def work() -> Response:
+            parsed = split_v2_body(body, header_length)
+            images, request_id = tensor_from_v2(parsed.document, settings.max_batch, parsed.binary[0])
+            outputs = binary_outputs(parsed.document, ["probabilities", "class"])  # before the model runs
             probabilities, ranked = answer(served, images)
-            return probabilities, ranked[:, 0], request_id
+            header = {
+                "model_name": name,
+                "model_version": served.version,
+                **({"id": request_id} if request_id else {}),
+                "parameters": {"sha256": served.sha256, "run_id": served.run_id},
+            }
+            arrays = {"probabilities": ("FP32", probabilities), "class": ("INT64", ranked[:, 0])}
+            return v2_response(header, arrays, outputs)
 
         inline = len(body) < 64 * 1024
-        probabilities, best, request_id = work() if inline else await run_in_threadpool(work)
-        count = len(best)
-        return FastJSON({
-            "model_name": name,
-            "model_version": served.version,
-            **({"id": request_id} if request_id else {}),
-            "parameters": {"sha256": served.sha256, "run_id": served.run_id},
-            "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [count, len(class_names)],
-                 "data": probabilities.astype(np.float32).ravel()},
-                {"name": "class", "datatype": "INT64", "shape": [count], "data": best.astype(np.int64)},
-            ],
-        })  # fmt: skip
+        return work() if inline else await run_in_threadpool(work)
 
     @app.get("/metrics", dependencies=guarded)
     async def prometheus() -> Response:

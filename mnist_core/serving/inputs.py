@@ -128,8 +128,9 @@ def prepare(uploads: list[Upload], dataset: str) -> np.ndarray:
 V2_DTYPE = "UINT8"
 
 
-def tensor_from_v2(document: object, max_batch: int) -> tuple[np.ndarray, str | None]:
-    """The Open Inference Protocol v2 request's one input: UINT8 [N, 28, 28] (data flat or nested)."""
+def tensor_from_v2(document: object, max_batch: int, binary: bytes | None = None) -> tuple[np.ndarray, str | None]:
+    """The Open Inference Protocol v2 request's one input: UINT8 [N, 28, 28] (data flat or nested), or its raw
+    bytes (`binary`, sliced from the body by v2_binary.split_v2_body) checked against the same shape and limits."""
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) or len(document["inputs"]) != 1:
         raise BadInput(400, 'expected {"inputs": [{"name", "shape": [N, 28, 28], "datatype": "UINT8", "data"}]}')
     tensor = document["inputs"][0]
@@ -148,6 +149,14 @@ def tensor_from_v2(document: object, max_batch: int) -> tuple[np.ndarray, str | 
         raise BadInput(400, f"inputs[0].shape is {shape!r}; this model takes [N, {IMAGE_SIDE}, {IMAGE_SIDE}], N >= 1")
     if shape[0] > max_batch:
         raise BadInput(413, f"too many images in one request ({shape[0]}): the limit is {max_batch}")
+    given_id = document.get("id")
+    request_id = given_id if isinstance(given_id, str) else None
+    if binary is not None:
+        expected = shape[0] * IMAGE_SIDE * IMAGE_SIDE  # UINT8: one byte an element, every byte value a valid one
+        if len(binary) != expected:
+            raise BadInput(400, f"inputs[0].parameters.binary_data_size is {len(binary)} but shape {shape} of "
+                                f"{V2_DTYPE} is {expected} bytes")  # fmt: skip
+        return np.frombuffer(binary, np.uint8).reshape(shape), request_id
     if not isinstance(data, list):
         raise BadInput(400, "inputs[0].data must be a list of numbers")
     try:
@@ -159,5 +168,4 @@ def tensor_from_v2(document: object, max_batch: int) -> tuple[np.ndarray, str | 
                             f"product), got {array.size} of kind {array.dtype}")  # fmt: skip
     if array.min() < 0 or array.max() > 255:
         raise BadInput(400, "inputs[0].data has values outside 0-255 (UINT8)")
-    request_id = document.get("id")
-    return array.astype(np.uint8).reshape(shape), request_id if isinstance(request_id, str) else None
+    return array.astype(np.uint8).reshape(shape), request_id
