@@ -434,6 +434,31 @@ def _failed(name: str, problem: str) -> LoadedInput:
     return LoadedInput(name, None, f"{name}: {problem}")
 
 
+def decode_reduced(image: Image.Image) -> int:
+    """Before `image` is decoded: ask a JPEG's decoder for the smallest of its 1/2, 1/4 and 1/8 scales that still
+    gives the preparation all it uses (a longer side of at least WORK_SIDE, which a photo is reduced to anyway; the
+    80 px stroke box is cut from that). libjpeg then skips most of the inverse DCT and colour conversion, and the
+    memory: a 12-megapixel phone photo decodes to 3 megapixels. From then on `image.size` is the size it decodes
+    to, which pixel limits apply to. Returns the scale (1: other formats and small JPEGs are decoded as they are)."""
+    longer = max(image.size)
+    scale = next((s for s in (8, 4, 2) if longer // s >= WORK_SIDE), 1)
+    if scale == 1 or image.format != "JPEG":
+        return 1
+    # Pillow picks the largest scale s with size // s >= the size asked for: asked for size // scale, that is scale.
+    # Its draft mode is the file's own (the darkest colour channel needs RGB, not the luma that "L" would decode).
+    image.draft(image.mode, (image.width // scale, image.height // scale))
+    return scale
+
+
+def over_limit(size: tuple[int, int], decoded: tuple[int, int], limit: int, whose: str = "the") -> str | None:
+    """The one-line refusal of a picture of `size` that decodes to `decoded` (see `decode_reduced`) with more than
+    `limit` pixels, or None when it is within the limit: the file's size, what it decodes to if less, the limit."""
+    if decoded[0] * decoded[1] <= limit:
+        return None
+    reduced = f" (decoded reduced to {decoded[0]}x{decoded[1]})" if decoded != size else ""
+    return f"{size[0]}x{size[1]} px{reduced} is over {whose} limit of {limit} pixels"
+
+
 def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist") -> LoadedInput:
     """Decode under our own pixel limit; Pillow raises many types for damaged files, all of which mean 'bad file'.
     `content`: the file's bytes, already read (decoded instead of reading `path`, which names them). `dataset`:
@@ -449,8 +474,12 @@ def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path if content is None else io.BytesIO(content), formats=PILLOW_FORMATS)
         with img:
-            if img.width * img.height > MAX_PIXELS:
-                return _failed(name, f"{img.width}x{img.height} px is over the limit of {MAX_PIXELS} pixels")
+            # The limit applies to what is decoded: a JPEG decoded reduced costs its reduced size.
+            size = img.size
+            decode_reduced(img)
+            refusal = over_limit(size, img.size, MAX_PIXELS)
+            if refusal:
+                return _failed(name, refusal)
             img.load()
             img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
     except Image.DecompressionBombError as error:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from mnist_core.data.idx import IMAGE_SIDE
-from mnist_core.data.images import PILLOW_FORMATS, load_image
+from mnist_core.data.images import PILLOW_FORMATS, decode_reduced, load_image, over_limit
 from mnist_core.inference.predict import printable
 
 MAX_FIELD_BYTES = 64 * 1024  # a plain (non-file) form field: never an image, so never large
@@ -98,14 +98,18 @@ def count_pixels(uploads: list[Upload], max_pixels: int) -> int:
     for upload in uploads:
         try:
             with Image.open(io.BytesIO(upload.content), formats=PILLOW_FORMATS) as image:
+                size = image.size
+                # What load_image will decode: a JPEG at the reduced scale the preparation needs (a 12-megapixel
+                # phone photo at 1/2, 3 megapixels), any other format at its full size.
+                decode_reduced(image)
                 width, height = image.size
         except Image.DecompressionBombError as error:
             raise BadInput(422, f"{upload.name}: refused as a decompression bomb ({error})") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             continue  # load_image names what is wrong with it
-        if width * height > max_pixels:
-            raise BadInput(422, f"{upload.name}: {width}x{height} px is over this server's limit of {max_pixels} "
-                                "pixels (a decompression bomb, or a photo to scale down first)")  # fmt: skip
+        refusal = over_limit(size, (width, height), max_pixels, "this server's")
+        if refusal:
+            raise BadInput(422, f"{upload.name}: {refusal} (a decompression bomb, or a photo to scale down first)")
         total += width * height
         if total > max_pixels:
             raise BadInput(413, f"the images of this request hold over {max_pixels} pixels in all; send fewer or "

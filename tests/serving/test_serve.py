@@ -3,6 +3,7 @@ the token, readiness without a champion, following promotions under concurrent r
 damaged new champion kept out."""
 
 import base64
+import io
 import json
 import re
 import socket
@@ -17,9 +18,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from launch.server import free_port
 from mnist_core.layout import ONNX_FILE
+from tests.support.photos import make_kind_photo
 from tests.support.seaweedfs import distinct_free_ports
 from tests.support.serving import (
     champion_json,
@@ -273,6 +276,23 @@ def test_other_bad_requests_and_a_slow_client(server: Server, runs: dict) -> Non
     assert status == 408 and "did not arrive" in body["error"]
     assert time.monotonic() - started < 5
     assert server.client.get("/v2/health/ready").status_code == 200  # still serving
+
+
+def test_a_12_megapixel_phone_jpeg_is_read_under_the_4_megapixel_limit(
+    server: Server, runs: dict, mnist_tensors
+) -> None:
+    """4032x3024 is 12.2 M pixels in its header, but the preparation needs no more than a 1024 px side: the JPEG is
+    decoded at 1/2 (2016x1512, 3 M pixels), which the limit applies to. A PNG of that size is still refused."""
+    digit, label = mnist_tensors["test_images"][0].numpy(), int(mnist_tensors["test_labels"][0])
+    buffer = io.BytesIO()
+    photo = make_kind_photo(digit, "red-ink", np.random.default_rng(3)).resize((4032, 3024), Image.BICUBIC)
+    photo.save(buffer, "JPEG", quality=85)  # about 470 kB: under this server's 1 MB body
+    answer = server.client.post("/predict", files={"file": ("IMG_0001.jpg", buffer.getvalue(), "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["class"] == label
+    refused = server.client.post("/predict", files={"file": ("wide.png", png(4032, 3024), "image/png")})
+    assert refused.status_code == 422
+    assert refused.json()["error"].startswith("wide.png: 4032x3024 px is over this server's limit of 4000000 pixels")
 
 
 def test_metrics_count_requests_latency_classes_and_the_model(server: Server, runs: dict, digits) -> None:

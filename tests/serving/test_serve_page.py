@@ -3,6 +3,7 @@ are drawn on the canvas with mouse strokes and must be read right (9 of 10 at le
 page is read too."""
 
 import base64
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.support.browser import browser_page as chromium_page
 from tests.support.serving import digit_png, make_run, promote, start_server, stop_server, wait_until
@@ -102,3 +104,29 @@ def test_a_dropped_image_file_is_read(browser_page, page_url: str, mnist_tensors
     )
     page.wait_for_function("document.getElementById('answer').dataset.class === '7'", timeout=TIMEOUT_MS)
     wait_until(lambda: "run-page" in page.inner_text("#model"), timeout=5)
+
+
+def test_a_phone_size_picture_is_scaled_down_by_the_page(browser_page, page_url: str, mnist_tensors) -> None:
+    """A 4032x3024 PNG (12 M pixels, which a PNG decodes to whole) is over the server's 4 M pixel limit: the page
+    scales it to 2048x1536 (3 M) before sending, and the digit is read."""
+    page = browser_page
+    page.goto(page_url)
+    page.click("#clear")
+    labels = mnist_tensors["test_labels"].numpy()
+    index = int(np.flatnonzero(labels == 3)[0])
+    digit = Image.fromarray(255 - mnist_tensors["test_images"][index].numpy()).resize((1500, 1500), Image.BICUBIC)
+    photo = Image.new("L", (4032, 3024), 255)
+    photo.paste(digit, (1266, 762))
+    buffer = io.BytesIO()
+    photo.save(buffer, "PNG")
+    page.evaluate(
+        """content => {
+            const bytes = Uint8Array.from(atob(content), c => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], "IMG_0003.png", {type: "image/png"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""",
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
+    page.wait_for_function("document.getElementById('answer').dataset.class === '3'", timeout=TIMEOUT_MS)
+    assert page.inner_text("#error") == ""
