@@ -65,6 +65,19 @@ def _draw(page: Any, image: np.ndarray) -> None:
         page.mouse.up()
 
 
+def _drop_file(page: Any, name: str, content: str) -> None:
+    """Drop a PNG (base64 `content`) named `name` on the page's drop zone, as a person dragging a file does."""
+    page.evaluate(
+        """([name, content]) => {
+            const bytes = Uint8Array.from(atob(content), c => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], name, {type: "image/png"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""",
+        [name, content],
+    )
+
+
 def test_digits_drawn_with_the_mouse_are_read(browser_page, page_url: str, mnist_tensors: dict[str, torch.Tensor]):
     page = browser_page
     page.goto(page_url)
@@ -93,15 +106,7 @@ def test_a_dropped_image_file_is_read(browser_page, page_url: str, mnist_tensors
     labels = mnist_tensors["test_labels"].numpy()
     index = int(np.flatnonzero(labels == 7)[0])
     content = base64.b64encode(digit_png(mnist_tensors["test_images"][index], scale=4)).decode()
-    page.evaluate(
-        """content => {
-            const bytes = Uint8Array.from(atob(content), c => c.charCodeAt(0));
-            const data = new DataTransfer();
-            data.items.add(new File([bytes], "seven.png", {type: "image/png"}));
-            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
-        }""",
-        content,
-    )
+    _drop_file(page, "seven.png", content)
     page.wait_for_function("document.getElementById('answer').dataset.class === '7'", timeout=TIMEOUT_MS)
     wait_until(lambda: "run-page" in page.inner_text("#model"), timeout=5)
 
@@ -119,14 +124,6 @@ def test_a_phone_size_picture_is_scaled_down_by_the_page(browser_page, page_url:
     photo.paste(digit, (1266, 762))
     buffer = io.BytesIO()
     photo.save(buffer, "PNG")
-    page.evaluate(
-        """content => {
-            const bytes = Uint8Array.from(atob(content), c => c.charCodeAt(0));
-            const data = new DataTransfer();
-            data.items.add(new File([bytes], "IMG_0003.png", {type: "image/png"}));
-            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
-        }""",
-        base64.b64encode(buffer.getvalue()).decode(),
-    )
+    _drop_file(page, "IMG_0003.png", base64.b64encode(buffer.getvalue()).decode())
     page.wait_for_function("document.getElementById('answer').dataset.class === '3'", timeout=TIMEOUT_MS)
     assert page.inner_text("#error") == ""
