@@ -23,6 +23,14 @@ def start_server(root: Path, log: Path, *flags: str, token: str | None = None) -
     if token:
         env["MNIST_SERVE_TOKEN"] = token
     command = [sys.executable, "-m", "launch.cli", "serve", "--port", str(port), "--output-dir", str(root), *flags]
+    return start_live(command, env, log, port, "/v2/health/live")
+
+
+def start_live(
+    command: list[str], env: dict[str, str], log: Path, port: int, health: str
+) -> tuple[subprocess.Popen, str]:
+    """`command` as its own process, its output in `log`; returns once GET `health` on loopback `port` answers 200
+    (the process is stopped again if it never does). The caller stops it by PID (`stop_server`)."""
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -30,11 +38,15 @@ def start_server(root: Path, log: Path, *flags: str, token: str | None = None) -
     def up() -> bool:
         assert process.poll() is None, log.read_text()
         try:
-            return httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200
+            return httpx.get(f"{url}{health}", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
-    wait_until(up, timeout=30, every=0.1)
+    try:
+        wait_until(up, timeout=30, every=0.1)
+    except BaseException:
+        stop_server(process)
+        raise
     return process, url
 
 

@@ -13,7 +13,6 @@ error or Ctrl-C. Nothing fails on a figure; the numbers go to docs/performance.m
 """
 
 import argparse
-import glob
 import io
 import json
 import os
@@ -33,7 +32,7 @@ from PIL import Image, ImageDraw
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from serve_process import start_server, stop_server, wait_until  # noqa: E402
+from serve_process import start_live, start_server, stop_server, wait_until  # noqa: E402
 from v2_binary import BATCH, httpx_senders, machine, timed  # noqa: E402
 
 from launch.server import free_port  # noqa: E402
@@ -82,30 +81,8 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict[st
 
 def start_minimal(onnx: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "MINIMAL_ONNX": str(onnx)}
     command = [sys.executable, str(PROJECT_ROOT / "benchmarks" / "minimal_server.py"), "--port", str(port)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(up, timeout=30, every=0.1)
-    except BaseException:
-        stop_server(process)
-        raise
-    return process, url
-
-
-def default_onnx() -> Path | None:
-    found = sorted(glob.glob("/tmp/imgbench-runs/*/model.onnx")) + sorted(glob.glob("/tmp/v2bin-model/model.onnx"))
-    return Path(found[0]) if found else None
+    return start_live(command, {**os.environ, "MINIMAL_ONNX": str(onnx)}, log, port, "/health")
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -114,7 +91,7 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", type=Path, default=default_onnx(), help="a model.onnx (default: one under /tmp)")
+    parser.add_argument("--onnx", type=Path, required=True, help="a model.onnx (e.g. a run folder's)")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk phase")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of alternating phases")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="wrk connections")
