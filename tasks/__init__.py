@@ -1,4 +1,5 @@
-"""Thin Prefect tasks around `mnist_core`, one per stage."""
+"""Thin Prefect tasks around `mnist_core`, one per stage; beside them, the sweep's trial starter (trials.py) and a
+stop raised again at an epoch's end (stops.py)."""
 
 from tasks.download import download
 from tasks.evaluate import evaluate
