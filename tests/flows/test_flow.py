@@ -201,7 +201,7 @@ def test_the_command_line_reports_to_the_local_stack_when_it_runs(
     every run), here the session's real server recorded as a stack's; a stack whose server is gone is not used."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    import launch.runs as runs_module
+    import flows.mnist as flow_module
     from launch.cli import train
     from launch.stack import running_api_url
     from mnist_core.errors import DataError
@@ -219,7 +219,7 @@ def test_the_command_line_reports_to_the_local_stack_when_it_runs(
         seen.append(PREFECT_API_URL.value())
         raise DataError("stopped by the test")
 
-    monkeypatch.setattr(runs_module, "mnist", flow_that_records_the_api)
+    monkeypatch.setattr(flow_module, "mnist", flow_that_records_the_api)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         code = train(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
     output = capsys.readouterr()
@@ -240,7 +240,7 @@ def test_the_command_line_uses_the_users_server_when_one_is_set(
     tests/launch/test_interrupt.py and test_readme_command_runs_the_flow above run the one it starts)."""
     from prefect.settings import PREFECT_API_URL
 
-    import launch.runs as runs_module
+    import flows.mnist as flow_module
     from launch.cli import train
     from mnist_core.errors import DataError
 
@@ -250,7 +250,7 @@ def test_the_command_line_uses_the_users_server_when_one_is_set(
         seen.append(PREFECT_API_URL.value())
         raise DataError("stopped by the test")
 
-    monkeypatch.setattr(runs_module, "mnist", flow_that_records_the_api)
+    monkeypatch.setattr(flow_module, "mnist", flow_that_records_the_api)
     code = train(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")])
     output = capsys.readouterr()
     assert code == 1 and seen == [prefect_server]
