@@ -33,7 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from made_up_runs import make_run, promote, variant  # noqa: E402
-from serve_process import start_server, stop_server  # noqa: E402
+from serve_process import serving_arguments, start_server, stop_server  # noqa: E402
 
 
 def one_png() -> bytes:
@@ -162,11 +162,8 @@ async def measure(url: str, root: Path, new_run, args: argparse.Namespace) -> di
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", type=Path, required=True, help="a model.onnx (e.g. a run folder's)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured phase")
+    parser = serving_arguments(__doc__, seconds=3.0)
     parser.add_argument("--max-requests", type=int, default=20_000, help="most requests in one phase")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="serve-load-"))
     first = make_run(root, "bench-a", args.onnx)

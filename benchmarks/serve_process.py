@@ -1,6 +1,7 @@
 """`mnist serve` as its own process on a free loopback port, for the benchmarks and the serving tests (through
 tests/support/serving.py). A benchmark run as a script imports it as `serve_process`."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import httpx
 import tenacity
 
-from launch.server import free_port
+from launch.server import free_port, poll
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,12 +61,17 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def wait_until(check, timeout: float = 10.0, every: float = 0.05) -> None:  # noqa: ANN001
-    """Poll `check` (tenacity) until it returns something true; AssertionError after `timeout` seconds."""
+    """Poll `check` (launch.server.poll) until it returns something true; AssertionError after `timeout` seconds."""
     try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(every),
-            retry=tenacity.retry_if_result(lambda result: not result),
-        )(check)
+        poll(check, timeout, every)
     except tenacity.RetryError:
         raise AssertionError(f"not true within {timeout} s: {check}") from None
+
+
+def serving_arguments(doc: str | None, seconds: float) -> argparse.ArgumentParser:
+    """The flags every serving benchmark takes: the model, a phase's length, where to write the figures."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", type=Path, required=True, help="a model.onnx (e.g. a run folder's)")
+    parser.add_argument("--seconds", type=float, default=seconds, help="length of each measured phase")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser

@@ -12,7 +12,6 @@ The client shares the machine's cores with the servers. Every server is stopped 
 error or Ctrl-C. Nothing fails on a figure; the numbers go to docs/performance.md.
 """
 
-import argparse
 import io
 import json
 import os
@@ -32,7 +31,7 @@ from PIL import Image, ImageDraw
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from serve_process import start_live, start_server, stop_server, wait_until  # noqa: E402
+from serve_process import serving_arguments, start_live, start_server, stop_server, wait_until  # noqa: E402
 from v2_binary import BATCH, httpx_senders, machine, timed  # noqa: E402
 
 from launch.server import free_port  # noqa: E402
@@ -90,12 +89,9 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", type=Path, required=True, help="a model.onnx (e.g. a run folder's)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk phase")
+    parser = serving_arguments(__doc__, seconds=5.0)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of alternating phases")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="wrk connections")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if args.onnx is None or not args.onnx.is_file():
         parser.error(f"no model.onnx: {args.onnx} (pass --onnx)")

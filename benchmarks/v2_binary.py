@@ -13,7 +13,6 @@ another job on a shared machine skews both alike. The client shares the machine'
 fails on a figure; the numbers go to docs/serving.md ("Binary tensors").
 """
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import orjson
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from serve_process import start_server, stop_server  # noqa: E402
+from serve_process import serving_arguments, start_server, stop_server  # noqa: E402
 
 BATCH = 256
 HEADER = "Inference-Header-Content-Length"
@@ -99,11 +98,8 @@ def machine() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", type=Path, required=True, help="a model.onnx (e.g. a run folder's)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured phase")
+    parser = serving_arguments(__doc__, seconds=3.0)
     parser.add_argument("--max-requests", type=int, default=2000, help="most requests in one phase")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     images = np.random.default_rng(0).integers(0, 256, (BATCH, 28, 28), dtype=np.uint8)
     root = Path(tempfile.mkdtemp(prefix="v2-binary-"))

@@ -12,10 +12,12 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import tenacity
+
+T = TypeVar("T")
 
 HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -152,13 +154,14 @@ def wait_for(
         ) from None
 
 
-def poll(check: Callable[[], bool], timeout_s: float, interval_s: float) -> None:
-    """Call `check` every `interval_s` until it returns True; tenacity.RetryError after `timeout_s`. An exception
-    from `check` ends the wait at once."""
-    tenacity.Retrying(
+def poll(check: Callable[[], T], timeout_s: float, interval_s: float) -> T:
+    """Call `check` every `interval_s` until it returns something true, and return that; tenacity.RetryError after
+    `timeout_s`. An exception from `check` ends the wait at once. The one polling loop of the project (the tests'
+    and the benchmarks' waits call it too)."""
+    return tenacity.Retrying(
         stop=tenacity.stop_after_delay(timeout_s),
         wait=tenacity.wait_fixed(interval_s),
-        retry=tenacity.retry_if_result(lambda done: not done),
+        retry=tenacity.retry_if_result(lambda result: not result),
     )(check)
 
 

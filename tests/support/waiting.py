@@ -1,11 +1,13 @@
-"""Waiting in tests: a condition polled with tenacity until it holds, and a test failure naming what did not happen
-when it does not in time."""
+"""Waiting in tests: a condition polled (launch.server.poll, tenacity) until it holds, and a test failure naming what
+did not happen when it does not in time."""
 
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
 import tenacity
+
+from launch.server import poll
 
 T = TypeVar("T")
 
@@ -15,10 +17,6 @@ def wait_until(check: Callable[[], T], timeout_s: float, failure: str | Callable
     test fails with `failure` (a callable is called then, so a log shown is the latest). An exception from `check`
     (an assertion that a process still runs) ends the wait at once."""
     try:
-        return tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout_s),
-            wait=tenacity.wait_fixed(every_s),
-            retry=tenacity.retry_if_result(lambda result: not result),
-        )(check)
+        return poll(check, timeout_s, every_s)
     except tenacity.RetryError:
         pytest.fail(failure() if callable(failure) else failure)
