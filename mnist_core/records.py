@@ -129,6 +129,20 @@ class Calibration(Record):
     bins: int = 15
 
 
+class NotADigitRule(Record):
+    """How the model says "not a digit" (Fashion-MNIST: "not a clothing item"): an input whose score is above
+    `threshold` is refused. The score is the negative free energy of the logits, -logsumexp(logits) (Liu et al.,
+    2020), of a model trained with outlier exposure (Hendrycks et al., 2019); the threshold is fitted on the
+    validation split so that `target_false_refusal` of its real images are refused (`val_false_refusal` measured)."""
+
+    method: Literal["energy"] = "energy"
+    threshold: float
+    target_false_refusal: float
+    val_false_refusal: float
+    test_false_refusal: float | None = None  # measured on the dataset's test split after fitting
+    outliers: str = ""  # what the model was trained against, in words
+
+
 class TensorSpec(Record):
     name: str
     dtype: str
@@ -190,6 +204,8 @@ class ModelCard(Record):
     # emit raw logits. 1.0 (and no calibration) on cards written before calibration existed, which still load.
     temperature: float = 1.0
     calibration: Calibration | None = None
+    # None on cards written before it existed (and for runs without outlier exposure): such a model never refuses.
+    not_a_digit: NotADigitRule | None = None
 
 
 def read_card(run_dir: Path) -> ModelCard:

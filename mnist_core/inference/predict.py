@@ -22,7 +22,7 @@ from mnist_core.errors import DataError, StorageError
 from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 from mnist_core.files import atomic_write_text
 from mnist_core.layout import CARD_FILE, REGISTRY_DB_FILE, REGISTRY_FILE
-from mnist_core.records import ModelCard, read_card
+from mnist_core.records import ModelCard, NotADigitRule, read_card
 from mnist_core.registry.artifacts import recorded_run_folder
 from mnist_core.registry.store import read_champion
 
@@ -128,6 +128,8 @@ class ChosenModel:
     class_names: list[str]
     # From the model card: probabilities are softmax(logits / T); 1.0 for a bare model file or an older card.
     temperature: float = 1.0
+    # From the model card: when to answer "not a digit"; None (never) for a bare model file or an older card.
+    not_a_digit: NotADigitRule | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,12 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
     card = _read_card(path.parent)
     model_dataset = card.dataset.name if card else dataset
     return ChosenModel(
-        path, card.run_id if card else None, model_dataset, CLASS_NAMES[model_dataset], _temperature(card)
+        path,
+        card.run_id if card else None,
+        model_dataset,
+        CLASS_NAMES[model_dataset],
+        _temperature(card),
+        card.not_a_digit if card else None,
     )
 
 
@@ -204,7 +211,9 @@ def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenMode
     path = run_dir / RUNTIME_FILES[runtime]
     if not path.is_file():
         raise DataError(f"{path}: {what} has no {runtime} model; pick another --runtime")
-    return ChosenModel(path, card.run_id, card.dataset.name, CLASS_NAMES[card.dataset.name], _temperature(card))
+    return ChosenModel(
+        path, card.run_id, card.dataset.name, CLASS_NAMES[card.dataset.name], _temperature(card), card.not_a_digit
+    )
 
 
 def _temperature(card: ModelCard | None) -> float:

@@ -16,6 +16,7 @@ from mnist_core.data.idx import IMAGE_SIDE, NUM_CLASSES
 from mnist_core.errors import PipelineError
 from mnist_core.export.runtimes import Predictor, load_predictor
 from mnist_core.inference.predict import ChosenModel, choose_model
+from mnist_core.records import NotADigitRule
 
 LOG = logging.getLogger("mnist.serve")
 
@@ -30,6 +31,7 @@ class Served:
     class_names: list[str]
     loaded_at: float  # time.time()
     temperature: float = 1.0  # calibration from the model card: probabilities are softmax(logits / T)
+    not_a_digit: NotADigitRule | None = None  # from the model card: when to answer "not a digit" (None: never)
 
     @property
     def sha256(self) -> str:
@@ -105,7 +107,13 @@ class ModelFollower:
         previous = self.current
         # The swap: one reference assignment. Requests that already took `previous` keep it until they finish.
         self.current = Served(
-            predictor, chosen.run_id, chosen.dataset, chosen.class_names, time.time(), chosen.temperature
+            predictor,
+            chosen.run_id,
+            chosen.dataset,
+            chosen.class_names,
+            time.time(),
+            chosen.temperature,
+            chosen.not_a_digit,
         )
         self._key, self._refused, self.problem = key, None, None
         self.swaps += 1

@@ -1,0 +1,41 @@
+"""Saying "not a digit": the score and the decision every path uses (`mnist predict`, `/predict`, the v2 route, the
+page, the batch deployment), from the model's logits and the rule its card holds (records.NotADigitRule).
+
+The answer is a reserved class after the dataset's own: index 10, named "not a digit" ("not a clothing item" for
+Fashion-MNIST). Probabilities keep their 10 columns (the model files' contract is unchanged: logits).
+"""
+
+import numpy as np
+
+from mnist_core.data.idx import NUM_CLASSES
+from mnist_core.records import NotADigitRule
+
+REFUSED_CLASS = NUM_CLASSES  # the reserved class index
+REFUSED_NAMES = {"mnist": "not a digit", "fashion-mnist": "not a clothing item"}
+
+
+def refused_name(dataset: str) -> str:
+    return REFUSED_NAMES.get(dataset, "not in the classes")
+
+
+def outlier_scores(logits: np.ndarray) -> np.ndarray:
+    """Negative free energy, -logsumexp(logits), per row: the higher, the less the input looks like the classes."""
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=1)
+    return -(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
+
+
+def refuse(logits: np.ndarray, rule: NotADigitRule | None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, refused) per row; with no rule (an older card, a bare model file) nothing is refused."""
+    scores = outlier_scores(logits)
+    if rule is None:
+        return scores, np.zeros(len(scores), dtype=bool)
+    return scores, scores > rule.threshold
+
+
+def fit_threshold(val_logits: np.ndarray, target_false_refusal: float) -> tuple[float, float]:
+    """The threshold refusing `target_false_refusal` of the validation split's (real) images, and the share it
+    refuses there (ties can make it differ slightly)."""
+    scores = outlier_scores(val_logits)
+    threshold = float(np.quantile(scores, 1.0 - target_false_refusal))
+    return threshold, float((scores > threshold).mean())
