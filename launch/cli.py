@@ -7,6 +7,7 @@
     mnist serve [FLAGS]          the champion's model over HTTP (page, /predict, v2 protocol, /metrics)
     mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker, model server
     mnist registry ls|show|champion|promote|rollback   the run registry (docs/registry.md)
+    mnist feedback ls|show|export   corrections sent to `mnist serve`, exported for --extra-data (docs/serving.md)
 
 `mnist COMMAND --help` lists each command's flags. The arguments are read and checked before torch or Prefect is
 imported, so help and usage errors answer at once; the imports then take seconds, during which Ctrl-C exits
@@ -83,6 +84,13 @@ def registry(argv: Sequence[str]) -> int:
     return main(argv, announce=_announce_champion)
 
 
+def feedback(argv: Sequence[str]) -> int:
+    from mnist_core.registry.feedback_command import main
+
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
+    return main(argv)
+
+
 def _announce_champion(pointer: Any, text: str) -> None:
     """A champion changed by hand (`mnist registry promote|rollback`) is published where automatic promotions
     are: the `<dataset>-promotion` artifact, in the Prefect API the environment names. Best effort: the registry
@@ -127,6 +135,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": serve,
     "stack": stack,
     "registry": registry,
+    "feedback": feedback,
 }
 
 

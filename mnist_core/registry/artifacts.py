@@ -127,6 +127,41 @@ class ArtifactStore:
             raise self._failed(f"uploading {path.name} as {key}", error) from error
         return self.uri(sha256)
 
+    def put_bytes(self, content: bytes) -> str:
+        """Upload `content` under its SHA-256 (skipped if the store already holds it: content-addressed, so the same
+        bytes are one object); its URI. For small objects (a feedback image) that never were a file."""
+        import obstore
+
+        sha256 = hashlib.sha256(content).hexdigest()
+        key = blob_key(sha256)
+        try:
+            obstore.head(self._obstore, key)
+            return self.uri(sha256)
+        except FileNotFoundError:
+            pass
+        except Exception as error:  # obstore's errors: unreachable, refused, timed out
+            raise self._failed(f"looking up {key}", error) from error
+        try:
+            obstore.put(self._obstore, key, content)
+        except Exception as error:
+            raise self._failed(f"uploading {key}", error) from error
+        return self.uri(sha256)
+
+    def get_bytes(self, sha256: str) -> bytes:
+        """The object stored under `sha256`, its bytes checked against it."""
+        import obstore
+
+        key = blob_key(sha256)
+        try:
+            content = obstore.get(self._obstore, key).bytes().to_bytes()
+        except FileNotFoundError as error:
+            raise DataError(f"{redact_url(self.uri(sha256))}: no such object in the artifact store") from error
+        except Exception as error:
+            raise self._failed(f"fetching {key}", error) from error
+        if hashlib.sha256(content).hexdigest() != sha256:
+            raise DataError(f"{redact_url(self.uri(sha256))}: its bytes do not have the SHA-256 they are stored under")
+        return content
+
     def fetch(self, uri: str, sha256: str, cache_dir: Path, suffix: str = "") -> Path:
         """The object at `uri` as a local file in `cache_dir`, its bytes checked against `sha256` (a cached copy is
         checked too: a cache is a folder anyone can write to)."""

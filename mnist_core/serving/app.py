@@ -7,7 +7,9 @@ than a hop to the thread pool); larger batches go to the thread pool so one big 
 """
 
 import asyncio
+import base64
 import hmac
+import io
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +23,7 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
@@ -28,18 +31,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.evaluation.novelty import REFUSED_CLASS, refuse, refused_name
 from mnist_core.inference.predict import softmax
+from mnist_core.registry.feedback import FeedbackStore
+from mnist_core.serving.feedback_route import add_feedback_route
 from mnist_core.serving.follower import ModelFollower, Served
 from mnist_core.serving.inputs import (
     BadInput,
+    Upload,
     count_pixels,
     prepare,
     tensor_from_v2,
     uploads_from_form,
     uploads_from_json,
 )
+from mnist_core.serving.prediction_log import Batch, PredictionLog
 from mnist_core.serving.settings import ServeSettings
 from mnist_core.serving.v2_binary import BINARY_CONTENT_TYPES, HEADER_LENGTH, binary_outputs, split_v2_body, v2_response
+from mnist_core.stamps import utc_iso
 
 PAGE = Path(__file__).with_name("page.html")
 # Up to this many images, and pixels to decode, are prepared and run on the event loop (well under a millisecond
@@ -63,6 +72,37 @@ class Metrics:
                                  registry=self.registry)  # fmt: skip
         self.predictions = Counter("mnist_serve_predictions", "Predictions by class", ["class_name"],
                                    registry=self.registry)  # fmt: skip
+        self.feedback = Counter("mnist_serve_feedback", "Feedback stored (new, or the same correction again)",
+                                ["outcome"], registry=self.registry)  # fmt: skip
+
+
+class LogCollector:
+    """The prediction log's counts, read from it at each scrape (its thread keeps them)."""
+
+    def __init__(self, log: PredictionLog) -> None:
+        self.log = log
+
+    def collect(self) -> Any:
+        logged = CounterMetricFamily("mnist_serve_predictions_logged", "Predictions written to the prediction log")
+        logged.add_metric([], self.log.logged)
+        yield logged
+        dropped = CounterMetricFamily("mnist_serve_predictions_dropped", "Predictions served but not logged (the "
+                                      "database down or slow, the queue full)")  # fmt: skip
+        dropped.add_metric([], self.log.dropped)
+        yield dropped
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What the model said about a batch: probabilities and the best three of the dataset's classes, the
+    not-a-digit scores, and the answer (the best class, or REFUSED_CLASS), one id per image."""
+
+    probabilities: np.ndarray
+    ranked: np.ndarray
+    scores: np.ndarray
+    refused: np.ndarray
+    classes: np.ndarray
+    ids: list[str]
 
 
 class FollowerCollector:
@@ -131,6 +171,41 @@ class RequestMetrics:
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
+V2_OUTPUTS = ["probabilities", "class", "not_a_digit_score"]
+
+
+def predictions_json(
+    served: Served, uploads: list[Upload], answers: Answers, prepared: np.ndarray | None
+) -> list[dict[str, Any]]:
+    """/predict's answer per image; `prepared`: the images the model saw, to send back as PNGs."""
+    refused_as = refused_name(served.dataset)
+    predictions = []
+    for index, upload in enumerate(uploads):
+        probs, top, refused = answers.probabilities[index], answers.ranked[index], bool(answers.refused[index])
+        best = int(top[0])
+        prediction = {
+            "id": answers.ids[index],
+            "input": upload.name,
+            "class": REFUSED_CLASS if refused else best,
+            "class_name": refused_as if refused else served.class_names[best],
+            "confidence": float(probs[best]),  # of the best digit, also when refused
+            "top3": [{"class": int(k), "class_name": served.class_names[int(k)], "probability": float(probs[k])}
+                     for k in top],
+            "not_a_digit": refused,
+            "not_a_digit_score": float(answers.scores[index]),
+        }  # fmt: skip
+        if prepared is not None:
+            prediction["prepared"] = png_base64(prepared[index])
+        predictions.append(prediction)
+    return predictions
+
+
+def png_base64(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image, "L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def body_limits(settings: ServeSettings) -> Callable[[Request], Any]:
     """A dependency giving the request with its body limited: over `max_body_bytes` (declared by Content-Length or
     counted while a chunked body arrives) 413, a client that sends nothing for `body_timeout_s` 408."""
@@ -168,17 +243,22 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
     follower = follower or ModelFollower(settings.model, settings.output_dir, settings.dataset, settings.poll_seconds)
     metrics = Metrics()
     metrics.registry.register(FollowerCollector(follower))
+    log = PredictionLog(lambda: FeedbackStore(settings.output_dir), settings.log_queue, settings.log_flush_seconds,
+                        settings.image_retention_days, settings.recent_predictions)  # fmt: skip
+    metrics.registry.register(LogCollector(log))
     class_names = CLASS_NAMES[settings.dataset]
     page = PAGE.read_bytes()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(follower.start)
+        log.start()
         yield
         await run_in_threadpool(follower.stop)
+        await run_in_threadpool(log.stop)
 
     app = FastAPI(title="mnist serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.follower, app.state.metrics = follower, metrics
+    app.state.follower, app.state.metrics, app.state.log = follower, metrics, log
 
     def model_or_503() -> Served:
         served = follower.current  # taken once: this request finishes on this model, whatever is swapped in meanwhile
@@ -186,12 +266,21 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
             raise BadInput(503, f"no model to answer with: {follower.problem}")
         return served
 
-    def answer(served: Served, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probabilities = softmax(served.predictor.logits(images), served.temperature)
+    def answer(served: Served, images: np.ndarray, route: str) -> Answers:
+        """The model's answers, counted, and handed to the prediction log (which writes them off this path)."""
+        logits = served.predictor.logits(images)
+        probabilities = softmax(logits, served.temperature)
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
-        for best in ranked[:, 0]:
-            metrics.predictions.labels(served.class_names[int(best)]).inc()
-        return probabilities, ranked
+        scores, refused = refuse(logits, served.not_a_digit)
+        classes = np.where(refused, REFUSED_CLASS, ranked[:, 0])
+        names = [*served.class_names, refused_name(served.dataset)]
+        for best in classes:
+            metrics.predictions.labels(names[int(best)]).inc()
+        ids = log.new_ids(len(images))
+        confidences = probabilities[np.arange(len(images)), ranked[:, 0]]
+        log.record(Batch(ids, utc_iso(), served.dataset, served.run_id, served.sha256, classes, confidences, scores,
+                         images, route))  # fmt: skip
+        return Answers(probabilities, ranked, scores, refused, classes, ids)
 
     def model_facts(served: Served) -> dict[str, Any]:
         return {"run_id": served.run_id, "sha256": served.sha256, "dataset": served.dataset, "version": served.version}
@@ -251,23 +340,15 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
                                 'or application/json ({"images": [base64, ...]})')  # fmt: skip
 
         pixels = count_pixels(uploads, settings.max_pixels)
+        with_prepared = request.query_params.get("prepared") in ("1", "true")
 
-        def work() -> tuple[np.ndarray, np.ndarray]:
-            return answer(served, prepare(uploads, served.dataset))
+        def work() -> list[dict[str, Any]]:
+            images = prepare(uploads, served.dataset)
+            answers = answer(served, images, "predict")
+            return predictions_json(served, uploads, answers, images if with_prepared else None)
 
         inline = len(uploads) <= INLINE_IMAGES and pixels <= INLINE_PIXELS
-        probabilities, ranked = work() if inline else await run_in_threadpool(work)
-        predictions = []
-        for upload, probs, top in zip(uploads, probabilities, ranked, strict=True):
-            best = int(top[0])
-            predictions.append({
-                "input": upload.name,
-                "class": best,
-                "class_name": served.class_names[best],
-                "confidence": float(probs[best]),
-                "top3": [{"class": int(k), "class_name": served.class_names[int(k)], "probability": float(probs[k])}
-                         for k in top],
-            })  # fmt: skip
+        predictions = work() if inline else await run_in_threadpool(work)
         return FastJSON({"model": model_facts(served), "predictions": predictions})
 
     @app.get("/v2/health/live")
@@ -300,8 +381,14 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(class_names)]},
                 {"name": "class", "datatype": "INT64", "shape": [-1]},
+                {"name": "not_a_digit_score", "datatype": "FP32", "shape": [-1]},
             ],
-            "parameters": model_facts(served),
+            "parameters": {
+                **model_facts(served),
+                # class 10 is not one of the probabilities' columns: the answer "not a digit"
+                "reserved_class": {"index": REFUSED_CLASS, "name": refused_name(served.dataset)},
+                "not_a_digit_threshold": served.not_a_digit.threshold if served.not_a_digit else None,
+            },
         }
 
     @app.get("/v2/models/{name}/ready", dependencies=guarded)
@@ -325,19 +412,25 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
         def work() -> Response:
             parsed = split_v2_body(body, header_length)
             images, request_id = tensor_from_v2(parsed.document, settings.max_batch, parsed.binary[0])
-            outputs = binary_outputs(parsed.document, ["probabilities", "class"])  # before the model runs
-            probabilities, ranked = answer(served, images)
+            outputs = binary_outputs(parsed.document, V2_OUTPUTS)  # before the model runs
+            answers = answer(served, images, "v2")
             header = {
                 "model_name": name,
                 "model_version": served.version,
                 **({"id": request_id} if request_id else {}),
-                "parameters": {"sha256": served.sha256, "run_id": served.run_id},
+                "parameters": {"sha256": served.sha256, "run_id": served.run_id, "prediction_ids": answers.ids},
             }
-            arrays = {"probabilities": ("FP32", probabilities), "class": ("INT64", ranked[:, 0])}
+            arrays = {
+                "probabilities": ("FP32", answers.probabilities),
+                "class": ("INT64", answers.classes),
+                "not_a_digit_score": ("FP32", answers.scores),
+            }
             return v2_response(header, arrays, outputs)
 
         inline = len(body) < 64 * 1024
         return work() if inline else await run_in_threadpool(work)
+
+    add_feedback_route(app, settings, log, metrics.feedback, guarded, LimitedRequest)
 
     @app.get("/metrics", dependencies=guarded)
     async def prometheus() -> Response:

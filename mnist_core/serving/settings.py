@@ -34,3 +34,14 @@ class ServeSettings(BaseModel):
     )
     body_timeout_s: float = Field(10.0, gt=0, description="A client sending nothing for this long gets 408.")
     poll_seconds: float = Field(1.0, gt=0, description="How often to look for a new champion.")
+    log_queue: int = Field(
+        10_000, ge=1, description="Most predictions waiting to be written to the prediction log; more are dropped."
+    )
+    log_flush_seconds: float = Field(1.0, gt=0, description="How often the prediction log is written, in one batch.")
+    image_retention_days: float = Field(
+        7.0, ge=0, description="Days the prediction log keeps each prepared image (the row stays after)."
+    )
+    recent_predictions: int = Field(
+        10_000, ge=1, description="Predictions kept in memory, so feedback finds them before they are written."
+    )
+    feedback_per_minute: int = Field(60, ge=1, description="Most POST /feedback per minute from one client address.")

@@ -91,7 +91,8 @@ def test_tritonclient_binary_in_and_out_answers_as_the_json_path(url: str, image
         result = client.infer("mnist", [tensor], outputs=outputs, request_id="bin-1", headers=dict(AUTH))
         response = result.get_response()
         assert response["id"] == "bin-1" and response["model_name"] == "mnist"
-        assert set(response["parameters"]) == {"sha256", "run_id"}
+        assert set(response["parameters"]) == {"sha256", "run_id", "prediction_ids"}
+        assert len(set(response["parameters"]["prediction_ids"])) == len(images)  # one id per image, each its own
         assert all("data" not in output and output["parameters"]["binary_data_size"] > 0
                    for output in response["outputs"])  # fmt: skip
         assert np.array_equal(result.as_numpy("class"), json_answer["class"])
@@ -99,6 +100,8 @@ def test_tritonclient_binary_in_and_out_answers_as_the_json_path(url: str, image
         # No outputs named: tritonclient asks for all of them in binary, at the request's level.
         everything = client.infer("mnist", [tensor], headers=dict(AUTH))
         assert np.array_equal(everything.as_numpy("class"), json_answer["class"])
+        scores = everything.as_numpy("not_a_digit_score")  # the extra output, binary like the others
+        assert scores.dtype == np.float32 and scores.shape == (len(images),) and np.isfinite(scores).all()
         # Binary input, JSON output: the answer is plain JSON.
         as_json = client.infer("mnist", [tensor], outputs=[triton.InferRequestedOutput("class", binary_data=False)],
                                headers=dict(AUTH))  # fmt: skip
