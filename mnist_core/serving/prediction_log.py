@@ -139,6 +139,8 @@ class PredictionLog:
         except (PipelineError, OSError) as error:
             self._failed(len(rows), error)
             return
+        if not rows:  # nothing was written: it says nothing about whether the database is back
+            return
         self.logged += len(rows)
         if self._down is not None:
             LOG.warning("mnist serve: the prediction log is written again (%d predictions dropped while the database "
@@ -159,9 +161,9 @@ class PredictionLog:
         now = time.time()
         if now < self._next_retention:
             return
-        self._next_retention = now + RETENTION_EVERY_S
         cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - self.retention_days * 86400))
         cleared = store.clear_images(cutoff)
+        self._next_retention = now + RETENTION_EVERY_S  # after it worked: a database down is retried next flush
         if cleared:
             LOG.info("mnist serve: cleared the images of %d predictions older than %g days", cleared,
                      self.retention_days)  # fmt: skip
