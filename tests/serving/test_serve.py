@@ -127,6 +127,9 @@ def test_predict_multipart_answers_class_confidence_top3_and_the_model(server: S
     for row in predictions:
         assert 0 < row["confidence"] <= 1 and len(row["top3"]) == 3
         assert row["top3"][0]["class"] == row["class"] and row["top3"][0]["probability"] == row["confidence"]
+        # its card has no not-a-digit rule: scored, never refused
+        assert row["not_a_digit"] is False and isinstance(row["not_a_digit_score"], float)
+    assert len({row["id"] for row in predictions}) == 8  # one id per image (tests/serving/test_feedback.py: the log)
 
 
 def test_predict_json_takes_base64_and_data_urls(server: Server, runs: dict, digits) -> None:
@@ -148,6 +151,8 @@ def test_v2_metadata_and_infer(server: Server, runs: dict, mnist_tensors) -> Non
     assert body["model_name"] == "mnist" and body["model_version"] == "run-a" and body["id"] == "req-1"
     outputs = {output["name"]: output for output in body["outputs"]}
     assert outputs["probabilities"]["shape"] == [256, 10] and outputs["class"]["shape"] == [256]
+    assert outputs["not_a_digit_score"]["shape"] == [256] and len(set(body["parameters"]["prediction_ids"])) == 256
+    assert [output["name"] for output in metadata["outputs"]] == ["probabilities", "class", "not_a_digit_score"]
     assert np.mean(np.array(outputs["class"]["data"]) == labels) > 0.85
     assert server.client.get("/v2/models/mnist/ready").status_code == 200
 
@@ -304,6 +309,7 @@ def test_metrics_count_requests_latency_classes_and_the_model(server: Server, ru
     assert f'mnist_serve_predictions_total{{class_name="{digits[0][0]}"}}' in text
     assert re.search(r'mnist_serve_model_info\{dataset="mnist",run_id="run-\w",sha256="[0-9a-f]{64}"\} 1.0', text)
     assert "mnist_serve_model_swaps_total" in text and "mnist_serve_model_swap_failures_total" in text
+    assert "mnist_serve_predictions_logged_total" in text and "mnist_serve_predictions_dropped_total" in text
 
 
 def _load(server: Server, content: bytes, stop: threading.Event, results: list, workers: int = 8) -> list:
