@@ -286,9 +286,12 @@ def test_no_answer_outlives_an_error_a_clear_or_a_new_picture(browser_page, page
     page.wait_for_function("document.getElementById('error').textContent !== ''", timeout=TIMEOUT_MS)
     assert _page_state(page) == {**NO_ANSWER, "status": "error"}
     page.wait_for_function("document.getElementById('preview').hidden", timeout=TIMEOUT_MS)  # none to show
-    # A new drawing: the answer goes with the first touch of the pen.
-    _drop_file(page, "seven.png", seven)
+    # A new drawing: the answer goes with the first touch of the pen (the file comes through the file picker).
+    page.set_input_files(
+        "#file", files=[{"name": "seven.png", "mimeType": "image/png", "buffer": base64.b64decode(seven)}]
+    )
     _wait_answered(page)
+    assert page.get_attribute("#answer", "data-class") == "7" and _image_facts(page, "#preview")["shown"]
     box = page.locator("#pad").bounding_box()
     page.mouse.move(box["x"] + 140, box["y"] + 60)
     page.mouse.down()
