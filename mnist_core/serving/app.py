@@ -276,10 +276,10 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
         names = [*served.class_names, refused_name(served.dataset)]
         for best in classes:
             metrics.predictions.labels(names[int(best)]).inc()
-        ids = log.new_ids(len(images))
+        first, ids = log.new_ids(len(images))
         confidences = probabilities[np.arange(len(images)), ranked[:, 0]]
-        log.record(Batch(ids, utc_iso(), served.dataset, served.run_id, served.sha256, classes, confidences, scores,
-                         images, route))  # fmt: skip
+        log.record(Batch(ids, first, utc_iso(), served.dataset, served.run_id, served.sha256, classes, confidences,
+                         scores, images, route))  # fmt: skip
         return Answers(probabilities, ranked, scores, refused, classes, ids)
 
     def model_facts(served: Served) -> dict[str, Any]:
