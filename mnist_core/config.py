@@ -46,6 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0,
         "batch_size": 64,
         "clip_grad_norm": 0.0,
+        "outlier_exposure": 0.0,
     },
     "fast98": FAST98,
     # The seed's 784-128-64-10 MLP trained on augmented digits (training/augment.py), for the world's handwriting:
@@ -126,6 +127,25 @@ class RunParams(BaseModel):
         le=1,
         description="Strength of on-device augmentation of training batches (random affine, elastic distortion, "
         "stroke thickness, blur, noise; 1 = the strongest that keeps digits legible); 0 is off.",
+    )
+    outlier_exposure: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Weight of outlier exposure (Hendrycks et al., 2019): images that are not digits "
+        '(data/not_digits.py) join each batch, trained towards equal probabilities, so the model can say "not a '
+        'digit"; 0 is off.',
+    )
+    outlier_batch: int = Field(64, ge=1, le=4096, description="Outlier images joining each training batch.")
+    outlier_images: int = Field(
+        3000, ge=0, le=100_000, description="Outlier images generated once per data folder and dataset to draw from."
+    )
+    refusal_rate: float = Field(
+        0.008,
+        ge=0,
+        lt=0.5,
+        description='Share of the validation split\'s real images the "not a digit" threshold is fitted to refuse '
+        "(the test split's share is measured and recorded in the model card); 0 never refuses.",
     )
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps.")
     precision: PrecisionName = Field(

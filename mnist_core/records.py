@@ -47,6 +47,7 @@ class Prepared(Record):
     std: float
     extra_sha256: str | None = None  # of the extra labelled images' manifest, when the run has them
     extra_manifest: dict[str, str] = {}  # their files ("<class folder>/<file>") -> SHA-256
+    outliers: Path | None = None  # images that are not digits, for outlier exposure (data/not_digits.py)
 
 
 class EpochStats(Record):

@@ -9,6 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
+from mnist_core.data.not_digits import load_outliers
 from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import PipelineError, disguised_interrupt
 from mnist_core.layout import WEIGHTS_FILE
@@ -35,6 +36,8 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
     logger = get_run_logger()
     logger.info("parameters: %s", json.dumps(params.public_dump()))
     data = load_prepared(prepared.path, device)
+    if prepared.outliers is not None:
+        data["outlier_images"] = load_outliers(prepared.outliers, device)
     work_dir = checkpoint_dir(params)
     claim_checkpoint_data(work_dir, prepared.path.name, params.resume)
     publisher = BestEffort(logger)

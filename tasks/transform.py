@@ -1,8 +1,11 @@
+import time
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
 from mnist_core.data.extra import scan_extra
+from mnist_core.data.not_digits import prepare_outliers
 from mnist_core.data.prepare import prepare_dataset
 from mnist_core.records import Downloaded, Prepared
 
@@ -23,4 +26,14 @@ def transform(downloaded: Downloaded, params: RunParams) -> Prepared:
             sizes["extra_val"],
             sizes["extra_test"],
         )
+    if params.outlier_exposure > 0 and params.outlier_images > 0:
+        started = time.perf_counter()
+        outliers = prepare_outliers(params.data_dir, params.dataset, params.outlier_images)
+        get_run_logger().info(
+            "%d outlier images (not digits) for outlier exposure: %s (%.1f s)",
+            params.outlier_images,
+            outliers.name,
+            time.perf_counter() - started,
+        )
+        prepared = prepared.model_copy(update={"outliers": outliers})
     return prepared

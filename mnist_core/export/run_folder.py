@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -17,6 +18,7 @@ from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import StorageError
 from mnist_core.evaluation.calibration import calibrate
 from mnist_core.evaluation.evaluate import confusion_frame
+from mnist_core.evaluation.novelty import fit_threshold, outlier_scores
 from mnist_core.evaluation.plots import (
     plot_confusion,
     plot_curves,
@@ -48,6 +50,7 @@ from mnist_core.records import (
     Fingerprint,
     Metrics,
     ModelCard,
+    NotADigitRule,
     Prepared,
     Timings,
     Trained,
@@ -145,6 +148,7 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         f"{metrics.best_val_accuracy:.2%} at epoch {metrics.best_epoch} of {card.params['epochs']}.",
         "",
         *_calibration_lines(card),
+        *_not_a_digit_lines(card),
         *_extra_lines(card),
         "## Plots",
         "",
@@ -199,6 +203,19 @@ def render_report(card: ModelCard, history: list[EpochStats], evaluation: Evalua
         "",
     ]
     return "\n".join(lines)
+
+
+def _not_a_digit_lines(card: ModelCard) -> list[str]:
+    rule = card.not_a_digit
+    if rule is None:
+        return []
+    test = f", {rule.test_false_refusal:.2%} of the test set" if rule.test_false_refusal is not None else ""
+    return [
+        f'"Not a digit" when -logsumexp(logits) > {rule.threshold:.3f}: fitted to refuse '
+        f"{rule.target_false_refusal:.2%} of the validation split (refuses {rule.val_false_refusal:.2%} there{test}). "
+        f"Trained against: {rule.outliers}.",
+        "",
+    ]
 
 
 def _calibration_lines(card: ModelCard) -> list[str]:
@@ -364,7 +381,31 @@ def calibrated(card: ModelCard, model: MLP, val_split: TestSplit, test_split: Te
         return card
     fitted = calibrate(val_logits, val_split[1].cpu().numpy(), test_logits, test_split[1].cpu().numpy())
     calibration = Calibration(test_ece_before=fitted["test_ece_before"], test_ece_after=fitted["test_ece_after"])
-    return card.model_copy(update={"temperature": fitted["temperature"], "calibration": calibration})
+    update = {"temperature": fitted["temperature"], "calibration": calibration}
+    return card.model_copy(update={**update, "not_a_digit": not_a_digit_rule(card.params, val_logits, test_logits)})
+
+
+def not_a_digit_rule(params: dict[str, Any], val_logits: np.ndarray, test_logits: np.ndarray) -> NotADigitRule | None:
+    """The threshold refusing `refusal_rate` of the validation split's images, and what it refuses of the test
+    split; None when the run asked for no refusals."""
+    rate = float(params.get("refusal_rate", 0.0))
+    if rate <= 0:
+        return None
+    threshold, val_share = fit_threshold(val_logits, rate)
+    exposure, pool = float(params.get("outlier_exposure", 0.0)), int(params.get("outlier_images", 0))
+    trained_against = (
+        f"outlier exposure: weight {exposure:g}, {params.get('outlier_batch')} per batch from {pool} generated "
+        "strokes, Hershey glyphs and textures (data/not_digits.py)"
+        if exposure > 0 and pool > 0
+        else "none (a model trained on its classes only: the energy baseline)"
+    )
+    return NotADigitRule(
+        threshold=threshold,
+        target_false_refusal=rate,
+        val_false_refusal=val_share,
+        test_false_refusal=float((outlier_scores(test_logits) > threshold).mean()) if len(test_logits) else None,
+        outliers=trained_against,
+    )
 
 
 def _calibration_of(run_dir: Path) -> dict[str, Any]:
@@ -373,7 +414,7 @@ def _calibration_of(run_dir: Path) -> dict[str, Any]:
         written = ModelCard.model_validate_json((run_dir / CARD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {"temperature": written.temperature, "calibration": written.calibration}
+    return {"temperature": written.temperature, "calibration": written.calibration, "not_a_digit": written.not_a_digit}
 
 
 def _read_marker(marker: Path) -> dict[str, str] | None:

@@ -19,6 +19,7 @@ from mnist_core.config import DatasetName
 from mnist_core.data.idx import CLASS_NAMES
 from mnist_core.data.images import IMAGE_SUFFIXES, LoadedInput, load_inputs
 from mnist_core.errors import DataError, StorageError
+from mnist_core.evaluation.novelty import REFUSED_CLASS, refuse, refused_name
 from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, load_predictor
 from mnist_core.files import atomic_write_text
 from mnist_core.layout import CARD_FILE, REGISTRY_DB_FILE, REGISTRY_FILE
@@ -29,7 +30,9 @@ from mnist_core.registry.store import read_champion
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
 # What --output must not be named like: an input (image, array, IDX) or a model file.
 NOT_AN_OUTPUT = IMAGE_SUFFIXES | {".npy", ".gz", ".idx", ".onnx", ".pt2", ".safetensors"}
-CSV_COLUMNS = ["input", "predicted_class", "class_name", "confidence", "top3", "needs_review", "error"]
+CSV_COLUMNS = [
+    "input", "predicted_class", "class_name", "confidence", "top3", "needs_review", "not_a_digit_score", "error",
+]  # fmt: skip
 
 
 class PredictParams(BaseModel):
@@ -140,6 +143,9 @@ class Prediction:
     confidence: float | None = None
     top3: str = ""
     needs_review: bool = False
+    # -logsumexp(logits) (evaluation/novelty.py): above the card's threshold the row's class is "not a digit"
+    # (REFUSED_CLASS), while confidence and top3 still describe the best of the dataset's classes.
+    not_a_digit_score: float | None = None
     error: str | None = None
 
 
@@ -236,30 +242,30 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def predict_loaded(
-    loaded: list[LoadedInput], predictor: Predictor, class_names: list[str], threshold: float, temperature: float = 1.0
+    loaded: list[LoadedInput], predictor: Predictor, model: ChosenModel, threshold: float
 ) -> list[Prediction]:
-    """One row per input, in input order: its prediction, or its error. Probabilities are softmax(logits / T)."""
+    """One row per input, in input order: its prediction ("not a digit" when the model's card says so), or its
+    error. Probabilities are softmax(logits / T), T from the card."""
     good = [index for index, item in enumerate(loaded) if item.image is not None]
     rows = [Prediction(input=printable(item.name), error=item.error and printable(item.error)) for item in loaded]
     if not good:
         return rows
     images = np.stack([loaded[index].image for index in good])
-    probabilities = np.concatenate(
-        [
-            softmax(predictor.logits(images[start : start + BATCH]), temperature)
-            for start in range(0, len(images), BATCH)
-        ]
-    )
+    logits = np.concatenate([predictor.logits(images[start : start + BATCH]) for start in range(0, len(images), BATCH)])
+    probabilities = softmax(logits, model.temperature)
+    scores, refused = refuse(logits, model.not_a_digit)
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
-    for index, probs, top in zip(good, probabilities, ranked, strict=True):
+    names = model.class_names
+    for index, probs, top, score, no in zip(good, probabilities, ranked, scores, refused, strict=True):
         best = int(top[0])
         rows[index] = Prediction(
             input=printable(loaded[index].name),
-            predicted_class=best,
-            class_name=class_names[best],
+            predicted_class=REFUSED_CLASS if no else best,
+            class_name=refused_name(model.dataset) if no else names[best],
             confidence=float(probs[best]),
-            top3=" ".join(f"{class_names[int(k)]}:{probs[k]:.3f}" for k in top),
-            needs_review=bool(probs[best] < threshold),
+            top3=" ".join(f"{names[int(k)]}:{probs[k]:.3f}" for k in top),
+            needs_review=bool(not no and probs[best] < threshold),
+            not_a_digit_score=float(score),
         )
     return rows
 
@@ -273,7 +279,7 @@ def predict(params: PredictParams) -> PredictionBatch:
     loaded_at = time.perf_counter()
     loaded = load_inputs(params.inputs, chosen.dataset)  # the model's dataset decides the images' form
     read_at = time.perf_counter()
-    rows = predict_loaded(loaded, predictor, chosen.class_names, params.threshold, chosen.temperature)
+    rows = predict_loaded(loaded, predictor, chosen, params.threshold)
     done = time.perf_counter()
     seconds = {"load the model": loaded_at - started, "read the inputs": read_at - loaded_at, "predict": done - read_at}
     if params.show_prepared is not None:
@@ -339,8 +345,9 @@ def format_table(rows: list[Prediction]) -> str:
 
 
 def class_counts(rows: list[Prediction], class_names: list[str]) -> dict[str, int]:
+    """Rows per class, the dataset's classes first (zeros included), then "not a digit" when some were."""
     counts = dict.fromkeys(class_names, 0)
     for row in rows:
         if row.error is None:
-            counts[row.class_name] += 1
+            counts[row.class_name] = counts.get(row.class_name, 0) + 1
     return counts

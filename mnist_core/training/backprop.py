@@ -35,12 +35,17 @@ def loss_and_gradients(
     labels: torch.Tensor,
     label_smoothing: float = 0.0,
     weight: torch.Tensor | None = None,
+    outliers: int = 0,
+    outlier_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch: returns (the summed per-sample loss, weighted by `weight` if given; the logits), and
     leaves in each parameter's `.grad` the gradient of the mean loss (the weighted mean, if `weight` is given).
 
     `labels` are int64 class indices; `weight` (one per sample, >= 0, not all 0) lets a padded batch count only
-    its real samples.
+    its real samples. The last `outliers` rows of `images` are not digits (outlier exposure, Hendrycks et al.
+    2019): their loss is the cross-entropy to the uniform distribution, its mean over them times `outlier_weight`
+    added to the digits' mean loss; the returned loss and logits are the digits' only (`labels` has a label per
+    digit).
     """
     layers = linear_layers(model)
     inputs: list[torch.Tensor] = []  # each layer's input, kept for its weight gradient
@@ -55,17 +60,23 @@ def loss_and_gradients(
                 keep = 1.0 - model.dropout
                 masks.append(torch.empty_like(hidden).bernoulli_(keep).div_(keep))
                 hidden.mul_(masks[-1])
-    logits = hidden
+    all_logits = hidden
+    digits = len(all_logits) - outliers
+    logits = all_logits[:digits]
 
     # Per sample: loss = -(1 - e) log p[label] - (e / C) sum_c log p[c]; its gradient in the logits: p - target,
-    # target = (1 - e) one_hot(label) + e / C.
-    classes = logits.shape[1]
-    log_probs = torch.log_softmax(logits, 1)
+    # target = (1 - e) one_hot(label) + e / C. An outlier's target is uniform: e = 1, its gradient p - 1 / C.
+    classes = all_logits.shape[1]
+    all_log_probs = torch.log_softmax(all_logits, 1)
+    log_probs = all_log_probs[:digits]
     picked = log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
     per_sample = picked.mul_(-(1.0 - label_smoothing))
     if label_smoothing:
         per_sample.sub_(log_probs.sum(1), alpha=label_smoothing / classes)
-    gradient = log_probs.exp_()
+    all_gradient = all_log_probs.exp_()
+    gradient = all_gradient[:digits]  # a view: the digits' rows are scaled in place below
+    if outliers:
+        all_gradient[digits:].sub_(1.0 / classes).mul_(outlier_weight / outliers)
     if label_smoothing:
         gradient.sub_(label_smoothing / classes)
     hit = torch.full((len(labels), 1), -(1.0 - label_smoothing), dtype=gradient.dtype, device=gradient.device)
@@ -76,6 +87,7 @@ def loss_and_gradients(
     else:
         loss_sum = (per_sample * weight).sum()
         gradient.mul_((weight / weight.sum()).unsqueeze(1))
+    gradient = all_gradient
 
     for number in reversed(range(len(layers))):
         layer = layers[number]

@@ -63,9 +63,11 @@ def build_step(
     bf16: bool,
     gradients: Gradients,
     capture: Capture | None = None,
+    outliers: torch.Tensor | None = None,
 ) -> PlainStep | FixedShapeStep:
     """The step of `kind`; a fixed-shape step is made replayable by `capture` (default: a CUDA graph for
-    "cuda_graph"; the eager `run` for "fixed_shape")."""
+    "cuda_graph"; the eager `run` for "fixed_shape"). With `outliers` (images that are not digits) and a
+    positive `params.outlier_exposure`, each batch carries `params.outlier_batch` of them (outlier exposure)."""
     if kind == "plain" and capture is not None:
         raise TrainingError("only a fixed-shape step can be captured; pass step_kind='fixed_shape' with capture")
     step_class = PlainStep if kind == "plain" else FixedShapeStep
@@ -80,6 +82,9 @@ def build_step(
         written_out=gradients == "written_out",
         augment=Augment(training.params.augment) if training.params.augment > 0 else None,
         max_grad_norm=training.params.clip_grad_norm,
+        outliers=outliers,
+        outlier_batch=training.params.outlier_batch,
+        outlier_weight=training.params.outlier_exposure,
     )
     if capture is None and kind == "cuda_graph":
         capture = capture_cuda_graph
@@ -230,7 +235,10 @@ def train_model(
         setup_seconds = 0.0
         if resumed_from < params.epochs:  # else resumed after its last epoch: nothing to set up or train
             setup_started = time.perf_counter()  # warm-up and capture are set-up, reported apart from training
-            step = build_step(kind, training, images, labels, batch_size, bf16, gradients, capture)
+            outliers = data.get("outlier_images")
+            if params.outlier_exposure > 0 and (outliers is None or len(outliers) == 0):
+                logger.info("no outlier images to train against: outlier exposure is off for this run")
+            step = build_step(kind, training, images, labels, batch_size, bf16, gradients, capture, outliers)
             setup_seconds = time.perf_counter() - setup_started
             _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, on_step, logger)
         training.model.load_state_dict(progress.best_state)

@@ -65,10 +65,17 @@ class _Step:
     written_out: bool = False  # gradients from backprop.py instead of autograd (not with bf16)
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> augmented float batch (augment.py)
     max_grad_norm: float = 0.0  # clip the gradients' global norm to this before each update; 0: never
+    # Outlier exposure: `outlier_batch` images drawn at random from `outliers` (uint8, not digits, on the device)
+    # join each batch, trained towards the uniform distribution with the weight `outlier_weight` (backprop.py).
+    outliers: torch.Tensor | None = None
+    outlier_batch: int = 0
+    outlier_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.written_out and self.bf16:
             raise ValueError("bf16 autocast needs autograd: written-out gradients are fp32 only")
+        if self.outliers is None or len(self.outliers) == 0 or self.outlier_weight <= 0:
+            self.outlier_batch = 0
         self.loss_sum = torch.zeros((), device=self.images.device)
         self.correct = torch.zeros((), dtype=torch.long, device=self.images.device)
 
@@ -83,26 +90,51 @@ class _Step:
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm, foreach=True)
 
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images (augmented, when on) and labels of the batch `index` names, the outliers appended after the
+        images. Random draws from torch's generators only: graph-safe, and saved with a checkpoint."""
+        # index_select, not images[index]: on the CPU, advanced indexing of a uint8 tensor is ~10x slower.
+        batch_x = torch.index_select(self.images, 0, index)
+        batch_y = torch.index_select(self.labels, 0, index)
+        if self.outlier_batch:
+            assert self.outliers is not None
+            drawn = torch.randint(len(self.outliers), (self.outlier_batch,), device=self.outliers.device)
+            batch_x = torch.cat([batch_x, torch.index_select(self.outliers, 0, drawn)])
+        if self.augment is not None:
+            batch_x = self.augment(batch_x)
+        return batch_x, batch_y
+
     def _loss_and_gradients(
         self, batch_x: torch.Tensor, batch_y: torch.Tensor, weight: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's summed loss (weighted by `weight`, if given) and its logits; the gradient of the mean loss
-        (the weighted mean) in each parameter's `.grad`. Written out, or through autograd under bf16."""
+        """The digits' summed loss (weighted by `weight`, if given) and their logits; the gradient of the mean
+        loss (the weighted mean), plus the outliers' term, in each parameter's `.grad`. Written out, or through
+        autograd under bf16."""
+        outliers, outlier_weight = self.outlier_batch, self.outlier_weight
         if self.written_out:
-            return loss_and_gradients(self.model, batch_x, batch_y, self.label_smoothing, weight)
+            return loss_and_gradients(
+                self.model, batch_x, batch_y, self.label_smoothing, weight, outliers, outlier_weight
+            )
         # cache_enabled=False: autocast's weight-cast cache is not allowed inside CUDA graph capture.
         with torch.autocast(batch_x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            logits = self.model(batch_x)
+            all_logits = self.model(batch_x)
         self.optimizer.zero_grad(set_to_none=True)
+        logits = all_logits[: len(batch_y)]
+        # Cross-entropy to the uniform distribution: the mean over the classes of -log p.
+        exposure = (
+            -functional.log_softmax(all_logits[len(batch_y) :].float(), 1).mean(1).mean() * outlier_weight
+            if outliers
+            else 0.0
+        )
         if weight is None:
             loss = functional.cross_entropy(logits.float(), batch_y, label_smoothing=self.label_smoothing)
-            loss.backward()
+            (loss + exposure).backward()
             return loss.detach() * len(batch_y), logits
         per_sample = functional.cross_entropy(
             logits.float(), batch_y, reduction="none", label_smoothing=self.label_smoothing
         )
         weighted = (per_sample * weight).sum()
-        (weighted / weight.sum()).backward()
+        (weighted / weight.sum() + exposure).backward()
         return weighted.detach(), logits
 
 
@@ -136,11 +168,7 @@ class FixedShapeStep(_Step):
         self.weight.copy_(weight)
 
     def run(self) -> None:
-        # index_select, not images[index]: on the CPU, advanced indexing of a uint8 tensor is ~10x slower.
-        batch_x = torch.index_select(self.images, 0, self.index)
-        batch_y = torch.index_select(self.labels, 0, self.index)
-        if self.augment is not None:
-            batch_x = self.augment(batch_x)
+        batch_x, batch_y = self._batch(self.index)
         weighted, logits = self._loss_and_gradients(batch_x, batch_y, self.weight)
         self._clip()
         self.optimizer.step()
@@ -160,10 +188,7 @@ class PlainStep(_Step):
             after_step()
 
     def run(self, index: torch.Tensor) -> None:
-        batch_x = torch.index_select(self.images, 0, index)
-        batch_y = torch.index_select(self.labels, 0, index)
-        if self.augment is not None:
-            batch_x = self.augment(batch_x)
+        batch_x, batch_y = self._batch(index)
         loss_sum, logits = self._loss_and_gradients(batch_x, batch_y, None)
         self._clip()
         self.optimizer.step()

@@ -64,9 +64,10 @@ def test_every_declared_bound_is_covered() -> None:
     fields = {case[0].split(":")[0].rstrip("[]") for case in BOUNDS}
     assert fields == {
         "epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "hidden_sizes", "dropout",
-        "seed", "val_size", "promotion_margin", "clip_grad_norm", "augment",
+        "seed", "val_size", "promotion_margin", "clip_grad_norm", "augment", "outlier_exposure", "outlier_batch",
+        "outlier_images", "refusal_rate",
     }  # fmt: skip
-    assert len(BOUNDS) == 28
+    assert len(BOUNDS) == 36
 
 
 def _field(case_id: str) -> str:

@@ -20,17 +20,31 @@ CPU = torch.device("cpu")
 
 
 def autograd_loss_and_gradients(
-    model: MLP, images: torch.Tensor, labels: torch.Tensor, smoothing: float, weight: torch.Tensor | None
+    model: MLP,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    smoothing: float,
+    weight: torch.Tensor | None,
+    outliers: torch.Tensor | None = None,
+    outlier_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the autograd steps compute: the summed (weighted) loss and the logits; gradients of the mean in .grad."""
+    """What the autograd steps compute: the summed (weighted) loss and the logits; gradients of the mean in .grad,
+    plus outlier exposure's term: `outlier_weight` times the outliers' mean cross-entropy to the uniform target."""
     model.zero_grad(set_to_none=True)
-    logits = model(images)
+    count = 0 if outliers is None else len(outliers)
+    # One forward pass over digits and outliers together: dropout draws its masks as the written-out pass does.
+    all_logits = model(images if outliers is None else torch.cat([images, outliers]))
+    logits = all_logits[: len(images)]
+    exposure = 0.0
+    if count:
+        uniform = torch.full((count, logits.shape[1]), 1.0 / logits.shape[1], dtype=logits.dtype)
+        exposure = outlier_weight * functional.cross_entropy(all_logits[len(images) :], uniform)
     per_sample = functional.cross_entropy(logits, labels, reduction="none", label_smoothing=smoothing)
     if weight is None:
-        functional.cross_entropy(logits, labels, label_smoothing=smoothing).backward()
+        (functional.cross_entropy(logits, labels, label_smoothing=smoothing) + exposure).backward()
         return per_sample.sum().detach(), logits.detach()
     weighted = (per_sample * weight).sum()
-    (weighted / weight.sum()).backward()
+    (weighted / weight.sum() + exposure).backward()
     return weighted.detach(), logits.detach()
 
 
@@ -50,23 +64,28 @@ def batch(size: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch
     smoothing=st.sampled_from([0.0, 0.1, 0.37]),
     weighted=st.booleans(),
     seed=st.integers(0, 2**16),
+    outliers=st.sampled_from([0, 1, 9]),
 )
 def test_gradients_equal_autograds(
-    size: int, hidden: list[int], dropout: float, smoothing: float, weighted: bool, seed: int
+    size: int, hidden: list[int], dropout: float, smoothing: float, weighted: bool, seed: int, outliers: int
 ) -> None:
     torch.manual_seed(seed)
     model = MLP(hidden, dropout).double()
     images, labels = batch(size, seed, torch.float64)
+    not_digits = batch(outliers, seed + 2, torch.float64)[0]
     weight = None
     if weighted:  # a padded batch: some rows weigh 0, at least one does not
         weight = (torch.rand(size, dtype=torch.float64) > 0.3).double()
         weight[0] = 1.0
     written = copy.deepcopy(model)
 
-    torch.manual_seed(seed + 1)  # the same dropout masks on both paths
-    expected_loss, expected_logits = autograd_loss_and_gradients(model, images, labels, smoothing, weight)
+    torch.manual_seed(seed + 1)  # the same dropout masks on both paths (when outliers are off)
+    expected_loss, expected_logits = autograd_loss_and_gradients(
+        model, images, labels, smoothing, weight, not_digits, 0.7
+    )
     torch.manual_seed(seed + 1)
-    loss, logits = loss_and_gradients(written, images, labels, smoothing, weight)
+    together = torch.cat([images, not_digits])
+    loss, logits = loss_and_gradients(written, together, labels, smoothing, weight, outliers, 0.7)
 
     torch.testing.assert_close(logits, expected_logits, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
@@ -85,9 +104,11 @@ def test_gradients_equal_autograds(
 )
 @pytest.mark.parametrize("step_class", [PlainStep, FixedShapeStep])
 def test_steps_update_the_weights_as_autograd_does(overrides: dict, step_class: type) -> None:
-    """Three optimizer steps in float32 (uint8 images, as training feeds them), a ragged or padded last batch."""
+    """Three optimizer steps in float32 (uint8 images, as training feeds them), a ragged or padded last batch, five
+    outliers (outlier exposure) in each."""
     params = RunParams(label_smoothing=0.1, **overrides)
     images, labels = batch(40, 7, torch.float32)
+    not_digits = batch(12, 8, torch.float32)[0]
     torch.manual_seed(0)
     models = {"autograd": MLP([32, 16]), "written_out": None}
     models["written_out"] = copy.deepcopy(models["autograd"])
@@ -95,7 +116,11 @@ def test_steps_update_the_weights_as_autograd_does(overrides: dict, step_class: 
         kind = "plain" if step_class is PlainStep else "fixed_shape"
         optimizer = build_optimizer(model, params, CPU, kind)
         init_optimizer_state(optimizer)
-        step = step_class(model, optimizer, images, labels, 16, 0.1, written_out=name == "written_out")
+        step = step_class(
+            model, optimizer, images, labels, 16, 0.1, written_out=name == "written_out",
+            outliers=not_digits, outlier_batch=5, outlier_weight=0.5,
+        )  # fmt: skip
+        torch.manual_seed(3)  # the same outliers drawn on both paths
         step.train_epoch(torch.arange(40), lambda: None)  # batches of 16, 16 and 8 (padded to 16)
         models[name] = (model, step)
     (reference, reference_step), (model, step) = models["autograd"], models["written_out"]
