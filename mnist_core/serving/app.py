@@ -1,7 +1,10 @@
-"""The ASGI app of `mnist serve`: the page, `/predict`, the Open Inference Protocol v2 routes, `/metrics`.
+"""The ASGI app of `mnist serve`: the page, `/predict`, the Open Inference Protocol v2 routes, `/feedback`
+(feedback_route.py), `/metrics`. Every prediction gets an id, the not-a-digit decision of the model card's rule
+(class 10 when refused), and is handed to the prediction log (prediction_log.py), which writes it off the request
+path.
 
 The token is FastAPI's bearer security dependency on every route but health; the body limit and the slow-client
-timeout are a dependency of the two routes that read a body; multipart uploads are parsed by Starlette
+timeout are a dependency of the routes that read a body; multipart uploads are parsed by Starlette
 (python-multipart). Inference of a few images runs on the event loop (a tiny MLP: well under a millisecond, less
 than a hop to the thread pool); larger batches go to the thread pool so one big request does not stall the others.
 """
