@@ -37,8 +37,9 @@ MAX_PIXELS: int = 40_000_000
 MAX_IDX_BYTES = 512 * 1024 * 1024
 # Bumped whenever what an image becomes changes (2: transparency behind light ink, float and 16-bit grey ranges,
 # Fashion-MNIST's own form; 3: photos of ink on paper: local paper level, lines and stray marks taken out, strokes
-# brought to MNIST's width): prepared caches of the user's images are keyed by it.
-IMAGE_FORM_VERSION = 3
+# brought to MNIST's width; 4: a digit filling a clean image: a stroke along its edge is not the table, a bar
+# across it not a ruling, ink over half of it not the paper): prepared caches of the user's images are keyed by it.
+IMAGE_FORM_VERSION = 4
 MIN_SIDE = 8  # smaller than this cannot show a recognisable digit
 DIGIT_BOX = 20  # MNIST fits each digit's longer side into 20 px, then centres its mass in 28x28
 MIN_CONTRAST = 32  # grey levels between paper and ink below which we call the image blank
@@ -165,19 +166,47 @@ def _paper_level(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     padded = cv2.copyMakeBorder(gray, 0, rows * block - height, 0, cols * block - width, cv2.BORDER_REPLICATE)
     blocks = padded.reshape(rows, block, cols, block).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
     level = np.partition(blocks, int(blocks.shape[2] * 0.9), axis=2)[:, :, int(blocks.shape[2] * 0.9)]
-    # Dark blocks running along the picture's edge are the table or a shadow beside the page: the closing below
-    # would paint them as paper, and their edge as ink. A marker's stroke is dark too, but crosses the edge in a
-    # block or two at most (a tightly cropped digit), not along a quarter of it.
-    count, dark = cv2.connectedComponents((level < OFF_PAGE * np.percentile(level, 90)).astype(np.uint8))
-    border = np.concatenate([dark[0], dark[-1], dark[1:-1, 0], dark[1:-1, -1]])
-    along = np.flatnonzero(np.bincount(border, minlength=count)[1:] >= max(rows, cols) / 4) + 1
-    off_page = _grown(np.isin(dark, along))
+    # A picture narrower than a ruled page's crop is a digit cut out: no table beside it, and on its few blocks
+    # every stroke lies along the edge.
+    off_page = np.zeros(level.shape, dtype=bool)
+    if min(height, width) >= MIN_RULED_SIDE:
+        off_page = _grown(_beside_the_page(level < OFF_PAGE * np.percentile(level, 90)))
     # The edge repeated, as a block beyond the picture would see the same paper.
     level = cv2.morphologyEx(level, cv2.MORPH_CLOSE, _square(PAPER_CLOSING), borderType=cv2.BORDER_REPLICATE)
     # Block centres sit half a block in: resizing the grid to the padded size lines them up with the pixels.
     padded_size = (cols * block, rows * block)
     full = cv2.resize(level, padded_size, interpolation=cv2.INTER_LINEAR)[:height, :width]
     return np.maximum(full, 1.0), _enlarged(off_page, block)[:height, :width]
+
+
+def _beside_the_page(dark: np.ndarray) -> np.ndarray:
+    """Which of the dark blocks (`dark`, a boolean grid) are the table or a shadow beside the page: the closing in
+    `_paper_level` would paint them as paper, and their edge against the page as ink.
+
+    Such a region runs along a quarter or more of the picture's edge and reaches into the picture no deeper than it
+    is thick: it is a band (or a corner) along the edge, ending at the page. A tightly cropped digit's stroke may
+    also run along the edge (a 2's foot, a 7's bar, a 0 touching all four sides), but it goes on into the picture
+    (the 2's diagonal, the 0's sides): far deeper from the edge than the stroke is thick. Taken for the table, it
+    was cut out of the digit, which was then refused as blank or as two digits."""
+    count, labels = cv2.connectedComponents(dark.astype(np.uint8))
+    if count == 1:
+        return dark  # nothing dark
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    along = np.bincount(border, minlength=count) >= max(dark.shape) / 4
+    along[0] = False  # the blocks that are not dark
+    if not along.any():
+        return np.zeros_like(dark)
+    # Thickness: blocks to the nearest non-dark block, the outside of the picture counting as dark (a band along
+    # the edge is as thick as it is deep). Reach: blocks from the picture's nearest edge.
+    padded = cv2.copyMakeBorder(dark.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    thickness = cv2.distanceTransform(padded, cv2.DIST_C, 3)[1:-1, 1:-1]
+    rows, cols = np.indices(dark.shape)
+    reach = np.minimum(np.minimum(rows, dark.shape[0] - 1 - rows), np.minimum(cols, dark.shape[1] - 1 - cols)) + 1
+    thickest = np.zeros(count)
+    np.maximum.at(thickest, labels.ravel(), thickness.ravel())
+    deepest = np.zeros(count)
+    np.maximum.at(deepest, labels.ravel(), reach.ravel())
+    return np.isin(labels, np.flatnonzero(along & (deepest <= thickest + 1)))
 
 
 def _enlarged(grid: np.ndarray, factor: int) -> np.ndarray:
@@ -222,12 +251,18 @@ def _line_rows(counts: np.ndarray, height: int, width: int, lone: bool) -> np.nd
     else:
         # Runs of consecutive rows over the span (components of a one-row image): a printed line is thin, a stroke
         # along the page (a tightly cropped 1) or a blot is not.
+        thickest = max(3, LINE_WIDTH * height)
         _, runs, stats, _ = cv2.connectedComponentsWithStats((counts > LINE_SPAN * width).astype(np.uint8)[None])
-        thin = stats[:, cv2.CC_STAT_WIDTH] <= max(3, LINE_WIDTH * height)
+        thin = stats[:, cv2.CC_STAT_WIDTH] <= thickest
         thin[0] = False  # the rows between the runs
-        if np.count_nonzero(thin) < MIN_LINES:
-            return None
         lines = thin[runs[0]]
+        # Only a sharp peak counts as a line of a ruling: the rows beside a printed line are paper, so it is thin at
+        # half the span too. A thick stroke along the page (a digit's bar on a picture it fills) crosses the span
+        # in several thin runs where its marks per row waver around it, but it is wide at half the span.
+        _, wide, stats, _ = cv2.connectedComponentsWithStats((counts > LINE_SPAN / 2 * width).astype(np.uint8)[None])
+        sharp = stats[:, cv2.CC_STAT_WIDTH] <= 2 * thickest
+        if len(np.unique(wide[0][lines & sharp[wide[0]]])) < MIN_LINES:
+            return None
     return _grown(lines[None], 1)[0]  # a line's blurred edges: a row either side
 
 
@@ -316,10 +351,15 @@ def _ink_on_paper(darkest: np.ndarray) -> np.ndarray:
     ink = np.where(off_page, 0, np.clip(1 - darkest / paper, 0, 1) * 255)
     # The paper's statistics need no million pixels.
     sample = ink[:: 1 + ink.shape[0] // 300, :: 1 + ink.shape[1] // 300]
-    if np.count_nonzero(sample > np.percentile(sample, 50) + 3 * MIN_CONTRAST) > sample.size * 0.3:
+    # Share of the picture that is clearly ink: above the median, or above the paper's own level (0) when the
+    # median itself is ink (a thick 0 or 2 that fills its frame).
+    clear = 3 * MIN_CONTRAST
+    inked = max(np.count_nonzero(sample > np.median(sample) + clear), np.count_nonzero(sample > clear)) / sample.size
+    if inked > 0.3:
         # A tightly cropped thick digit: ink is not the minority, and the paper is the fainter part of the picture.
-        # Its spread is measured on that part (a truncated half, hence twice its deviation).
-        sample = sample[sample <= np.percentile(sample, 50)]
+        # Its spread is measured on the fainter half of the paper (a truncated half, hence twice its deviation):
+        # with the median itself, the floor would lie above the ink, and the digit be refused as blank.
+        sample = sample[sample <= np.percentile(sample, 50 * (1 - inked))]
         spread = 2 * 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     else:
         spread = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))

@@ -115,6 +115,46 @@ def test_a_tightly_cropped_digit_is_not_taken_for_lines_or_paper(thick: bool, mn
         assert best_shift_correlation(to_mnist_form(crop), to_mnist_form(digit)) > 0.8
 
 
+def _saved_as_a_person_would(digit: np.ndarray, framing: str, form: str) -> bytes:
+    """An MNIST digit dark on white, 112x112, as benchmarks/digit_refusals.py writes it: `tight` (its ink box centred
+    in a square, the digit filling the frame) or `margin` (MNIST's own frame), PNG or JPEG (quality 75)."""
+    if framing == "tight":
+        rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+        box = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        side = max(box.shape)
+        digit = np.zeros((side, side), dtype=np.uint8)
+        top, left = (side - box.shape[0]) // 2, (side - box.shape[1]) // 2
+        digit[top : top + box.shape[0], left : left + box.shape[1]] = box
+    buffer = io.BytesIO()
+    Image.fromarray(255 - digit).resize((112, 112), Image.BICUBIC).save(buffer, form, quality=75)
+    return buffer.getvalue()
+
+
+# MNIST test digits the preparation refused before (issue 29): a stroke along the edge of a tight crop taken for
+# the table beside the page (then "two digits" or blank), a thick 2 filling its frame whose ink was the median
+# (blank), a bar across the picture whose marks per row wavered around the ruling's span ("only the paper's lines").
+REFUSED_BEFORE = [("tight", 90), ("tight", 1352), ("tight", 66), ("margin", 5332), ("margin", 6488)]
+
+
+@pytest.mark.parametrize("form", ["PNG", "JPEG"])
+def test_real_digits_filling_a_clean_image_are_read(form: str, mnist_tensors: dict) -> None:
+    """Read as `mnist predict` and `/predict` read a file (`load_image`), each is its own digit, not refused."""
+    for framing, index in REFUSED_BEFORE:
+        digit = mnist_tensors["test_images"][index].numpy()
+        loaded = images_module.load_image(
+            Path(f"{index}.{form.lower()}"), _saved_as_a_person_would(digit, framing, form)
+        )
+        assert loaded.error is None, (framing, index, loaded.error)
+        assert best_shift_correlation(loaded.image, to_mnist_form(digit)) > 0.9, (framing, index)
+
+
+@pytest.mark.parametrize("kind", ["squared-blue", "ruled-black", "rotated-blur-jpeg"])
+def test_the_lines_of_ruled_or_squared_paper_are_still_found(kind: str) -> None:
+    """The rulings search now counts only sharp lines: a real ruling's still are (blank paper is 'only its lines')."""
+    with pytest.raises(DataError, match=r"blank \(only the paper's lines\)"):
+        to_mnist_form(_paper(kind))
+
+
 # ---------------------------------------------------------------- an image over the pixel limit: one line only
 
 
