@@ -1,8 +1,10 @@
 """The prediction log, written off the request path: a request hands its batch of predictions over (one lock, a
 list append: microseconds) and a background thread writes what has gathered, in one transaction, every
-`log_flush_seconds`. The queue is bounded (`log_queue` predictions): when the database is slow or down, what does not
-fit is dropped and counted (`mnist_serve_predictions_dropped_total`), a failed write's batch too, with one log line
-when an outage starts and one when it ends: a request is never failed nor slowed by the log.
+`log_flush_seconds`. The queue is bounded (`log_queue` predictions), which bounds the log's rate (and its share of
+the CPU, which it takes from the requests) to `log_queue` per `log_flush_seconds`: beyond that rate (a stream of
+large v2 batches), or when the database is slow or down, what does not fit is dropped and counted
+(`mnist_serve_predictions_dropped_total`), a failed write's batch too, with one log line when an outage starts and
+one when it ends: a request is never failed nor made to wait by the log.
 
 The last `recent_predictions` are also kept in memory, so feedback on a prediction made a moment ago finds it before
 it is written. Ids are a random prefix per process and a counter (unique across processes and restarts, and cheaper
@@ -89,6 +91,7 @@ class PredictionLog:
         self._dropped_in_outage = 0
         self._next_retention = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop(): the last write need not wait for the tick
         self._thread: threading.Thread | None = None
 
     def new_ids(self, n: int) -> tuple[int, list[str]]:
@@ -137,11 +140,14 @@ class PredictionLog:
     def stop(self) -> None:
         """Write what is pending (one last try), then stop."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
             self.flush()
         self.flush()
 
