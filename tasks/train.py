@@ -36,8 +36,11 @@ def train(prepared: Prepared, params: RunParams, device: str) -> Trained:
     logger = get_run_logger()
     logger.info("parameters: %s", json.dumps(params.public_dump()))
     data = load_prepared(prepared.path, device)
+    # The generated outliers and the user's own (a `not-a-digit` folder of the extra images), drawn from as one.
+    outliers = [data.pop("extra_outlier_images")]
     if prepared.outliers is not None:
-        data["outlier_images"] = load_outliers(prepared.outliers, device)
+        outliers.append(load_outliers(prepared.outliers, device))
+    data["outlier_images"] = torch.cat(outliers)
     work_dir = checkpoint_dir(params)
     claim_checkpoint_data(work_dir, prepared.path.name, params.resume)
     publisher = BestEffort(logger)

@@ -18,13 +18,15 @@ def transform(downloaded: Downloaded, params: RunParams) -> Prepared:
     if extra:
         sizes = prepared.sizes
         get_run_logger().info(
-            "extra images from %s: %d files (manifest SHA-256 %s): %d for training, %d for validation, %d for testing",
+            "extra images from %s: %d files (manifest SHA-256 %s): %d for training, %d for validation, %d for testing, "
+            "%d not of the classes (outliers)",
             extra.root,
             len(extra.manifest),
             extra.sha256[:16],
             sizes["extra_train"],
             sizes["extra_val"],
             sizes["extra_test"],
+            sizes.get("extra_outliers", 0),
         )
     if params.outlier_exposure > 0 and params.outlier_images > 0:
         started = time.perf_counter()

@@ -3,21 +3,21 @@ by its digit or class name), verified whole, brought to MNIST form like `mnist p
 seed into train / validation / test, and described by a manifest (the SHA-256 of every file)."""
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mnist_core.errors import DataError
-from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.idx import CLASS_NAMES, REFUSED_CLASS, refused_name
 from mnist_core.data.images import IMAGE_SUFFIXES, load_image
+from mnist_core.errors import DataError
 from mnist_core.stamps import json_sha256
 
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 MAX_LISTED_PROBLEMS = 20
+REFUSED_FOLDER = "not-a-digit"
 
 
 def _key(name: str) -> str:
@@ -26,8 +26,11 @@ def _key(name: str) -> str:
 
 def class_index(folder: str, dataset: str) -> int | None:
     """The class a subfolder names: its digit, or (Fashion-MNIST) its class name with any case or punctuation,
-    e.g. `T-shirt_top` or `ankle boot`."""
+    e.g. `T-shirt_top` or `ankle boot`; `not-a-digit` (or the dataset's own words for it) names REFUSED_CLASS:
+    images that are none of the classes, trained on as outliers (what `mnist feedback export` writes)."""
     names = CLASS_NAMES[dataset]
+    if _key(folder) in (_key(REFUSED_FOLDER), _key(refused_name(dataset))):
+        return REFUSED_CLASS
     if folder.isdigit() and int(folder) < len(names) and str(int(folder)) == folder:
         return int(folder)
     keys = [_key(name) for name in names]
@@ -53,7 +56,7 @@ def _labelled_files(root: Path, dataset: str) -> tuple[list[tuple[Path, int]], l
             continue
         label = class_index(entry.name, dataset)
         if label is None:
-            expected = ", ".join(CLASS_NAMES[dataset]) if dataset != "mnist" else "0-9"
+            expected = (", ".join(CLASS_NAMES[dataset]) if dataset != "mnist" else "0-9") + f", {REFUSED_FOLDER}"
             problems.append(f"{entry}: folder name {entry.name!r} is not a class of {dataset} (expected {expected})")
             continue
         for path in sorted(entry.rglob("*")):

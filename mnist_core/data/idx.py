@@ -16,9 +16,26 @@ NUM_CLASSES = 10
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(NUM_CLASSES)],
     "fashion-mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
 }
+# The answer for an input that is none of the classes: a reserved class after the dataset's own (the model still
+# has NUM_CLASSES outputs; evaluation/novelty.py decides from them).
+REFUSED_CLASS = NUM_CLASSES
+REFUSED_NAMES = {"mnist": "not a digit", "fashion-mnist": "not a clothing item"}
+
+
+def refused_name(dataset: str) -> str:
+    return REFUSED_NAMES.get(dataset, "not in the classes")
 
 
 def read_bytes(path: Path, limit: int | None = None) -> bytes:

@@ -9,16 +9,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mnist_core.errors import DataError
 from mnist_core.data.extra import ExtraFolder, read_extra, split_indices
-from mnist_core.files import atomic_save_tensors
-from mnist_core.data.idx import IMAGE_SIDE, read_split
+from mnist_core.data.idx import IMAGE_SIDE, REFUSED_CLASS, read_split
 from mnist_core.data.images import IMAGE_FORM_VERSION
+from mnist_core.errors import DataError
+from mnist_core.files import atomic_save_tensors
 from mnist_core.records import Downloaded, Prepared
 
 # extra_test: the test part of the user's own images (empty without them), scored apart from the dataset's test set.
 SPLITS = ("train", "val", "test", "extra_test")
-TENSOR_NAMES = frozenset(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
+# extra_outlier_images: the user's images of none of the classes (a `not-a-digit` folder), for outlier exposure.
+TENSOR_NAMES = frozenset(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")) | {
+    "extra_outlier_images"
+}
 
 
 def prepared_path(
@@ -56,12 +59,18 @@ def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
 
 
 def _extra_parts(extra: ExtraFolder | None, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The user's labelled images split into train, val and test; those of none of the classes (REFUSED_CLASS)
+    apart, as "outliers" (all of them: they are trained against, never scored)."""
     empty = (torch.zeros(0, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8))
     if extra is None:
-        return {"train": empty, "val": empty, "test": empty}
+        return {"train": empty, "val": empty, "test": empty, "outliers": empty}
     images, labels = read_extra(extra)
+    outside = labels == REFUSED_CLASS
+    outliers = (torch.from_numpy(images[outside]), torch.from_numpy(labels[outside]))
+    images, labels = images[~outside], labels[~outside]
     parts = split_indices(len(images), seed)
-    return {part: (torch.from_numpy(images[index]), torch.from_numpy(labels[index])) for part, index in parts.items()}
+    split = {part: (torch.from_numpy(images[index]), torch.from_numpy(labels[index])) for part, index in parts.items()}
+    return {**split, "outliers": outliers}
 
 
 def prepare_dataset(
@@ -94,13 +103,24 @@ def prepare_dataset(
         "test_labels": torch.from_numpy(test_labels.copy()),
         "extra_test_images": extra_parts["test"][0],
         "extra_test_labels": extra_parts["test"][1],
+        "extra_outlier_images": extra_parts["outliers"][0],
     }
     mean, std = pixel_statistics(tensors["train_images"])
     # How many of the train and val images are the user's (extra_test is a split of its own).
-    extra_sizes = {"extra_train": len(extra_parts["train"][1]), "extra_val": len(extra_parts["val"][1])}
-    metadata = {"dataset": downloaded.dataset, "val_size": str(val_size), "seed": str(seed), "mean": repr(mean),
-                "std": repr(std), "extra_sha256": extra_sha256 or "",
-                "extra_sizes": json.dumps(extra_sizes)}
+    extra_sizes = {
+        "extra_train": len(extra_parts["train"][1]),
+        "extra_val": len(extra_parts["val"][1]),
+        "extra_outliers": len(extra_parts["outliers"][1]),
+    }
+    metadata = {
+        "dataset": downloaded.dataset,
+        "val_size": str(val_size),
+        "seed": str(seed),
+        "mean": repr(mean),
+        "std": repr(std),
+        "extra_sha256": extra_sha256 or "",
+        "extra_sizes": json.dumps(extra_sizes),
+    }
     metadata.update({f"sha256_{role}": digest for role, digest in downloaded.sha256.items()})
     atomic_save_tensors(tensors, target, metadata)
     sizes = {**{split: len(tensors[f"{split}_labels"]) for split in SPLITS}, **extra_sizes}

@@ -7,15 +7,10 @@ Fashion-MNIST). Probabilities keep their 10 columns (the model files' contract i
 
 import numpy as np
 
-from mnist_core.data.idx import NUM_CLASSES
+from mnist_core.data.idx import REFUSED_CLASS, REFUSED_NAMES, refused_name
 from mnist_core.records import NotADigitRule
 
-REFUSED_CLASS = NUM_CLASSES  # the reserved class index
-REFUSED_NAMES = {"mnist": "not a digit", "fashion-mnist": "not a clothing item"}
-
-
-def refused_name(dataset: str) -> str:
-    return REFUSED_NAMES.get(dataset, "not in the classes")
+__all__ = ["REFUSED_CLASS", "REFUSED_NAMES", "fit_threshold", "outlier_scores", "refuse", "refused_name"]
 
 
 def outlier_scores(logits: np.ndarray) -> np.ndarray:

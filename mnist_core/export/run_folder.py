@@ -395,7 +395,7 @@ def not_a_digit_rule(params: dict[str, Any], val_logits: np.ndarray, test_logits
     exposure, pool = float(params.get("outlier_exposure", 0.0)), int(params.get("outlier_images", 0))
     trained_against = (
         f"outlier exposure: weight {exposure:g}, {params.get('outlier_batch')} per batch from {pool} generated "
-        "strokes, Hershey glyphs and textures (data/not_digits.py)"
+        "strokes, Hershey glyphs, shapes and textures (data/not_digits.py)"
         if exposure > 0 and pool > 0
         else "none (a model trained on its classes only: the energy baseline)"
     )

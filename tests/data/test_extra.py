@@ -37,6 +37,9 @@ def test_class_folders_are_digits_or_class_names() -> None:
     assert class_index("7", "mnist") == 7 and class_index("07", "mnist") is None and class_index("x", "mnist") is None
     assert class_index("T-shirt_top", "fashion-mnist") == 0 and class_index("ankle boot", "fashion-mnist") == 9
     assert class_index("9", "fashion-mnist") == 9 and class_index("Sneakers", "fashion-mnist") is None
+    # What `mnist feedback export` writes for "not a digit": the reserved class, for any dataset.
+    assert class_index("not-a-digit", "mnist") == 10 and class_index("not_a_digit", "fashion-mnist") == 10
+    assert class_index("not a clothing item", "fashion-mnist") == 10
 
 
 def test_a_folder_is_read_whole_with_a_manifest(digits, tmp_path: Path) -> None:
@@ -123,7 +126,7 @@ def test_prepared_data_trains_on_the_extra_images_and_tests_on_their_part(
     mixed = prepare_dataset(downloaded, tmp_path / "cache", val_size=100, seed=0, extra=folder)
     assert mixed.path != plain.path and mixed.extra_sha256 == folder.sha256 and mixed.extra_manifest == folder.manifest
     assert mixed.sizes == {"train": 1100 + 28, "val": 100 + 6, "test": 300, "extra_train": 28, "extra_val": 6,
-                           "extra_test": 6}  # fmt: skip
+                           "extra_test": 6, "extra_outliers": 0}  # fmt: skip
     tensors = load_prepared(mixed.path)
     assert tensors["extra_test_images"].shape == (6, 28, 28) and len(tensors["test_labels"]) == 300
     assert mixed.mean != plain.mean  # normalized with the statistics of what it trains on
@@ -131,3 +134,18 @@ def test_prepared_data_trains_on_the_extra_images_and_tests_on_their_part(
     stamp = mixed.path.stat().st_mtime_ns
     assert prepare_dataset(downloaded, tmp_path / "cache", val_size=100, seed=0, extra=folder) == mixed
     assert mixed.path.stat().st_mtime_ns == stamp
+
+
+def test_images_of_none_of_the_classes_are_kept_apart_as_outliers(synthetic_dataset, digits, tmp_path: Path) -> None:
+    """A `not-a-digit` folder (corrections exported by `mnist feedback export`) is neither trained on as a class
+    nor scored: its images are outliers, all of them, for outlier exposure."""
+    name, mirror, _ = synthetic_dataset
+    downloaded = download_dataset(name, tmp_path / "cache", [str(mirror)])
+    images, labels = digits
+    labels = np.where(labels >= 8, 10, labels).astype(np.uint8)  # the 8s and 9s become "not a digit"
+    folder = scan_extra(labelled_folder(tmp_path / "mine", images, labels, {10: "not-a-digit"}), "mnist")
+    prepared = prepare_dataset(downloaded, tmp_path / "cache", val_size=100, seed=0, extra=folder)
+    tensors = load_prepared(prepared.path)
+    assert prepared.sizes["extra_outliers"] == 8 and tensors["extra_outlier_images"].shape == (8, 28, 28)
+    assert prepared.sizes["extra_train"] + prepared.sizes["extra_val"] + prepared.sizes["extra_test"] == 32
+    assert all(int(tensors[f"{split}_labels"].max()) < 10 for split in ("train", "val", "test", "extra_test"))
