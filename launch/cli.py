@@ -8,6 +8,12 @@
     mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker, model server
     mnist registry ls|show|champion|promote|rollback   the run registry (docs/registry.md)
     mnist feedback ls|show|export   corrections sent to `mnist serve`, exported for --extra-data (docs/serving.md)
+    mnist settings [--json]      every setting's effective value and where it came from (docs/settings.md)
+    mnist services up|down|status --dir DIR   the shared services: PostgreSQL, S3 store, Prefect server
+    mnist worker --settings FILE join the work pool from this checkout, after checking the shared services
+
+`mnist --settings FILE COMMAND ...` (or MNIST_SETTINGS=FILE) reads the settings file (docs/settings.md); the
+environment wins over it.
 
 `mnist COMMAND --help` lists each command's flags. The arguments are read and checked before torch or Prefect is
 imported, so help and usage errors answer at once; the imports then take seconds, during which Ctrl-C exits
@@ -91,6 +97,26 @@ def feedback(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def settings(argv: Sequence[str]) -> int:
+    from mnist_core.settings import main
+
+    return main(argv)
+
+
+def services(argv: Sequence[str]) -> int:
+    from launch.services import main
+
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
+    return main(list(argv))
+
+
+def worker(argv: Sequence[str]) -> int:
+    from launch.worker import main
+
+    hand_over()  # imported: from here on Ctrl-C is the command's own to handle
+    return main(list(argv))
+
+
 def _announce_champion(pointer: Any, text: str) -> None:
     """A champion changed by hand (`mnist registry promote|rollback`) is published where automatic promotions
     are: the `<dataset>-promotion` artifact, in the Prefect API the environment names. Best effort: the registry
@@ -136,11 +162,53 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "stack": stack,
     "registry": registry,
     "feedback": feedback,
+    "settings": settings,
+    "services": services,
+    "worker": worker,
 }
 
 
+def take_settings_option(args: list[str]) -> tuple[list[str], str | None]:
+    """`--settings FILE` / `--settings=FILE` taken out of the arguments (any place before a `--`), so every command
+    accepts it without each parser knowing it; returns the other arguments and the file."""
+    rest: list[str] = []
+    found: str | None = None
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        if arg == "--settings" and index + 1 < len(args):
+            found, index = args[index + 1], index + 2
+            continue
+        if arg.startswith("--settings="):
+            found = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        index += 1
+    return rest, found
+
+
+def use_settings(path: str | None) -> str | None:
+    """The settings file (from --settings, else MNIST_SETTINGS) into this process's environment, where Prefect,
+    the S3 client and every child process read it; a one-line error, or None."""
+    from pathlib import Path
+
+    from mnist_core.settings import SETTINGS_ENV, SettingsError, export_file
+
+    path = path or os.environ.get(SETTINGS_ENV, "").strip() or None
+    if not path:
+        return None
+    try:
+        export_file(Path(path))
+    except SettingsError as error:
+        return str(error)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args, settings_path = take_settings_option(list(sys.argv[1:] if argv is None else argv))
     usage = f"usage: mnist {{{','.join(COMMANDS)}}} ...  (mnist --help, mnist COMMAND --help)"
     if not args:
         print(usage, file=sys.stderr)
@@ -164,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    problem = use_settings(settings_path)
+    if problem:
+        print(f"mnist: error: {problem}", file=sys.stderr)
+        return 2
     return command(args[1:])
 
 

@@ -35,6 +35,7 @@ from launch.server import (
 )
 from mnist_core.files import atomic_write_text
 from mnist_core.redact import redact_url
+from mnist_core.settings import current as current_settings
 
 if TYPE_CHECKING:  # Prefect is imported only where the API is called: `status` and `down` stay quick
     from prefect.client.orchestration import SyncPrefectClient
@@ -151,7 +152,7 @@ class Stack:
         state = self._apply_deployments(state)
         self._up_worker(state)
         serving = self._up_serve(self.read_state())
-        if not os.environ.get("MNIST_MIRROR"):
+        if not current_settings().mirror:
             print("note: MNIST_MIRROR is not set, so runs fetch MNIST from the official mirrors (needs internet)")
         env_file = self.state_dir / "env"
         env_file.write_text(f"export PREFECT_API_URL={self.api_url}\n", encoding="utf-8")
@@ -239,7 +240,8 @@ class Stack:
 
     def _up_worker(self, state: dict[str, Any]) -> None:
         worker_pid = state.get("worker_pid")
-        limit = os.environ.get("MNIST_WORKER_LIMIT") or None  # runs at once on this worker (1 per GPU)
+        setting = current_settings().worker_limit  # runs at once on this worker (1 per GPU)
+        limit = str(setting) if setting else None
         if self.is_ours(worker_pid, "worker") and state.get("worker_limit") != limit:
             # Asked for another limit than the running worker has (`MNIST_WORKER_LIMIT=1 make stack-up` on a running
             # stack): a new worker with the limit asked for, not a silent "already running".
@@ -262,10 +264,11 @@ class Stack:
 
     def _up_serve(self, state: dict[str, Any]) -> str:
         """The model server beside the stack, on loopback; returns the line `up` prints about it."""
-        if os.environ.get("MNIST_SERVE", "1") == "0":
+        settings = current_settings()
+        if not settings.serve:
             return ""
-        port = int(os.environ.get("MNIST_SERVE_PORT", "8000"))
-        output_dir = Path(os.environ.get("MNIST_SERVE_OUTPUT_DIR", PROJECT_ROOT / "runs")).expanduser().resolve()
+        port = settings.serve_port
+        output_dir = Path(settings.serve_output_dir or PROJECT_ROOT / "runs").expanduser().resolve()
         url = f"http://127.0.0.1:{port}"
         serve_pid = state.get("serve_pid")
         if self.is_ours(serve_pid, SERVE_ROLE):
@@ -368,7 +371,7 @@ def describe_database(home: Path) -> str:
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("MNIST_STACK_DIR", PROJECT_ROOT / ".stack"))
+    return Path(current_settings().stack_dir or PROJECT_ROOT / ".stack")
 
 
 def running_api_url(state_dir: Path | None = None) -> str | None:
@@ -388,15 +391,16 @@ def running_api_url(state_dir: Path | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = current_settings()  # MNIST_STACK_HOST / _PORT / _DIR: the environment, else the settings file
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     parser.add_argument(
         "--host",
-        default=os.environ.get("MNIST_STACK_HOST", "127.0.0.1"),
+        default=settings.stack_host,
         help="address the server listens on (default 127.0.0.1; 0.0.0.0 lets remote workers in)",
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MNIST_STACK_PORT", "4200")))
+    parser.add_argument("--port", type=int, default=settings.stack_port)
     args = parser.parse_args(argv)
     stack = Stack(args.state_dir, args.host, args.port, DEFAULT_POOL)
     return {"up": stack.up, "down": stack.down, "status": stack.status}[args.command]()

@@ -5,7 +5,6 @@ one-line-per-epoch log stays all there is. MNIST_PROGRESS=0 turns the bars off o
 """
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,10 +26,11 @@ from rich.theme import Theme
 
 from mnist_core.data.download import OnBytes
 from mnist_core.records import EpochStats
+from mnist_core.settings import current as current_settings
 
 
 def interactive() -> bool:
-    return sys.stderr.isatty() and os.environ.get("MNIST_PROGRESS", "1") != "0"
+    return sys.stderr.isatty() and current_settings().progress
 
 
 def _console() -> Console:

@@ -1,5 +1,4 @@
 import base64
-import os
 import socket
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, PLOT_
 from mnist_core.records import Downloaded, Evaluation, Exported, Fingerprint, Prepared, Trained
 from mnist_core.redact import redact_url
 from mnist_core.registry.artifacts import configured_store, upload_run
+from mnist_core.settings import current as current_settings
 from reporting.publish import BestEffort
 
 
@@ -37,7 +37,7 @@ def run_result(exported: Exported) -> dict[str, object]:
         "test_accuracy": card.metrics.test_accuracy,
         "train_seconds": card.timings.train_seconds,
         # MNIST_WORKER_NAME: set in a worker's environment (its processes inherit it), else this machine's name.
-        "worker": os.environ.get("MNIST_WORKER_NAME") or socket.gethostname(),
+        "worker": current_settings().worker_name or socket.gethostname(),
         "run_dir": str(exported.run_dir),
         # Where another machine (the sweep's) fetches the trial's model from; empty without an artifact store.
         "artifact_store": exported.artifact_store or "",

@@ -18,7 +18,7 @@ CORE = PROJECT_ROOT / "mnist_core"
 # Bottom to top. The kernel is the modules directly in mnist_core/ that everything may use; the application
 # modules on top (preflight, fingerprint, sweep) compose the layers.
 LAYERS = ["kernel", "data", "training", "evaluation", "export", "registry", "inference", "serving", "application"]
-KERNEL = {"errors", "files", "redact", "config", "records", "flags", "layout", "stamps"}
+KERNEL = {"errors", "files", "redact", "config", "records", "flags", "layout", "stamps", "settings"}
 APPLICATION = {"preflight", "fingerprint", "sweep", "model", "__main__"}  # model: the old cards' loader name
 
 

@@ -26,6 +26,7 @@ from mnist_core.files import atomic_write
 from mnist_core.layout import CARD_FILE, EXPORTED_PROGRAM_FILE, ONNX_FILE, WEIGHTS_FILE
 from mnist_core.records import Exported, ModelCard
 from mnist_core.redact import redact_url
+from mnist_core.settings import current as current_settings
 from mnist_core.stamps import file_sha256
 
 if TYPE_CHECKING:
@@ -55,16 +56,18 @@ def _s3_store(url: str) -> Any:
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise StorageError(f"{url}: an S3 store needs a bucket: s3://BUCKET[/PREFIX]")
-    config: dict[str, Any] = {
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    }
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    settings = current_settings()  # the environment, else the settings file (docs/settings.md)
+    config: dict[str, Any] = {"region": settings.aws_region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or settings.aws_endpoint_url
     if endpoint:
         config["endpoint"] = endpoint
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        config["access_key_id"] = settings.aws_access_key_id
+        config["secret_access_key"] = settings.secret("aws_secret_access_key")
     client: dict[str, Any] = dict(TIMEOUTS)
-    if os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true"):
+    if settings.aws_allow_http:
         client["allow_http"] = True
-    # Credentials: obstore reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and the rest of AWS_*) itself.
+    # Other credentials (a session token, a profile): obstore reads the rest of AWS_* itself.
     return S3Store(bucket, prefix=prefix or None, config=config, client_options=client, retry_config=RETRY)
 
 
@@ -191,7 +194,7 @@ class ArtifactStore:
 
 def configured_store(url: str | None = None) -> ArtifactStore | None:
     """The store `url` names, else $MNIST_ARTIFACT_STORE's, else None (the run folders are the only copy)."""
-    url = url or os.environ.get(STORE_ENV) or None
+    url = url or current_settings().artifact_store or None
     return ArtifactStore(url) if url else None
 
 

@@ -64,6 +64,7 @@ from mnist_core.registry.rows import (
     promotion_from_row,
     registry_row,
 )
+from mnist_core.settings import current as current_settings
 from mnist_core.stamps import utc_iso
 
 URL_VARIABLE = "MNIST_REGISTRY_URL"
@@ -136,7 +137,7 @@ MIGRATIONS: dict[int, str] = {}
 
 def registry_url(output_root: Path) -> str:
     """`MNIST_REGISTRY_URL` if set (it names one database for every output root), else `<output_root>/registry.db`."""
-    url = os.environ.get(URL_VARIABLE, "").strip()
+    url = (current_settings().secret("registry_url") or "").strip()
     if url:
         return url
     return f"sqlite:///{Path(output_root).expanduser().resolve() / REGISTRY_DB_FILE}"

@@ -16,7 +16,9 @@ TOKEN_ENV = "MNIST_SERVE_TOKEN"
 
 
 def token_from_env() -> str | None:
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    from mnist_core.settings import current  # MNIST_SERVE_TOKEN, from the environment or the settings file
+
+    return (current().secret("serve_token") or "").strip() or None
 
 
 def app_from_env():  # noqa: ANN201 - uvicorn's factory for --workers: each worker process builds its own app
