@@ -8,6 +8,7 @@
     mnist stack up|down|status   the local Prefect stack: server, work pool, deployments, worker, model server
     mnist registry ls|show|champion|promote|rollback   the run registry (docs/registry.md)
     mnist feedback ls|show|export   corrections sent to `mnist serve`, exported for --extra-data (docs/serving.md)
+    mnist monitor [FLAGS]        drift of the champion's inputs (the `mnist-monitor` flow; = python flows/monitor.py)
     mnist settings [--json]      every setting's effective value and where it came from (docs/settings.md)
     mnist services up|down|status --dir DIR   the shared services: PostgreSQL, S3 store, Prefect server
     mnist worker --settings FILE join the work pool from this checkout, after checking the shared services
@@ -69,6 +70,14 @@ def predict_batch(argv: Sequence[str]) -> int:
     return _runs("mnist-predict").predict_batch(params)
 
 
+def monitor(argv: Sequence[str]) -> int:
+    from mnist_core.flags import parse_params
+    from mnist_core.registry.monitoring import MonitorParams
+
+    params = parse_params(MonitorParams, argv, MONITOR_HELP, prog="mnist monitor")
+    return _runs("mnist-monitor").monitor(params)
+
+
 def serve(argv: Sequence[str]) -> int:
     from mnist_core.serving.serve_command import main
 
@@ -125,10 +134,15 @@ def _announce_champion(pointer: Any, text: str) -> None:
         return
     telemetry_off()
     try:
-        from prefect.artifacts import create_markdown_artifact
+        # The API client, not prefect.artifacts: outside a flow run that warns (FutureWarning: deprecated) and
+        # starts background services whose drain at exit prints "Still processing items".
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactCreate
 
         markdown = f"## Champion / challenger\n**Decision: {pointer.decision}.** {text}\n\n{pointer.promotion.reason}"
-        create_markdown_artifact(key=f"{pointer.dataset}-promotion", markdown=markdown, description=text)
+        artifact = ArtifactCreate(key=f"{pointer.dataset}-promotion", type="markdown", data=markdown, description=text)
+        with get_client(sync_client=True) as client:
+            client.create_artifact(artifact)
     except Exception as error:  # noqa: BLE001 - any failure to publish is one line, never the command's failure
         print(f"mnist registry: warning: recorded, but not published to Prefect ({type(error).__name__}: {error})",
               file=sys.stderr)  # fmt: skip
@@ -150,8 +164,14 @@ PREDICT_BATCH_HELP = """Batch inference as a Prefect flow run (the `mnist-predic
 of every input (images, folders, globs, .npy or IDX files) with the chosen model; a bad input is a row with its
 error, never the end of the batch. The CSV goes to --output (default: under <output_dir>/predictions/)."""
 
+MONITOR_HELP = """Drift of what the champion sees, as a Prefect flow run (the `mnist-monitor` flow): its latest
+predictions (the prediction log of `mnist serve`) against its answers on its validation split, by four named tests;
+a `mnist.drift.detected` event when one is over its threshold. The window and thresholds are settings
+(MNIST_MONITOR_WINDOW, MNIST_MONITOR_CLASSES_P, ...: docs/monitoring.md). Exit status 0, or 3 when drift is
+detected."""
+
 # The name a command's messages start with (the flows' own, as `python flows/*.py` has always printed them).
-PROGRAMS = {"train": "mnist", "sweep": "mnist-sweep", "predict-batch": "mnist-predict"}
+PROGRAMS = {"train": "mnist", "sweep": "mnist-sweep", "predict-batch": "mnist-predict", "monitor": "mnist-monitor"}
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train,
@@ -165,6 +185,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "settings": settings,
     "services": services,
     "worker": worker,
+    "monitor": monitor,
 }
 
 

@@ -7,6 +7,7 @@ import torch
 
 from mnist_core.config import RunParams
 from mnist_core.errors import StorageError
+from mnist_core.registry.artifacts import configured_store
 from mnist_core.registry.store import check_registry
 from mnist_core.training.device import resolve_device
 from mnist_core.training.loop import use_bf16
@@ -33,12 +34,21 @@ def ensure_writable_dir(path: Path, field: str) -> Path:
 
 
 def preflight(params: RunParams) -> torch.device:
-    """Fail fast on a missing device (or bf16 asked of one without it), an unusable data or output folder, or a
-    damaged registry in the output folder (which would otherwise fail the run only after training); returns the
-    device."""
+    """Fail fast on a missing device (or bf16 asked of one without it), an unusable data or output folder, a
+    damaged or unreachable registry, or an artifact store that does not take a write (each would otherwise fail
+    the run only after training); returns the device."""
     device = resolve_device(params.device)
     use_bf16(params.precision, device)
     ensure_writable_dir(params.data_dir, "data_dir")
     output_dir = ensure_writable_dir(params.output_dir, "output_dir")
     check_registry(output_dir, params.dataset)
+    check_store()
     return device
+
+
+def check_store() -> None:
+    """The artifact store (MNIST_ARTIFACT_STORE), when one is set, answers and takes a write: a store that is down
+    is found before training, not after it (where the export would fail the run)."""
+    store = configured_store()
+    if store is not None:
+        store.probe()

@@ -50,7 +50,7 @@ def blob_key(sha256: str) -> str:
     return f"{BLOBS}/{sha256}"
 
 
-def _s3_store(url: str) -> Any:
+def _s3_store(url: str, retry: dict[str, Any] | None = None) -> Any:
     from obstore.store import S3Store
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
@@ -68,7 +68,12 @@ def _s3_store(url: str) -> Any:
     if settings.aws_allow_http:
         client["allow_http"] = True
     # Other credentials (a session token, a profile): obstore reads the rest of AWS_* itself.
-    return S3Store(bucket, prefix=prefix or None, config=config, client_options=client, retry_config=RETRY)
+    return S3Store(bucket, prefix=prefix or None, config=config, client_options=client, retry_config=retry or RETRY)
+
+
+def s3_endpoint() -> str:
+    """The S3 endpoint this machine's settings name (for messages: which server did not answer)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or current_settings().aws_endpoint_url or "AWS S3"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,34 @@ class ArtifactStore:
     @property
     def _obstore(self) -> Any:
         return self.__dict__["_store"]
+
+    def probe(self) -> None:
+        """Before any training: the store answers, its bucket exists, and a small object written reads back
+        (then deleted); otherwise one StorageError line naming the store, its endpoint and what failed. With two
+        quick retries, not the upload's ~9 s of them: a preflight that waits is a preflight nobody runs."""
+        import uuid
+
+        import obstore
+
+        where = redact_url(self.url)
+        if self.url.startswith("s3://"):
+            where += f" (endpoint {s3_endpoint()})"
+            store = _s3_store(self.url, {**RETRY, "max_retries": 2, "retry_timeout": timedelta(seconds=5)})
+        else:
+            store = self._obstore
+        key = f"preflight/{uuid.uuid4().hex}"
+        payload = uuid.uuid4().hex.encode()
+        step = "writing a test object"
+        try:
+            obstore.put(store, key, payload)
+            step = "reading the test object back"
+            back = bytes(obstore.get(store, key).bytes())
+            step = "deleting the test object"
+            obstore.delete(store, key)
+        except Exception as error:  # obstore's errors: unreachable, refused, no bucket, bad credentials
+            raise StorageError(f"artifact store {where}: {step} failed: {_reason(error)}") from None
+        if back != payload:
+            raise StorageError(f"artifact store {where}: the test object read back differs from what was written")
 
     def uri(self, sha256: str) -> str:
         return f"{self.url.rstrip('/')}/{blob_key(sha256)}"
@@ -190,6 +223,20 @@ class ArtifactStore:
             )
         atomic_write(cached, lambda stream: stream.write(content))
         return cached
+
+
+def _reason(error: Exception) -> str:
+    """obstore's many-line error as one short reason, naming the usual causes in words."""
+    text = str(error)
+    for marker, words in (("NoSuchBucket", "the bucket does not exist"), ("InvalidAccessKeyId", "access key refused"),
+                          ("SignatureDoesNotMatch", "secret key refused"), ("AccessDenied", "access denied"),
+                          ("Connection refused", "connection refused (nothing listens there)"),
+                          ("timed out", "timed out (the endpoint does not answer)"),
+                          ("dns error", "the endpoint's host name does not resolve")):  # fmt: skip
+        if marker.lower() in text.lower():
+            return words
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first[:300]
 
 
 def configured_store(url: str | None = None) -> ArtifactStore | None:

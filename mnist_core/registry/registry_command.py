@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace, announce: Callable[[Any, str], None] | None =
         if pointer is None:
             print(f"mnist registry: error: no {args.dataset} champion yet", file=sys.stderr)
             return 1
-        print(pointer.model_dump_json(indent=2) if args.json else _pointer_text(pointer))
+        print(pointer.model_dump_json(indent=2) if args.json else _pointer_text(pointer, args.output_dir))
         return 0
     who = getpass.getuser()
     with store.locked():
@@ -117,12 +117,39 @@ def _run(args: argparse.Namespace, announce: Callable[[Any, str], None] | None =
     return 0
 
 
-def _pointer_text(pointer: Any) -> str:
+def _where(pointer: Any, output_dir: Path) -> list[str]:
+    """Where the champion's model lives, as this machine sees it: its run folder when this machine has it, and
+    always its objects in the store (URI and SHA-256), never only a path that exists on the machine that trained
+    it. The card (a few KB, checked against its SHA-256) names the model files' SHA-256s."""
+    from mnist_core.errors import PipelineError
+    from mnist_core.layout import CARD_FILE
+    from mnist_core.records import ModelCard
+    from mnist_core.registry.artifacts import ArtifactStore, cache_root
+
+    local = Path(pointer.run_dir) / CARD_FILE
+    lines = [f"model: {pointer.model}" if local.is_file() else f"trained in: {pointer.run_dir} (not on this machine)"]
+    if not (pointer.artifact_store and pointer.card_sha256):
+        return lines + ["store: - (not uploaded: only its run folder holds it)"]
+    store = ArtifactStore(pointer.artifact_store)
+    lines.append(f"card: {store.uri(pointer.card_sha256)} (SHA-256 {pointer.card_sha256})")
+    try:
+        card_file = local if local.is_file() else store.fetch(
+            store.uri(pointer.card_sha256), pointer.card_sha256, cache_root(output_dir) / pointer.card_sha256 / ".blobs"
+        )  # fmt: skip
+        card = ModelCard.model_validate_json(card_file.read_text(encoding="utf-8"))
+    except (PipelineError, OSError, ValueError) as error:
+        return lines + [f"model files: not read ({str(error).splitlines()[0][:200]})"]
+    for name, entry in card.model_files.items():
+        lines.append(f"{name}: {store.uri(entry.sha256)} (SHA-256 {entry.sha256})")
+    return lines
+
+
+def _pointer_text(pointer: Any, output_dir: Path = Path("runs")) -> str:
     return "\n".join(
         [
             f"dataset: {pointer.dataset}",
             f"run: {pointer.run_id}",
-            f"model: {pointer.model}",
+            *_where(pointer, output_dir),
             f"test accuracy (when promoted): {pointer.test_accuracy:.2%}",
             f"promoted at: {pointer.promoted_at} ({pointer.decision})",
             f"replaced: {pointer.previous_run_id or '-'}",
