@@ -50,6 +50,18 @@ class Prepared(Record):
     outliers: Path | None = None  # images that are not digits, for outlier exposure (data/not_digits.py)
 
 
+class Corrections(Record):
+    """The corrections a run learns from (registry/corrections.py): the older ones as an image folder read as its
+    extra images, the newest held back to score the run and the champion on."""
+
+    dataset: str
+    folder: Path | None  # None: every usable correction is held back (fewer than two, or all of them newest)
+    held_back: Path  # .npz: images (N x 28 x 28 uint8, prepared) and labels (0-9, 10 = not a digit)
+    trained_ids: list[int]
+    held_back_ids: list[int]
+    skipped: list[str] = []  # one line per damaged correction left out
+
+
 class EpochStats(Record):
     epoch: int
     train_loss: float
@@ -144,6 +156,18 @@ class NotADigitRule(Record):
     outliers: str = ""  # what the model was trained against, in words
 
 
+class MonitoringReference(Record):
+    """The model's own answers on its validation split, as `mnist serve` logs answers (evaluation/monitoring.py): the
+    baseline `mnist-monitor` compares a window of the prediction log with (docs/monitoring.md)."""
+
+    size: int  # validation images
+    class_counts: list[int]  # answers per class 0-9, then "not a digit" (refused by the card's rule)
+    not_a_digit_rate: float
+    mean_confidence: float  # calibrated (the card's temperature), of the best class, refused answers included
+    confidence_quantiles: list[float]  # evenly spaced quantiles (monitoring.REFERENCE_POINTS) of those confidences
+    score_quantiles: list[float]  # likewise of the not-a-digit score, -logsumexp(logits)
+
+
 class TensorSpec(Record):
     name: str
     dtype: str
@@ -207,6 +231,9 @@ class ModelCard(Record):
     calibration: Calibration | None = None
     # None on cards written before it existed (and for runs without outlier exposure): such a model never refuses.
     not_a_digit: NotADigitRule | None = None
+    # What the model answers on its validation split, for the drift monitor; None on cards written before it existed
+    # (the monitor then says it has no reference).
+    monitoring: MonitoringReference | None = None
 
 
 def read_card(run_dir: Path) -> ModelCard:

@@ -18,6 +18,7 @@ from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import StorageError
 from mnist_core.evaluation.calibration import calibrate
 from mnist_core.evaluation.evaluate import confusion_frame
+from mnist_core.evaluation.monitoring import reference_from_logits
 from mnist_core.evaluation.novelty import fit_threshold, outlier_scores
 from mnist_core.evaluation.plots import (
     plot_confusion,
@@ -382,7 +383,10 @@ def calibrated(card: ModelCard, model: MLP, val_split: TestSplit, test_split: Te
     fitted = calibrate(val_logits, val_split[1].cpu().numpy(), test_logits, test_split[1].cpu().numpy())
     calibration = Calibration(test_ece_before=fitted["test_ece_before"], test_ece_after=fitted["test_ece_after"])
     update = {"temperature": fitted["temperature"], "calibration": calibration}
-    return card.model_copy(update={**update, "not_a_digit": not_a_digit_rule(card.params, val_logits, test_logits)})
+    rule = not_a_digit_rule(card.params, val_logits, test_logits)
+    # The drift monitor's baseline: the calibrated model's own answers on the same validation logits.
+    reference = reference_from_logits(val_logits, fitted["temperature"], rule)
+    return card.model_copy(update={**update, "not_a_digit": rule, "monitoring": reference})
 
 
 def not_a_digit_rule(params: dict[str, Any], val_logits: np.ndarray, test_logits: np.ndarray) -> NotADigitRule | None:
@@ -414,7 +418,8 @@ def _calibration_of(run_dir: Path) -> dict[str, Any]:
         written = ModelCard.model_validate_json((run_dir / CARD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {"temperature": written.temperature, "calibration": written.calibration, "not_a_digit": written.not_a_digit}
+    return {"temperature": written.temperature, "calibration": written.calibration, "not_a_digit": written.not_a_digit,
+            "monitoring": written.monitoring}  # fmt: skip
 
 
 def _read_marker(marker: Path) -> dict[str, str] | None:
