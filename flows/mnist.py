@@ -16,7 +16,7 @@ from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
 from mnist_core.training.checkpoint import checkpoint_lock, discard_checkpoint
-from tasks import download, evaluate, export, fingerprint, promote, train, transform
+from tasks import download, evaluate, export, fingerprint, gather, promote, train, transform
 
 
 @flow(name="mnist", log_prints=True)
@@ -26,6 +26,9 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
     same data, parameters and code), stop before training in the Completed state named 'Unchanged', unless
     `force_retrain`."""
     device = str(preflight(params))
+    corrections = gather(params) if params.corrections else None
+    if corrections is not None:  # the older corrections are this run's extra images
+        params = params.model_copy(update={"extra_data": corrections.folder})
     downloaded = download(params.dataset, params.data_dir, params.mirror)
     prepared = transform(downloaded, params)
     fingerprinted = fingerprint(downloaded, prepared, params)
@@ -37,7 +40,7 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
         trained = train(prepared, params, device)
         evaluation = evaluate(trained, prepared, device)
         exported = export(downloaded, prepared, trained, evaluation, params, fingerprinted)
-        promotion = promote(exported, prepared, params, device) if params.promote else None
+        promotion = promote(exported, prepared, params, device, corrections) if params.promote else None
         # Only a completed run gets here: after a failure the checkpoint stays, for a rerun to resume from.
         discard_checkpoint(params)
     return RunResult(exported=exported, promotion=promotion)

@@ -73,8 +73,11 @@ NOT_IN_TRAINING_DIGEST = frozenset(
         "promotion_metric",
         "extra_data",
         "promote",
+        "correction_tolerance",
     }
 )
+# A run learning from corrections repeats them this often: 40 corrections then weigh 800 of 55,000 images.
+CORRECTIONS_REPEAT = 20
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
@@ -177,6 +180,31 @@ class RunParams(BaseModel):
         description="The test images whose accuracy decides a promotion: combined (the dataset's test set and the "
         "extra images' test part, pooled), test (the dataset's only) or extra (the extra images' only).",
     )
+    corrections: bool = Field(
+        False,
+        description="Also learn from the corrections people sent to `mnist serve` (POST /feedback), read from the "
+        "registry's database and the artifact store: the older ones trained on as extra images (repeated "
+        "extra_repeat times), the newest correction_holdout share held back; the run is then promoted only if it is "
+        "better than the champion on the held-back corrections and not worse on the test set by more than "
+        "correction_tolerance.",
+    )
+    correction_holdout: float = Field(
+        0.2, ge=0, lt=1, description="Share of the corrections, the newest, held back to score the run on."
+    )
+    correction_tolerance: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="How much lower (a fraction: 0.002 = 0.2 points) than the champion's a run learning from "
+        "corrections may score on the test set and still be promoted.",
+    )
+    extra_repeat: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Times each image of the extra images' training part is repeated in the training set: a few "
+        "dozen among 55,000 weigh nothing otherwise. Runs with corrections default to 20.",
+    )
     force_retrain: bool = Field(
         False,
         description="Train even when nothing changed since the champion (same data, parameters and code); without "
@@ -207,6 +235,13 @@ class RunParams(BaseModel):
     def _apply_preset(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("preset") in PRESETS:
             return {**PRESETS[data["preset"]], **data}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _corrections_weigh(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("corrections") and "extra_repeat" not in data:
+            return {**data, "extra_repeat": CORRECTIONS_REPEAT}
         return data
 
     @model_validator(mode="after")

@@ -8,12 +8,14 @@ from prefect.cache_policies import NO_CACHE
 from mnist_core.config import RunParams
 from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import PipelineError
-from mnist_core.evaluation.evaluate import decisive_accuracy, score_model_file
+from mnist_core.evaluation.evaluate import decisive_accuracy, score_answers, score_model_file
 from mnist_core.export.run_folder import append_to_report
 from mnist_core.layout import WEIGHTS_FILE
-from mnist_core.records import Exported, Prepared, Promotion
+from mnist_core.records import Corrections, Exported, Prepared, Promotion
 from mnist_core.registry.artifacts import recorded_run_folder
-from mnist_core.registry.rule import ChampionScore, judge
+from mnist_core.registry.corrections import load_held_back
+from mnist_core.registry.feedback import FeedbackStore
+from mnist_core.registry.rule import ChampionScore, judge, judge_with_corrections
 from mnist_core.registry.store import ChampionPointer, RegistryStore, entries, promotion_markdown
 from reporting.publish import BestEffort
 
@@ -25,9 +27,13 @@ MEASURES = {
 
 
 @task(name="promote", cache_policy=NO_CACHE, persist_result=False)
-def promote(exported: Exported, prepared: Prepared, params: RunParams, device: str) -> Promotion:
+def promote(
+    exported: Exported, prepared: Prepared, params: RunParams, device: str, corrections: Corrections | None = None
+) -> Promotion:
     """Record the run in the registry and make it champion if it beats the current one on the same test images:
-    the dataset's test set and, with extra images, their test part (`promotion_metric` says which decides)."""
+    the dataset's test set and, with extra images, their test part (`promotion_metric` says which decides). A run
+    that learnt from corrections is judged on the held-back corrections and the test set instead
+    (`judge_with_corrections`), and the registry records which corrections it trained on and held back."""
     data = load_prepared(prepared.path, device)
     sizes, metrics = prepared.sizes, exported.card.metrics
     has_extra = sizes["extra_test"] > 0
@@ -50,7 +56,13 @@ def promote(exported: Exported, prepared: Prepared, params: RunParams, device: s
                 score, champion_scores = rescore(champion, data, has_extra, sizes, metric, params.output_dir)
                 scores = {key: (scores[key][0], champion_scores[key]) for key in scores}
             promotion = judge(challenger, score, params.promotion_margin, params.force_promote, MEASURES[metric])
+            if corrections is not None and corrections.held_back_ids:
+                promotion = _judged_on_corrections(exported, corrections, champion, score, params)
             store.commit(*entries(exported, promotion, champion))
+    if corrections is not None:
+        FeedbackStore(params.output_dir).record_corrections(
+            exported.run_id, corrections.trained_ids, corrections.held_back_ids
+        )
     section = promotion_markdown(promotion, params.dataset, scores if has_extra else None, exported.run_id)
     append_to_report(exported.report, section)
     logger = get_run_logger()
@@ -81,3 +93,23 @@ def rescore(
         return ChampionScore(champion.run_id, None, str(error)), {"test": None, "extra": None}
     decisive = decisive_accuracy(test, extra, sizes["test"], sizes["extra_test"], metric)
     return ChampionScore(champion.run_id, decisive), {"test": test, "extra": extra}
+
+
+def _judged_on_corrections(
+    exported: Exported,
+    corrections: Corrections,
+    champion: ChampionPointer | None,
+    score: ChampionScore | None,
+    params: RunParams,
+) -> Promotion:
+    """Both models read the held-back corrections as every path answers (not a digit included); the champion's
+    test score is the one `rescore` measured on the challenger's test images."""
+    images, labels = load_held_back(corrections.held_back)
+    challenger_held = score_answers(exported.run_dir, images, labels)
+    champion_held = None
+    if champion is not None and score is not None and score.accuracy is not None:
+        champion_held = score_answers(recorded_run_folder(champion, params.output_dir), images, labels)
+    test = exported.card.metrics.test_accuracy
+    return judge_with_corrections(
+        test, challenger_held, score, champion_held, params.correction_tolerance, params.force_promote
+    )

@@ -14,7 +14,7 @@ from mnist_core.records import Downloaded, Prepared
 def transform(downloaded: Downloaded, params: RunParams) -> Prepared:
     """The validated, split uint8 tensors, with the extra images if any (built once, then reused)."""
     extra = scan_extra(params.extra_data, params.dataset) if params.extra_data else None
-    prepared = prepare_dataset(downloaded, params.data_dir, params.val_size, params.seed, extra)
+    prepared = prepare_dataset(downloaded, params.data_dir, params.val_size, params.seed, extra, params.extra_repeat)
     if extra:
         sizes = prepared.sizes
         get_run_logger().info(

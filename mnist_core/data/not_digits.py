@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mnist_core.data.idx import IMAGE_SIDE
-from mnist_core.data.images import to_mnist_form
+from mnist_core.data.images import IMAGE_FORM_VERSION, to_mnist_form
 from mnist_core.errors import DataError
 from mnist_core.files import atomic_save_tensors
 
@@ -274,7 +274,8 @@ def training_outliers(count: int, seed: int, dataset: str = "mnist") -> np.ndarr
 
 
 def outliers_path(cache_root: Path, dataset: str, count: int) -> Path:
-    name = f"outliers-{dataset}-g{GENERATOR_VERSION}-n{count}.safetensors"
+    # The preparation's version too: the outliers are prepared as served images are, and change when it does.
+    name = f"outliers-{dataset}-g{GENERATOR_VERSION}-form{IMAGE_FORM_VERSION}-n{count}.safetensors"
     return Path(cache_root).expanduser().resolve() / "prepared" / name
 
 

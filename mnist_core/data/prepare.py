@@ -25,10 +25,18 @@ TENSOR_NAMES = frozenset(f"{split}_{kind}" for split in SPLITS for kind in ("ima
 
 
 def prepared_path(
-    cache_root: Path, dataset: str, sha256s: dict[str, str], val_size: int, seed: int, extra_sha256: str | None = None
+    cache_root: Path,
+    dataset: str,
+    sha256s: dict[str, str],
+    val_size: int,
+    seed: int,
+    extra_sha256: str | None = None,
+    extra_repeat: int = 1,
 ) -> Path:
     # The user's images are prepared by code (images.py): a new preparation must not reuse an older one's cache.
     extra_key = f"{extra_sha256}:form{IMAGE_FORM_VERSION}" if extra_sha256 else ""
+    if extra_sha256 and extra_repeat > 1:
+        extra_key += f":x{extra_repeat}"
     content_key = hashlib.sha256("".join([*sorted(sha256s.values()), extra_key]).encode()).hexdigest()[:16]
     name = f"{dataset}-{content_key}-val{val_size}-seed{seed}.safetensors"
     return Path(cache_root).expanduser().resolve() / "prepared" / name
@@ -74,12 +82,19 @@ def _extra_parts(extra: ExtraFolder | None, seed: int) -> dict[str, tuple[torch.
 
 
 def prepare_dataset(
-    downloaded: Downloaded, cache_root: Path, val_size: int, seed: int, extra: ExtraFolder | None = None
+    downloaded: Downloaded,
+    cache_root: Path,
+    val_size: int,
+    seed: int,
+    extra: ExtraFolder | None = None,
+    extra_repeat: int = 1,
 ) -> Prepared:
     """Parse and validate the four IDX files, split off `val_size` training images, add the parts of the extra
-    images (`scan_extra`), and cache the lot as uint8 tensors."""
+    images (`scan_extra`; their training part `extra_repeat` times), and cache the lot as uint8 tensors."""
     extra_sha256 = extra.sha256 if extra else None
-    target = prepared_path(cache_root, downloaded.dataset, downloaded.sha256, val_size, seed, extra_sha256)
+    target = prepared_path(
+        cache_root, downloaded.dataset, downloaded.sha256, val_size, seed, extra_sha256, extra_repeat
+    )
     cached = _cached(target)
     if cached is not None:
         return _prepared(downloaded.dataset, target, *cached, extra)
@@ -95,8 +110,8 @@ def prepare_dataset(
     images, labels = torch.from_numpy(train_images.copy()), torch.from_numpy(train_labels.copy())
     extra_parts = _extra_parts(extra, seed)
     tensors = {
-        "train_images": torch.cat([images[train_index], extra_parts["train"][0]]),
-        "train_labels": torch.cat([labels[train_index], extra_parts["train"][1]]),
+        "train_images": torch.cat([images[train_index], extra_parts["train"][0].repeat(extra_repeat, 1, 1)]),
+        "train_labels": torch.cat([labels[train_index], extra_parts["train"][1].repeat(extra_repeat)]),
         "val_images": torch.cat([images[val_index], extra_parts["val"][0]]),
         "val_labels": torch.cat([labels[val_index], extra_parts["val"][1]]),
         "test_images": torch.from_numpy(test_images.copy()),

@@ -3,11 +3,14 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from mnist_core.records import Evaluation
+from mnist_core.evaluation.novelty import answers
+from mnist_core.layout import WEIGHTS_FILE
+from mnist_core.records import Evaluation, read_card
 from mnist_core.training.model import evaluate_split, load_weights
 
 
@@ -85,3 +88,15 @@ def score_model_file(path: Path, images: torch.Tensor, labels: torch.Tensor) -> 
     model = load_weights(path, images.device)
     _, correct, _ = evaluate_split(model, images, labels)
     return correct.item() / len(labels)
+
+
+def score_answers(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of a run folder's model on prepared images whose labels may be REFUSED_CLASS ("not a digit"),
+    answered as every path answers: with its card's not-a-digit rule (none on an older card: never refused)."""
+    if len(labels) == 0:
+        return float("nan")
+    model = load_weights(Path(run_dir) / WEIGHTS_FILE)
+    rule = read_card(run_dir).not_a_digit
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.ascontiguousarray(images))).double().numpy()
+    return float((answers(logits, rule) == labels).mean())

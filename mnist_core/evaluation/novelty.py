@@ -10,7 +10,7 @@ import numpy as np
 from mnist_core.data.idx import REFUSED_CLASS, REFUSED_NAMES, refused_name
 from mnist_core.records import NotADigitRule
 
-__all__ = ["REFUSED_CLASS", "REFUSED_NAMES", "fit_threshold", "outlier_scores", "refuse", "refused_name"]
+__all__ = ["REFUSED_CLASS", "REFUSED_NAMES", "answers", "fit_threshold", "outlier_scores", "refuse", "refused_name"]
 
 
 def outlier_scores(logits: np.ndarray) -> np.ndarray:
@@ -26,6 +26,11 @@ def refuse(logits: np.ndarray, rule: NotADigitRule | None) -> tuple[np.ndarray, 
     if rule is None:
         return scores, np.zeros(len(scores), dtype=bool)
     return scores, scores > rule.threshold
+
+
+def answers(logits: np.ndarray, rule: NotADigitRule | None) -> np.ndarray:
+    """The class every path answers: the best class, or REFUSED_CLASS where the rule refuses."""
+    return np.where(refuse(logits, rule)[1], REFUSED_CLASS, np.asarray(logits).argmax(axis=1))
 
 
 def fit_threshold(val_logits: np.ndarray, target_false_refusal: float) -> tuple[float, float]:

@@ -81,6 +81,27 @@ feedback = Table(
 )
 
 
+# Which corrections each run trained on (`trained`) and scored on (`held_back`): a correction no run has trained on is
+# pending, and `mnist.feedback.ready` is announced when N are (serving/announce.py).
+corrections_used = Table(
+    "corrections_used",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("feedback_id", Integer, primary_key=True),
+    Column("role", String(16), nullable=False),  # trained or held_back
+)
+# One row per announcement of pending corrections, keyed by the newest correction it counted: the claim (an insert
+# the key makes unique) lets one process of many announce it, once; a failed send gives the claim back.
+announcements = Table(
+    "feedback_announcements",
+    metadata,
+    Column("dataset", String(32), primary_key=True),
+    Column("up_to_id", Integer, primary_key=True),
+    Column("claimed_at", String(32), nullable=False),
+    Column("sent_at", String(32)),
+)
+
+
 @dataclass(frozen=True)
 class FeedbackEntry:
     """A correction to record: `label` for the prediction `prediction_id`, or for `image` sent on its own."""
@@ -230,3 +251,63 @@ class FeedbackStore:
         store_url = uri.rsplit(f"/{BLOBS}/", 1)[0]  # the store it went to, which may not be today's
         store = self.image_store if store_url == self.image_store.url.rstrip("/") else ArtifactStore(store_url)
         return store.get_bytes(sha256)
+
+    def pending(self, dataset: str) -> list[int]:
+        """Ids of `dataset`'s corrections that no run has trained on, oldest first."""
+        trained = select(corrections_used.c.feedback_id).where(corrections_used.c.role == "trained")
+        statement = (
+            select(feedback.c.id)
+            .where((feedback.c.dataset == dataset) & feedback.c.id.not_in(trained))
+            .order_by(feedback.c.id)
+        )
+        with self._connection() as connection:
+            return [int(value) for value in connection.execute(statement).scalars()]
+
+    def record_corrections(self, run_id: str, trained: Sequence[int], held_back: Sequence[int]) -> None:
+        """That `run_id` trained on `trained` and scored on `held_back` (again: nothing new)."""
+        rows = [{"run_id": run_id, "feedback_id": int(i), "role": "trained"} for i in trained]
+        rows += [{"run_id": run_id, "feedback_id": int(i), "role": "held_back"} for i in held_back]
+        if not rows:
+            return
+        with self._connection(write=True) as connection:
+            known = select(corrections_used.c.feedback_id).where(corrections_used.c.run_id == run_id)
+            already = {int(value) for value in connection.execute(known).scalars()}
+            fresh = [row for row in rows if row["feedback_id"] not in already]
+            if fresh:
+                connection.execute(insert(corrections_used), fresh)
+
+    def corrections_of(self, run_id: str) -> dict[str, list[int]]:
+        """The corrections `run_id` trained on and held back: {"trained": [...], "held_back": [...]}."""
+        statement = select(corrections_used).where(corrections_used.c.run_id == run_id)
+        found: dict[str, list[int]] = {"trained": [], "held_back": []}
+        with self._connection() as connection:
+            for row in connection.execute(statement).mappings():
+                found[row["role"]].append(int(row["feedback_id"]))
+        return {role: sorted(ids) for role, ids in found.items()}
+
+    def claim_announcement(self, dataset: str, up_to_id: int, at: str) -> bool:
+        """True for the one caller that may announce the corrections up to `up_to_id`; False if it is taken."""
+        try:
+            with self._connection(write=True) as connection:
+                values = {"dataset": dataset, "up_to_id": up_to_id, "claimed_at": at}
+                connection.execute(insert(announcements).values(**values))
+            return True
+        except StorageError as error:
+            if isinstance(error.__cause__, IntegrityError):
+                return False
+            raise
+
+    def announcement_sent(self, dataset: str, up_to_id: int, at: str | None) -> None:
+        """Mark the claim sent (`at`), or give it back (`at` None: the send failed, so it may be tried again)."""
+        key = (announcements.c.dataset == dataset) & (announcements.c.up_to_id == up_to_id)
+        with self._connection(write=True) as connection:
+            if at is None:
+                connection.execute(announcements.delete().where(key))
+            else:
+                connection.execute(update(announcements).where(key).values(sent_at=at))
+
+    def announced_up_to(self, dataset: str) -> int:
+        """The newest correction counted by an announcement (sent or being sent); 0 if none."""
+        statement = select(func.max(announcements.c.up_to_id)).where(announcements.c.dataset == dataset)
+        with self._connection() as connection:
+            return int(connection.execute(statement).scalar() or 0)

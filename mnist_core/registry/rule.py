@@ -80,3 +80,43 @@ def judge(
         )
         return promotion.model_copy(update={"kind": "replaced", "reason": reason})
     return decide(challenger, champion.accuracy, margin, force, champion_run_id=champion.run_id, measure=measure)
+
+
+def judge_with_corrections(
+    challenger_test: float,
+    challenger_held: float,
+    champion: ChampionScore | None,
+    champion_held: float | None,
+    tolerance: float,
+    force: bool = False,
+) -> Promotion:
+    """The rule for a run that learnt from corrections: promote if it reads the held-back corrections better than
+    the champion does and its test accuracy is not below the champion's by more than `tolerance` (a fraction).
+    A tie on the corrections (both read them all, say) leaves the decision to the test set, as for any run. No
+    champion, an unusable one, or `force`: as `judge`."""
+    if champion is None or champion.accuracy is None or champion_held is None or force:
+        return judge(challenger_test, champion, 0.0, force)
+    if abs(challenger_held - champion_held) <= TOLERANCE:
+        decided = judge(challenger_test, champion, 0.0, force)
+        tie = f"held-back corrections {challenger_held:.2%} for both; decided on the test set: "
+        return decided.model_copy(update={"reason": tie + decided.reason})
+    figures = (
+        f"held-back corrections {challenger_held:.2%} vs champion {champion.run_id}'s {champion_held:.2%}; "
+        f"test accuracy {challenger_test:.2%} vs {champion.accuracy:.2%} "
+        f"(difference {100 * (challenger_test - champion.accuracy):+.2f} points, tolerance {100 * tolerance:.2f})"
+    )
+    promoted = challenger_held > champion_held and challenger_test + tolerance + TOLERANCE >= champion.accuracy
+    reason = f"promoted: {figures}." if promoted else f"champion {champion.run_id} stays: {figures}."
+    if not promoted and challenger_held <= champion_held:
+        reason = f"champion {champion.run_id} stays: not better on the held-back corrections: {figures}."
+    elif not promoted:
+        reason = f"champion {champion.run_id} stays: worse on the test set than the tolerance allows: {figures}."
+    return Promotion(
+        promoted=promoted,
+        kind="better" if promoted else "kept",
+        reason=reason,
+        challenger_accuracy=challenger_test,
+        champion_accuracy=champion.accuracy,
+        champion_run_id=champion.run_id,
+        margin=0.0,
+    )

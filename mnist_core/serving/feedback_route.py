@@ -14,6 +14,7 @@ Refusals are one line `{"error": ...}`: 400 (not an image, neither an id nor an 
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -105,8 +106,10 @@ def add_feedback_route(
     counter: Counter,
     guarded: list[Any],
     limited_request: Any,
+    stored: Callable[[], None] = lambda: None,
 ) -> None:
-    """POST /feedback on `app`, behind the token (`guarded`) and the body limits (`limited_request`)."""
+    """POST /feedback on `app`, behind the token (`guarded`) and the body limits (`limited_request`); `stored` is
+    called after each new correction (the announcer counts them)."""
     limiter = MovingWindowRateLimiter(MemoryStorage())
     rate = RateLimitItemPerMinute(settings.feedback_per_minute)
     stores: list[FeedbackStore] = []  # made on first use: the database may be down when the server starts
@@ -151,6 +154,8 @@ def add_feedback_route(
         except PipelineError as error:  # the database or the artifact store: StorageError, or a damaged object
             raise BadInput(503, f"feedback not stored: {error}") from None
         counter.labels("duplicate" if duplicate else "stored").inc()
+        if not duplicate:
+            stored()
         names = [*CLASS_NAMES[settings.dataset], refused_name(settings.dataset)]
         return JSONResponse({"feedback_id": feedback_id, "duplicate": duplicate, "prediction_id": prediction_id,
                              "label": label, "label_name": names[label], **facts})  # fmt: skip

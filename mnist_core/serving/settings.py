@@ -2,6 +2,7 @@
 takes it as it is, and `--workers N` hands it to each worker process as JSON. The token is not here: it comes from
 the environment (MNIST_SERVE_TOKEN), never from a flag, which anyone on the machine could read in `ps`."""
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -45,3 +46,13 @@ class ServeSettings(BaseModel):
         10_000, ge=1, description="Predictions kept in memory, so feedback finds them before they are written."
     )
     feedback_per_minute: int = Field(60, ge=1, description="Most POST /feedback per minute from one client address.")
+    feedback_retrain_after: int = Field(
+        default_factory=lambda: int(os.environ.get("MNIST_FEEDBACK_RETRAIN_AFTER", "50")),
+        ge=1,
+        description="Corrections no run has trained on that make the server announce mnist.feedback.ready (once), "
+        "which triggers mnist/train (default: MNIST_FEEDBACK_RETRAIN_AFTER, else 50).",
+    )
+    events_url: str | None = Field(
+        default_factory=lambda: os.environ.get("PREFECT_API_URL") or None,
+        description="The Prefect API the announcement goes to (default: PREFECT_API_URL); none: only counted.",
+    )

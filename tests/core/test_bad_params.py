@@ -65,9 +65,9 @@ def test_every_declared_bound_is_covered() -> None:
     assert fields == {
         "epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing", "hidden_sizes", "dropout",
         "seed", "val_size", "promotion_margin", "clip_grad_norm", "augment", "outlier_exposure", "outlier_batch",
-        "outlier_images", "refusal_rate",
+        "outlier_images", "refusal_rate", "correction_holdout", "correction_tolerance", "extra_repeat",
     }  # fmt: skip
-    assert len(BOUNDS) == 36
+    assert len(BOUNDS) == 42
 
 
 def _field(case_id: str) -> str:

@@ -6,6 +6,7 @@ Run alone with `pytest -m e2e`. Every process is started on 127.0.0.1 by conftes
 
 import asyncio
 import hashlib
+import io
 import json
 import time
 import uuid
@@ -13,16 +14,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from launch.stack import DEFAULT_POOL
 from mnist_core.config import RunParams
+from mnist_core.data.idx import read_images, read_labels
+from mnist_core.registry.feedback import FeedbackStore
 from mnist_core.registry.store import read_champion, read_registry
 from mnist_core.training.checkpoint import load_checkpoint
 from tests.support import running
-from tests.support.stack import LONG_RUN, StackDatabase, StackHandle, _wait_for_final_state
+from tests.support.stack import CORRECTIONS_TRIGGER, LONG_RUN, StackDatabase, StackHandle, _wait_for_final_state
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -213,6 +218,62 @@ def test_a_run_goes_on_through_a_restart_of_the_stacks_server(stack: StackHandle
     )
     assert state == "COMPLETED", stack.worker_log()
     assert len(read_registry(stack.output_dir)) == rows_before + 1
+
+
+def test_corrections_sent_to_the_model_server_trigger_a_retrain_that_it_serves(stack: StackHandle) -> None:
+    """Issue 30: corrections posted to the stack's `mnist serve` reach MNIST_FEEDBACK_RETRAIN_AFTER; the server
+    announces mnist.feedback.ready once; the deployment's trigger (Prefect's automation, not a call of ours) starts
+    mnist/train with corrections; its model becomes champion and the server answers with it."""
+    serve = f"http://127.0.0.1:{stack.env['MNIST_SERVE_PORT']}"
+    champion_before = httpx.get(f"{serve}/v2/health/ready", timeout=10).json()["model"]["run_id"]
+    runs_before = {run["id"] for run in stack.manual_runs()}
+    digits, labels = mnist_test_digits(Path(stack.env["MNIST_MIRROR"]), CORRECTIONS_TRIGGER + 2)
+    for number in range(CORRECTIONS_TRIGGER):  # a person correcting: one image at a time, with its label
+        answer = httpx.post(f"{serve}/feedback", files={"file": ("digit.png", png(digits[number]), "image/png")},
+                            data={"label": str(labels[number])}, timeout=10)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+    sent = time.monotonic()
+
+    def triggered() -> dict[str, Any] | None:
+        fresh = [run for run in stack.manual_runs() if run["id"] not in runs_before]
+        return fresh[0] if fresh else None
+
+    run = wait_until(triggered, 60, lambda: f"no run triggered:\n{stack.worker_log()}", every_s=0.25)
+    created = time.monotonic() - sent
+    assert run["parameters"]["params"]["corrections"] is True
+    assert run["parameters"]["params"]["output_dir"] == str(stack.output_dir)
+    assert run["created_by"] and run["created_by"]["type"] == "AUTOMATION", run["created_by"]  # by the trigger
+    # More corrections while it runs: announced once, so no second run (checked after it ends).
+    for number in range(CORRECTIONS_TRIGGER, len(labels)):
+        httpx.post(f"{serve}/feedback", files={"file": ("digit.png", png(digits[number]), "image/png")},
+                   data={"label": str(labels[number])}, timeout=10)  # fmt: skip
+    assert _wait_for_final_state(stack, run["id"]) == "COMPLETED", stack.worker_log()
+    champion = read_champion(stack.output_dir, "mnist")
+    assert champion is not None and champion.run_id != champion_before
+
+    def served() -> bool:
+        return httpx.get(f"{serve}/v2/health/ready", timeout=10).json()["model"]["run_id"] == champion.run_id
+
+    wait_until(served, 30, "the model server never answered with the new champion", every_s=0.25)
+    answered = time.monotonic() - sent
+    print(f"\ncorrections -> triggered run created in {created:.1f} s; new champion served {answered:.1f} s after "
+          f"the {CORRECTIONS_TRIGGER}th correction")  # fmt: skip
+    assert created < 30 and answered < 120
+    store = FeedbackStore(stack.output_dir)
+    used = store.corrections_of(champion.run_id)
+    assert len(used["trained"]) + len(used["held_back"]) >= CORRECTIONS_TRIGGER
+    assert [run["id"] for run in stack.manual_runs() if run["id"] not in runs_before] == [run["id"]]
+
+
+def mnist_test_digits(mirror: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    images = read_images(mirror / "t10k-images-idx3-ubyte.gz")[:count]
+    return images, read_labels(mirror / "t10k-labels-idx1-ubyte.gz")[:count]
+
+
+def png(digit: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - digit).save(buffer, "PNG")  # dark on white, as a person draws it
+    return buffer.getvalue()
 
 
 def test_deployment_runs_against_postgres(stack: StackHandle, stack_database: StackDatabase) -> None:

@@ -124,6 +124,9 @@ def recorded_pids(state_dir: Path) -> dict[str, int]:
     return {role: state[f"{role}_pid"] for role in ("serve", "worker", "server") if state.get(f"{role}_pid")}
 
 
+CORRECTIONS_TRIGGER = 5
+
+
 def stack_env_for(mnist_mirror: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
     env.update(
@@ -132,6 +135,8 @@ def stack_env_for(mnist_mirror: Path) -> dict[str, str]:
         # A queued run retries for the slot every second instead of every 30 s.
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1",
         MNIST_MIRROR=str(mnist_mirror),
+        # The stack's model server announces mnist.feedback.ready after 5 corrections (not 50): test_deployment.py.
+        MNIST_FEEDBACK_RETRAIN_AFTER=str(CORRECTIONS_TRIGGER),
     )
     return env
 
