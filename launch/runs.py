@@ -13,6 +13,7 @@ from mnist_core.inference.predict import PredictParams
 from mnist_core.inference.predict_command import SOME_FAILED
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
+from mnist_core.registry.monitoring import MonitorParams
 from mnist_core.sweep import SweepParams
 
 
@@ -58,6 +59,23 @@ def predict_batch(params: PredictParams) -> int:
     print(f"Predictions: {summary.predictions_csv}")
     print(f"Model: {summary.model} (SHA-256 {summary.model_sha256})", flush=True)
     return SOME_FAILED if summary.failed else 0
+
+
+DRIFTED = 3  # `mnist monitor`'s exit status when drift is detected (a script or cron job can act on it)
+
+
+def monitor(params: MonitorParams) -> int:
+    """The `mnist-monitor` flow; DRIFTED when a test is over its threshold."""
+    from flows.monitor import monitor as monitor_flow
+
+    result, code = run_from_command_line("mnist-monitor", lambda: monitor_flow(params))
+    if result is None:
+        return code
+    for test in result.tests:
+        print(f"{test.name:12} {test.method:24} statistic {test.statistic:<10.4g} p {test.p_value:<10.3g} "
+              f"threshold {test.threshold:g}{'  DRIFT' if test.drifted else ''}")  # fmt: skip
+    print(f"\n{result.message}", flush=True)
+    return DRIFTED if result.drifted else 0
 
 
 def run_sweep(params: SweepParams) -> int:

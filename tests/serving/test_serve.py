@@ -310,6 +310,8 @@ def test_metrics_count_requests_latency_classes_and_the_model(server: Server, ru
     assert re.search(r'mnist_serve_model_info\{dataset="mnist",run_id="run-\w",sha256="[0-9a-f]{64}"\} 1.0', text)
     assert "mnist_serve_model_swaps_total" in text and "mnist_serve_model_swap_failures_total" in text
     assert "mnist_serve_predictions_logged_total" in text and "mnist_serve_predictions_dropped_total" in text
+    # For monitoring (docs/monitoring.md): every answer's confidence; the not-a-digit rate is refused / total.
+    assert 'mnist_serve_confidence_bucket{le="+Inf"}' in text and "mnist_serve_model_age_seconds" in text
 
 
 def _load(server: Server, content: bytes, stop: threading.Event, results: list, workers: int = 8) -> list:
