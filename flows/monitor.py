@@ -28,5 +28,5 @@ def monitor(params: MonitorParams | None = None, settings: MonitorSettings | Non
     result = check_drift(observed, settings)
     history = record_check(result, params, settings)
     publish_drift(result, history, settings)
-    announce_drift(result)
+    announce_drift(result, params)
     return result

@@ -3,6 +3,7 @@ check, publish it, and announce drift as a Prefect event (`mnist.drift.detected`
 figures are computed in mnist_core (evaluation/monitoring.py, registry/monitoring.py); these only do the I/O."""
 
 import base64
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -97,12 +98,15 @@ def publish_drift(result: DriftCheck, history: list[dict[str, Any]], settings: M
 
 
 @task(name="announce-drift", cache_policy=NO_CACHE, persist_result=False)
-def announce_drift(result: DriftCheck) -> str | None:
-    """`mnist.drift.detected` with the figures when a test is over its threshold; the event's id, or None."""
+def announce_drift(result: DriftCheck, params: MonitorParams) -> str | None:
+    """`mnist.drift.detected` with the figures when a test is over its threshold; the event's id, or None. The
+    payload names the dataset and the output root (absolute), which mnist/train's trigger passes to the run it
+    starts (deployments/prefect.yaml)."""
     if not result.drifted or result.run_id is None:
         return None
     payload = {
         "dataset": result.dataset,
+        "output_dir": str(Path(params.output_dir).expanduser().resolve()),
         "run_id": result.run_id,
         "predictions": result.predictions,
         "first_at": result.first_at,

@@ -60,6 +60,7 @@ def test_the_monitor_publishes_records_and_announces_drift(prefect_server: str, 
     assert event.payload["run_id"] == "run-watched" and event.payload["predictions"] == 500
     assert event.payload["tests"]["confidence"]["p_value"] < 0.01 and event.payload["tests"]["score"]["drifted"]
     assert event.resource["mnist.dataset"] == "mnist"
+    assert event.payload["output_dir"] == str(tmp_path.resolve())  # what mnist/train's trigger passes on
     # Related: the flow run that found it (Prefect adds it), so an automation can link back to the evidence.
     assert any(related.id == f"prefect.flow-run.{state.state_details.flow_run_id}" for related in event.related)
 
