@@ -171,6 +171,13 @@ class Stack:
     def _up_server(self, state: dict[str, Any]) -> dict[str, Any]:
         """Start the server unless ours already runs, record it, wait until it is healthy; returns the state."""
         server_pid = state.get("server_pid")
+        seen = server_settings(self.home)
+        changed = changed_settings(state.get("server_settings"), seen)
+        if self.is_ours(server_pid, "server") and changed:
+            # Another database (or Prefect home) than the running server has: it must not go on serving the old one.
+            print(f"server: restarting: its settings changed since it started ({', '.join(changed)})")
+            self.stop(state.get("worker_pid"), "worker")  # a worker of the old server goes with it
+            self.stop(server_pid, "server")
         if self.is_ours(server_pid, "server"):
             print(f"server: already running (PID {server_pid})")
             server_running = partial(self.is_ours, server_pid, "server")
@@ -190,6 +197,7 @@ class Stack:
             "api_url": self.api_url,
             "prefect_home": str(self.home),
             "pool": self.pool,
+            "server_settings": seen,
         }
         # Saved before waiting, so `down` can stop a server that never became healthy.
         self.write_state(state)
@@ -242,6 +250,13 @@ class Stack:
         worker_pid = state.get("worker_pid")
         setting = current_settings().worker_limit  # runs at once on this worker (1 per GPU)
         limit = str(setting) if setting else None
+        seen = worker_settings()
+        changed = changed_settings(state.get("worker_settings"), seen)
+        if self.is_ours(worker_pid, "worker") and changed and state.get("worker_limit") == limit:
+            # Its flow runs inherit its environment: a worker started with another registry or store would go on
+            # recording runs there, silently. A new worker with the settings of now.
+            print(f"worker: restarting: its settings changed since it started ({', '.join(changed)})")
+            self.stop(worker_pid, "worker")
         if self.is_ours(worker_pid, "worker") and state.get("worker_limit") != limit:
             # Asked for another limit than the running worker has (`MNIST_WORKER_LIMIT=1 make stack-up` on a running
             # stack): a new worker with the limit asked for, not a silent "already running".
@@ -258,7 +273,7 @@ class Stack:
             env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME}
             worker = start_prefect(args, env, self.log_path("worker"), cwd=PROJECT_ROOT)
             worker_pid, worker_running = worker.pid, partial(is_running, worker)
-            self.write_state({**state, "worker_pid": worker_pid, "worker_limit": limit})
+            self.write_state({**state, "worker_pid": worker_pid, "worker_limit": limit, "worker_settings": seen})
             print(f"worker: starting (PID {worker_pid}{f', --limit {limit}' if limit else ''})")
         self.wait_for("worker", self.worker_online, worker_running, "worker")
 
@@ -339,6 +354,42 @@ def deployment_digest(root: Path, server_pid: int, api: str, pool: str) -> str:
         "prefect": version("prefect"),
     }
     return json_sha256(facts)
+
+
+# What a worker's flow runs read from its environment (not the stack's own or the model server's settings).
+WORKER_SETTINGS = ("registry_url", "artifact_store", "aws_endpoint_url", "aws_access_key_id", "aws_secret_access_key",
+                   "aws_region", "aws_allow_http", "mirror", "fashion_mnist_mirror")  # fmt: skip
+
+
+def worker_settings() -> dict[str, str]:
+    """A digest of each setting a worker runs with, by its variable's name: recorded, never the value (secrets)."""
+    import hashlib
+
+    from mnist_core.settings import load, variable
+
+    settings, _ = load()
+    digest = {}
+    for field in WORKER_SETTINGS:
+        value = settings.secret(field)
+        digest[variable(field)] = hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+    return digest
+
+
+def server_settings(home: Path) -> dict[str, str]:
+    """A digest of what the server's database depends on (the URL may hold a password: only its digest is kept)."""
+    import hashlib
+
+    values = {"PREFECT_API_DATABASE_CONNECTION_URL": os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", ""),
+              "PREFECT_HOME": str(home)}  # fmt: skip
+    return {name: hashlib.sha256(value.encode()).hexdigest()[:16] for name, value in values.items()}
+
+
+def changed_settings(before: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """The names whose value differs from what the running process started with (none known: none changed,
+    so a stack started before settings were recorded is not restarted for that alone)."""
+    if not before:
+        return []
+    return sorted(name for name in now if before.get(name) != now[name])
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
