@@ -74,6 +74,7 @@ NOT_IN_TRAINING_DIGEST = frozenset(
         "extra_data",
         "promote",
         "correction_tolerance",
+        "torch_export",
     }
 )
 # A run learning from corrections repeats them this often: 40 corrections then weigh 800 of 55,000 images.
@@ -209,6 +210,12 @@ class RunParams(BaseModel):
         False,
         description="Train even when nothing changed since the champion (same data, parameters and code); without "
         "it such a run stops before training, in the state 'Unchanged'.",
+    )
+    torch_export: bool = Field(
+        False,
+        description="Also write model.pt2 (torch.export), which `mnist predict --runtime torch-export` reads; "
+        "model.onnx and model.safetensors are always written. Off by default: it adds 1-2 s to every export. Not "
+        "in the fingerprint: with nothing else changed, add --force-retrain.",
     )
 
     # Before conversion: Path("") becomes ".", which would silently mean the current folder.

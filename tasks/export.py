@@ -60,6 +60,7 @@ def publish_artifacts(exported: Exported, trained: Trained, evaluation: Evaluati
             ("report-file", REPORT_FILE, "Report (markdown)"),
             ("model-card", CARD_FILE, "Model card (JSON)"),
         )
+        if (run_dir / name).is_file()  # model.pt2 only when the run asked for it
     ]
     # Not the bare path as link text: "[/path]" reads as a Rich closing tag and breaks `prefect artifact ls -o json`.
     links.append((f"{dataset}-run-folder", run_dir.as_uri(), f"Run folder {run_dir}"))

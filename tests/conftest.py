@@ -204,7 +204,9 @@ def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
     def run(folder: Path) -> dict[str, Any]:
         from flows.mnist import mnist
 
-        params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=folder / "runs", mirror=[str(mnist_mirror)])
+        # torch_export: tests/inference checks model.pt2 against PyTorch too (a default run writes none).
+        params = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=folder / "runs", mirror=[str(mnist_mirror)],
+                           torch_export=True)  # fmt: skip
         state = mnist(params, return_state=True)
         assert state.is_completed(), state.message
         result = state.result()

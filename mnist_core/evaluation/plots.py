@@ -7,16 +7,18 @@ pass numpy arrays, so the plots can be redrawn from saved results without the tr
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from mnist_core.files import atomic_write
 from mnist_core.records import EpochStats
+
+if TYPE_CHECKING:  # matplotlib is imported by the functions that draw: ~0.4 s a process that draws nothing pays
+    # (a run that stops as Unchanged, the registry, the monitor's checks) through modules that import this one.
+    from matplotlib.axes import Axes
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
 
 DPI = 100  # with the figure sizes below, every PNG stays well under 200 KB
 TRAIN_COLOR = "tab:blue"
@@ -25,14 +27,17 @@ BEST_COLOR = "tab:red"
 _MOSAIC_GAP, _MOSAIC_TITLE = 6, 12  # pixels of the mistakes mosaic between images, and above each for its title
 
 
-def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> "Figure":
     """A figure with its own Agg canvas: no global backend, so threads never share a figure manager."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
 
-def save_figure(figure: Figure, path: Path) -> None:
+def save_figure(figure: "Figure", path: Path) -> None:
     """Write `figure` as a PNG via a temp file in the same folder and `os.replace`, so a crash never leaves a
     half-written PNG where a reader (or a report linking it) expects a whole one."""
     atomic_write(Path(path), lambda stream: figure.savefig(stream, format="png", dpi=DPI))
@@ -46,8 +51,13 @@ def plot_curves(history: list[EpochStats], best_epoch: int, path: Path, dataset:
     epochs = [stats.epoch for stats in history]
     if best_epoch not in epochs:
         raise ValueError(f"plot_curves: best epoch {best_epoch} is not among the epochs {epochs}")
-    figure = new_figure(11, 4.5)
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    # Margins fixed by hand (in figure fractions, room for tick labels, axis labels and the title): the constrained
+    # layout measured every text twice and took half of the plots' time (docs/performance.md, issue 31).
+    figure = new_figure(11, 4.5, layout=None)
+    top = 0.88 if dataset else 0.95
+    loss_axes, accuracy_axes = figure.subplots(
+        1, 2, gridspec_kw={"left": 0.065, "right": 0.99, "bottom": 0.12, "top": top, "wspace": 0.2}
+    )
     best = epochs.index(best_epoch)
     train_loss = [stats.train_loss for stats in history]
     val_loss = [stats.val_loss for stats in history]
@@ -60,7 +70,7 @@ def plot_curves(history: list[EpochStats], best_epoch: int, path: Path, dataset:
     save_figure(figure, path)
 
 
-def _draw_panel(axes: Axes, epochs: list[int], train: list[float], val: list[float], best: int, ylabel: str) -> None:
+def _draw_panel(axes: "Axes", epochs: list[int], train: list[float], val: list[float], best: int, ylabel: str) -> None:
     axes.plot(epochs, train, marker="o", markersize=4, color=TRAIN_COLOR, label="train")
     axes.plot(epochs, val, marker="o", markersize=4, color=VAL_COLOR, label="validation")
     axes.axvline(epochs[best], color=BEST_COLOR, linestyle="--", linewidth=1, zorder=1)  # behind the points
@@ -78,6 +88,8 @@ def _draw_panel(axes: Axes, epochs: list[int], train: list[float], val: list[flo
     if len(epochs) <= 20:
         axes.set_xticks(epochs)  # MaxNLocator falls back to fractional ticks when there are only one or two epochs
     else:
+        from matplotlib.ticker import MaxNLocator
+
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
@@ -92,13 +104,21 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
     size = len(class_names)
     if counts.shape != (size, size):
         raise ValueError(f"plot_confusion: a {counts.shape} matrix for {size} class names")
-    figure = new_figure(8.5, 7.5)
-    axes = figure.subplots()
+    from matplotlib.colors import LogNorm
+
+    rotation = _label_rotation(class_names)
+    # The matrix and its colour bar placed by hand (inches turned into figure fractions), not by the constrained
+    # layout, which measured all 100 counts twice: the slowest of the plots. Long class names get wider margins.
+    side = 5.6  # the square matrix, inches
+    left, bottom = (1.35, 1.25) if rotation else (0.8, 0.75)
+    width, height = left + side + 1.5, bottom + side + 0.5  # the colour bar and its label; the title
+    figure = new_figure(width, height, layout=None)
+    axes = figure.add_axes((left / width, bottom / height, side / width, side / height))
+    bar = figure.add_axes(((left + side + 0.25) / width, bottom / height, 0.25 / width, side / height))
     norm = LogNorm(vmin=1, vmax=max(int(counts.max()), 10))
     image = axes.imshow(np.ma.masked_less(counts, 1), cmap="Blues", norm=norm)
-    figure.colorbar(image, ax=axes, label="images (log scale)")
+    figure.colorbar(image, cax=bar, label="images (log scale)")
     _write_counts(axes, counts, norm)
-    rotation = _label_rotation(class_names)
     axes.set_xticks(range(size), class_names, rotation=rotation, ha="right" if rotation else "center")
     axes.set_yticks(range(size), class_names)
     axes.set_xlabel("predicted")
@@ -112,7 +132,7 @@ def _label_rotation(class_names: list[str]) -> int:
     return 40 if max(len(name) for name in class_names) > 2 else 0
 
 
-def _write_counts(axes: Axes, counts: np.ndarray, norm: LogNorm) -> None:
+def _write_counts(axes: "Axes", counts: np.ndarray, norm: "LogNorm") -> None:
     fontsize = max(5, min(10, 100 // len(counts)))
     for row, col in np.ndindex(counts.shape):
         count = int(counts[row, col])

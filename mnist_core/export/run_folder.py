@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from mnist_core.config import RunParams
+from mnist_core.data.idx import IMAGE_SIDE
 from mnist_core.data.prepare import load_prepared
 from mnist_core.errors import StorageError
 from mnist_core.evaluation.calibration import calibrate
@@ -68,7 +69,13 @@ EXPORTED_MARKER = "exported.json"
 _EXPORT_LOCK = threading.Lock()
 # Any batch size at inference; the trace needs an example batch of at least 2 or it specializes the dimension to 1.
 _EXAMPLE_BATCH = 4
+IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 ONNX_OPSET = 20  # pinned: ONNX Runtime 1.17 and later run it, and a torch upgrade does not change the file
+
+
+def run_files(torch_export: bool) -> list[str]:
+    """The files a run folder holds: `model.pt2` only when the run asked for it (RunParams.torch_export)."""
+    return [name for name in RUN_FILES if torch_export or name != EXPORTED_PROGRAM_FILE]
 
 
 def new_run_id(training_digest: str) -> str:
@@ -121,7 +128,7 @@ def build_model_card(
             epochs_run=len(trained.history),
             extra_test_accuracy=evaluation.extra_accuracy,
         ),
-        files=RUN_FILES,
+        files=run_files(params.torch_export),
     )
 
 
@@ -245,26 +252,77 @@ def _extra_lines(card: ModelCard) -> list[str]:
     ]
 
 
-def save_portable(model: MLP, folder: Path) -> None:
-    """`model.pt2` (torch.export) and `model.onnx` (the Dynamo exporter, one self-contained file), both taking
-    uint8 images of any batch size (IMAGES) and giving logits (LOGITS)."""
+def save_portable(model: MLP, folder: Path, torch_export: bool = False) -> None:
+    """`model.onnx` (written directly, `onnx_model_bytes`) and, with `torch_export`, `model.pt2` (torch.export),
+    both taking uint8 images of any batch size (IMAGES) and giving logits (LOGITS)."""
+    (folder / ONNX_FILE).write_bytes(onnx_model_bytes(model))  # in the staging folder: renamed whole
+    if not torch_export:
+        return
     example = torch.zeros(_EXAMPLE_BATCH, *IMAGES.shape[1:], dtype=torch.uint8)
     dynamic_shapes = ({0: torch.export.Dim(str(IMAGES.shape[0]))},)
     with _EXPORT_LOCK:
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
         torch.export.save(program, folder / EXPORTED_PROGRAM_FILE)
-        torch.onnx.export(
-            model,
-            (example,),
-            folder / ONNX_FILE,
-            dynamo=True,
-            input_names=[IMAGES.name],
-            output_names=[LOGITS.name],
-            dynamic_shapes=dynamic_shapes,
-            opset_version=ONNX_OPSET,
-            external_data=False,
-            verbose=False,
-        )
+
+
+def onnx_model_bytes(model: MLP) -> bytes:
+    """The MLP as one self-contained ONNX file, built node by node from its weights: Reshape to N x 784, Cast to
+    float, the model's own normalization (Mul 1/255, Sub mean, Div std, as `MLP.normalize`), then Gemm/Relu per
+    layer (dropout is the identity at inference). torch.onnx's Dynamo exporter writes the same ten nodes, but
+    traces the model and loads its op library first: 1.5-3 s a run against a few milliseconds here
+    (docs/performance.md). tests/export checks the file against PyTorch on the test set."""
+    import onnx  # here, not at the top: a run that stops as Unchanged never exports
+    from onnx import TensorProto, helper, numpy_helper
+
+    def constant(name: str, value: np.ndarray) -> TensorProto:
+        return numpy_helper.from_array(np.ascontiguousarray(value), name=name)
+
+    state = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
+    initializers = [
+        constant("flat_shape", np.array([-1, IMAGE_PIXELS], dtype=np.int64)),
+        # Float32 scalars, as torch computes `x.to(float32).mul_(1 / 255).sub_(mean).div_(std)` in float32.
+        constant("scale", np.array(1.0 / 255.0, dtype=np.float32)),
+        constant("mean", state["mean"].astype(np.float32)),
+        constant("std", state["std"].astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Reshape", [IMAGES.name, "flat_shape"], ["flat"]),
+        helper.make_node("Cast", ["flat"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["x0"]),
+    ]
+    current, linear = "x0", 0
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, torch.nn.Linear):
+            weight, bias = f"layers.{index}.weight", f"layers.{index}.bias"
+            initializers += [constant(weight, state[weight]), constant(bias, state[bias])]
+            linear += 1
+            nodes.append(helper.make_node("Gemm", [current, weight, bias], [f"linear{linear}"], transB=1))
+            current = f"linear{linear}"
+        elif isinstance(layer, torch.nn.ReLU):
+            nodes.append(helper.make_node("Relu", [current], [f"relu{linear}"]))
+            current = f"relu{linear}"
+        elif not isinstance(layer, torch.nn.Dropout):
+            raise TypeError(f"onnx_model_bytes: no ONNX node for {type(layer).__name__}")
+    nodes[-1].output[0] = LOGITS.name  # the last Gemm gives the logits
+    graph = helper.make_graph(
+        nodes,
+        "mnist_mlp",
+        [helper.make_tensor_value_info(IMAGES.name, TensorProto.UINT8, IMAGES.shape)],
+        [helper.make_tensor_value_info(LOGITS.name, TensorProto.FLOAT, LOGITS.shape)],
+        initializers,
+    )
+    opset = helper.make_opsetid("", ONNX_OPSET)
+    # The lowest IR version the opset allows: the runtimes that run opset 20 all read it.
+    built = helper.make_model(
+        graph,
+        opset_imports=[opset],
+        ir_version=helper.find_min_ir_version_for([opset]),
+        producer_name="mnist_core.export",
+    )
+    onnx.checker.check_model(built)
+    return built.SerializeToString()
 
 
 def write_plots(
@@ -296,14 +354,17 @@ def _write_files(
     history: list[EpochStats],
     evaluation: Evaluation,
     test_split: TestSplit,
+    torch_export: bool = False,
 ) -> ModelCard:
     cpu_model = MLP(model.hidden_sizes, model.dropout)
     cpu_model.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     cpu_model.eval()
     save_weights(cpu_model, folder / WEIGHTS_FILE)
     write_plots(folder, cpu_model, card, history, evaluation, test_split)
-    save_portable(cpu_model, folder)
-    card = card.model_copy(update={"model_files": describe_model_files(folder)})
+    save_portable(cpu_model, folder, torch_export)
+    # The card lists what is in the folder: no model.pt2 unless asked for (tests pass cards listing every file).
+    files = [name for name in card.files if torch_export or name != EXPORTED_PROGRAM_FILE]
+    card = card.model_copy(update={"model_files": describe_model_files(folder), "files": files})
     history_frame(history).to_csv(folder / METRICS_FILE, index=False)
     pd.DataFrame(evaluation.per_class).to_csv(folder / PER_CLASS_FILE, index=False)
     confusion_frame(evaluation).to_csv(folder / CONFUSION_FILE)
@@ -319,9 +380,10 @@ def export_run(
     history: list[EpochStats],
     evaluation: Evaluation,
     test_split: TestSplit,
+    torch_export: bool = False,
 ) -> Exported:
     """Write the run folder `<output_root>/<card.run_id>` into a hidden temp folder, then rename it into place:
-    no half-written run folder, and an existing one is never overwritten."""
+    no half-written run folder, and an existing one is never overwritten. `model.pt2` only with `torch_export`."""
     runs_dir = Path(output_root).expanduser().resolve()
     run_dir = runs_dir / card.run_id
     try:
@@ -333,7 +395,7 @@ def export_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise FileExistsError(f"run folder {run_dir} already exists; refusing to overwrite it")
     try:
-        card = _write_files(staging, run_dir, model, card, history, evaluation, test_split)
+        card = _write_files(staging, run_dir, model, card, history, evaluation, test_split, torch_export)
         staging.chmod(0o755)  # mkdtemp makes it 0700; a run folder is meant to be read by the team
         os.rename(staging, run_dir)
     except OSError as error:
@@ -368,7 +430,9 @@ def export_trained(
     test_split = (data["test_images"], data["test_labels"])
     model = load_weights(trained.model_path)
     card = calibrated(card, model, (data["val_images"], data["val_labels"]), test_split)
-    exported = export_run(Path(params.output_dir), model, card, trained.history, evaluation, test_split)
+    exported = export_run(
+        Path(params.output_dir), model, card, trained.history, evaluation, test_split, params.torch_export
+    )
     atomic_write_text(marker, json.dumps({"run_id": exported.run_id, "run_dir": str(exported.run_dir)}))
     return exported
 
