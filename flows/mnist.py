@@ -15,8 +15,11 @@ from prefect.states import Completed, State
 from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
-from mnist_core.training.checkpoint import checkpoint_lock, discard_checkpoint
-from tasks import download, evaluate, export, fingerprint, gather, promote, train, transform
+from tasks import download, fingerprint, transform
+
+# The stages after the fingerprint (train, evaluate, export, promote) and the checkpoint are imported in the flow,
+# once it knows it trains: a run that stops as Unchanged never loads them (docs/performance.md, "Seconds to a
+# champion").
 
 
 @flow(name="mnist", log_prints=True)
@@ -26,7 +29,11 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
     same data, parameters and code), stop before training in the Completed state named 'Unchanged', unless
     `force_retrain`."""
     device = str(preflight(params))
-    corrections = gather(params) if params.corrections else None
+    corrections = None
+    if params.corrections:
+        from tasks import gather
+
+        corrections = gather(params)
     if corrections is not None:  # the older corrections are this run's extra images
         params = params.model_copy(update={"extra_data": corrections.folder})
     downloaded = download(params.dataset, params.data_dir, params.mirror)
@@ -36,6 +43,9 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
     if unchanged is not None and not params.force_retrain:
         print(unchanged.message)
         return Completed(name="Unchanged", message=unchanged.message, data=unchanged)
+    from mnist_core.training.checkpoint import checkpoint_lock, discard_checkpoint
+    from tasks import evaluate, export, promote, train
+
     with checkpoint_lock(params):
         trained = train(prepared, params, device)
         evaluation = evaluate(trained, prepared, device)

@@ -141,3 +141,41 @@ def test_labelled_low_confidence_images_make_the_next_run_train_on_them(
     assert isinstance(mnist(with_extra), Unchanged)  # the same folder: nothing to learn
     write_photos(digits[:1], extra / str(int(labels[0])), seed=7)  # one more labelled image
     assert isinstance(mnist(with_extra), RunResult)
+
+
+@pytest.mark.parametrize("change", ["in place", "replaced"])
+def test_a_cached_file_is_hashed_again_whenever_it_may_have_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """An unchanged run trusts a cached IDX file checked before (its size, times and inode recorded beside it) without
+    hashing it again; a file written or replaced since is hashed again, found wrong and fetched again."""
+    import gzip
+    import hashlib
+    import os
+
+    from mnist_core.data import download
+
+    content = bytes(range(256)) * 40
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    (mirror / "f.gz").write_bytes(gzip.compress(content))
+    sha256 = hashlib.sha256(content).hexdigest()
+    path, source = download.fetch_verified("f.gz", sha256, cache, [str(mirror)])
+    assert source != "cache" and not download.verified_before(path, sha256)  # just written: too recent to record
+    monkeypatch.setattr(download, "RACY_SECONDS", 0.0)
+    assert download.fetch_verified("f.gz", sha256, cache, [str(mirror)]) == (path, "cache")  # hashed, recorded
+    hashed: list[Path] = []
+    real_sha256 = download.decompressed_sha256
+    monkeypatch.setattr(download, "decompressed_sha256", lambda *args: hashed.append(args[0]) or real_sha256(*args))
+    assert download.fetch_verified("f.gz", sha256, cache, [str(mirror)]) == (path, "cache") and not hashed
+    assert not download.verified_before(path, "0" * 64)  # a record of another digest says nothing
+    wrong = gzip.compress(bytes(255 - b for b in content))  # the same size
+    time.sleep(0.05)  # past the kernel's timestamp tick: the test's RACY_SECONDS of 0 turned that guard off
+    if change == "in place":
+        with path.open("r+b") as stream:
+            stream.write(wrong[: path.stat().st_size])
+    else:
+        (tmp_path / "other.gz").write_bytes(wrong)
+        os.replace(tmp_path / "other.gz", path)
+    assert download.fetch_verified("f.gz", sha256, cache, [str(mirror)])[1] != "cache" and hashed
+    assert path.read_bytes() == (mirror / "f.gz").read_bytes()
