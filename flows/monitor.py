@@ -23,7 +23,7 @@ def monitor(params: MonitorParams | None = None, settings: MonitorSettings | Non
     """Compare the champion's latest window of predictions with its reference; record, publish, and announce drift.
     `settings` left out: the window and thresholds of the environment (MNIST_MONITOR_*) or their defaults."""
     params = params or MonitorParams()
-    settings = settings or MonitorSettings()
+    settings = settings or MonitorSettings.from_machine()
     observed = read_predictions(params, settings)
     result = check_drift(observed, settings)
     history = record_check(result, params, settings)

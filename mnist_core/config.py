@@ -252,6 +252,15 @@ class RunParams(BaseModel):
         return data
 
     @model_validator(mode="after")
+    def _corrections_are_the_extra_images(self) -> "RunParams":
+        if self.corrections and self.extra_data is not None:
+            raise ValueError(
+                "corrections and extra_data cannot be combined: a run with corrections reads them as its extra "
+                "images (export your folder's images as feedback, or train on it in a run of its own)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _extra_metric_needs_extra_data(self) -> "RunParams":
         if self.promotion_metric == "extra" and self.extra_data is None:
             raise ValueError("promotion_metric 'extra' needs extra_data (a folder of your own labelled images)")

@@ -111,6 +111,38 @@ class Settings(BaseSettings):
         validation_alias="MNIST_SERVE_OUTPUT_DIR",
         description="The output folder whose champion the stack's model server follows; unset: `runs/`.",
     )
+    feedback_retrain_after: int = Field(
+        50,
+        ge=1,
+        validation_alias="MNIST_FEEDBACK_RETRAIN_AFTER",
+        description="Corrections no run has trained on that make `mnist serve` announce `mnist.feedback.ready` "
+        "(once), which triggers `mnist/train` with corrections (docs/monitoring.md).",
+    )
+    # --- the drift monitor (docs/monitoring.md) ----------------------------------------------------------------
+    monitor_window: int = Field(
+        500, ge=20, validation_alias="MNIST_MONITOR_WINDOW", description="Predictions compared with the reference."
+    )
+    monitor_min_predictions: int = Field(
+        100,
+        ge=20,
+        validation_alias="MNIST_MONITOR_MIN_PREDICTIONS",
+        description="Fewer predictions than this since the champion was served: no test (too few to say).",
+    )
+    monitor_classes_p: float = Field(
+        0.01, gt=0, lt=1, validation_alias="MNIST_MONITOR_CLASSES_P", description="Alarm below this chi-square p."
+    )
+    monitor_not_a_digit_p: float = Field(
+        0.01, gt=0, lt=1, validation_alias="MNIST_MONITOR_NOT_A_DIGIT_P", description="Alarm below this Fisher p."
+    )
+    monitor_confidence_p: float = Field(
+        0.01, gt=0, lt=1, validation_alias="MNIST_MONITOR_CONFIDENCE_P", description="Alarm below this KS p."
+    )
+    monitor_score_p: float = Field(
+        0.01, gt=0, lt=1, validation_alias="MNIST_MONITOR_SCORE_P", description="Alarm below this KS p (scores)."
+    )
+    monitor_history: int = Field(
+        50, ge=1, validation_alias="MNIST_MONITOR_HISTORY", description="Earlier checks drawn in the monitor's plot."
+    )
     # --- the local stack and workers ---------------------------------------------------------------------------
     stack_dir: Path | None = Field(
         None,

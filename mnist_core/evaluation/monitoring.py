@@ -45,22 +45,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mnist_core.evaluation.novelty import REFUSED_CLASS, refuse
 from mnist_core.evaluation.plots import DPI, new_figure
 from mnist_core.records import MonitoringReference, NotADigitRule
+from mnist_core.settings import current as current_settings
 
 REFERENCE_POINTS = 1000  # quantiles kept of each distribution (with 6,000 validation images: every 6th)
 CELLS = REFUSED_CLASS + 1  # the 10 classes and "not a digit"
 TESTS = ("classes", "not_a_digit", "confidence", "score")
 
 
-class MonitorSettings(BaseSettings):
-    """The monitor's window and thresholds; each also read from MNIST_MONITOR_<NAME> (e.g. MNIST_MONITOR_WINDOW)."""
+class MonitorSettings(BaseModel):
+    """The monitor's window and thresholds. The machine's values are the settings MNIST_MONITOR_<NAME>
+    (mnist_core/settings.py: the environment or the settings file): `from_machine()`."""
 
-    model_config = SettingsConfigDict(env_prefix="MNIST_MONITOR_", extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def from_machine(cls) -> "MonitorSettings":
+        machine = current_settings()
+        return cls(**{name: getattr(machine, f"monitor_{name}") for name in cls.model_fields})
 
     window: int = Field(500, ge=20, description="Predictions compared with the reference: the latest this many.")
     min_predictions: int = Field(

@@ -2,13 +2,13 @@
 takes it as it is, and `--workers N` hands it to each worker process as JSON. The token is not here: it comes from
 the environment (MNIST_SERVE_TOKEN), never from a flag, which anyone on the machine could read in `ps`."""
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mnist_core.config import DatasetName
+from mnist_core.settings import current as current_settings
 
 
 def _absolute(path: Path) -> Path:
@@ -47,12 +47,13 @@ class ServeSettings(BaseModel):
     )
     feedback_per_minute: int = Field(60, ge=1, description="Most POST /feedback per minute from one client address.")
     feedback_retrain_after: int = Field(
-        default_factory=lambda: int(os.environ.get("MNIST_FEEDBACK_RETRAIN_AFTER", "50")),
+        default_factory=lambda: current_settings().feedback_retrain_after,
         ge=1,
         description="Corrections no run has trained on that make the server announce mnist.feedback.ready (once), "
-        "which triggers mnist/train (default: MNIST_FEEDBACK_RETRAIN_AFTER, else 50).",
+        "which triggers mnist/train (default: the setting MNIST_FEEDBACK_RETRAIN_AFTER, 50).",
     )
     events_url: str | None = Field(
-        default_factory=lambda: os.environ.get("PREFECT_API_URL") or None,
-        description="The Prefect API the announcement goes to (default: PREFECT_API_URL); none: only counted.",
+        default_factory=lambda: current_settings().prefect_api_url,
+        description="The Prefect API the announcement goes to (default: the setting PREFECT_API_URL); none: only "
+        "counted.",
     )

@@ -31,7 +31,8 @@ def test_prepared_file_is_built_once(synthetic_dataset, tmp_path: Path) -> None:
     stamp = prepared.path.stat().st_mtime_ns
     assert prepare_dataset(downloaded, tmp_path, val_size=100, seed=0) == prepared
     assert prepared.path.stat().st_mtime_ns == stamp
-    assert prepared.sizes == {"train": 1100, "val": 100, "test": 300, "extra_train": 0, "extra_val": 0, "extra_test": 0}
+    assert prepared.sizes == {"train": 1100, "val": 100, "test": 300, "extra_train": 0, "extra_val": 0, "extra_test": 0,
+                              "extra_outliers": 0}  # fmt: skip
     # The model's normalization: the statistics of the pixels it trains on, not MNIST's constants.
     train = load_prepared(prepared.path)["train_images"].double() / 255
     assert prepared.mean == pytest.approx(train.mean().item(), abs=1e-12)

@@ -85,7 +85,7 @@ def test_a_model_without_a_rule_never_refused_so_one_refusal_is_news() -> None:
 def test_thresholds_and_window_are_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNIST_MONITOR_WINDOW", "300")
     monkeypatch.setenv("MNIST_MONITOR_SCORE_P", "0.001")
-    settings = MonitorSettings()
+    settings = MonitorSettings.from_machine()  # the machine's settings (mnist_core/settings.py): env or file
     assert (settings.window, settings.score_p, settings.classes_p) == (300, 0.001, 0.01)
     assert settings.threshold("score") == 0.001
 

@@ -17,6 +17,7 @@ import torch
 
 from mnist_core.config import RunParams
 from mnist_core.data.idx import CLASS_NAMES
+from mnist_core.data.not_digits import load_outliers, prepare_outliers
 from mnist_core.data.prepare import pixel_statistics
 from mnist_core.errors import TrainingError
 from mnist_core.evaluation.evaluate import evaluate_model
@@ -49,10 +50,14 @@ def _assert_same_run(card: dict[str, Any], metrics: pd.DataFrame, reference: dic
 
 
 @pytest.fixture(scope="module")
-def reference(mnist_tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def reference(mnist_tensors: dict[str, torch.Tensor], mnist_data_dir: Path) -> dict[str, Any]:
     """The uninterrupted run, in-process (on the seed-0 split the session fixture prepared): history, test accuracy."""
-    # Normalized as the flow normalizes: with the statistics of the pixels it trains on.
-    result = train_model(mnist_tensors, _params(), CPU, normalization=pixel_statistics(mnist_tensors["train_images"]))
+    # Normalized as the flow normalizes: with the statistics of the pixels it trains on; against the outliers the
+    # flow's transform makes in the same data folder (outlier exposure).
+    params = _params()
+    outliers = load_outliers(prepare_outliers(mnist_data_dir, "mnist", params.outlier_images))
+    data = {**mnist_tensors, "outlier_images": outliers}
+    result = train_model(data, params, CPU, normalization=pixel_statistics(mnist_tensors["train_images"]))
     evaluation = evaluate_model(result.model, mnist_tensors["test_images"], mnist_tensors["test_labels"],
                                 CLASS_NAMES["mnist"])  # fmt: skip
     return {"history": _history_frame(result), "test_accuracy": evaluation.accuracy, "best_epoch": result.best_epoch}
