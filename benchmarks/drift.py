@@ -25,12 +25,12 @@ A benchmark, not a test: nothing fails on a figure.
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 from synthetic_photos import kind_photo_jpeg
 
 from mnist_core.data import images
@@ -44,12 +44,7 @@ ONSETS = (25, 50, 100, 150, 200, 300, 500)
 
 
 def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-         .splitlines() if line.startswith("Model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return f"{model}, Python {platform.python_version()}"
+    return f"{cpu_model()}, Python {platform.python_version()}"
 
 
 def take(window: Window, index: np.ndarray) -> Window:

@@ -14,8 +14,6 @@ counted apart: they never get a digit answer either. A benchmark, not a test: no
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 from mnist_core.config import RunParams
 from mnist_core.data import not_digits
@@ -35,12 +34,7 @@ from mnist_core.training.loop import train_model
 
 
 def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-         .splitlines() if line.startswith("Model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return f"{model}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def auroc(inliers: np.ndarray, outliers: np.ndarray) -> float:
