@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mnist_core.data.idx import read_images, read_labels
 from mnist_core.data.images import to_mnist_form
 from mnist_core.evaluation.evaluate import score_answers
 from mnist_core.records import read_card
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="mnist-corrections-")))
     parser.add_argument("--corrections", type=int, default=50)
     parser.add_argument("--held-out", type=int, default=300)
+    parser.add_argument("--flood", action="store_true", help="instead: one client's wrong labels (MNIST test 1s "
+                        "sent as 7) - is the retrained model promoted?")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     output, data = args.work / "runs", args.work / "data"
@@ -99,6 +102,12 @@ def main() -> None:
     right = [i for i in range(len(pool_labels)) if i not in set(wrong)]
     chosen = (wrong + right)[: args.corrections]
     store = FeedbackStore(output)
+    if args.flood:  # a flood from one client: real 1s (MNIST's test set, so not trained on) labelled 7
+        ones = read_images(Path(args.mirror) / "t10k-images-idx3-ubyte.gz")[
+            read_labels(Path(args.mirror) / "t10k-labels-idx1-ubyte.gz") == 1
+        ]
+        pool_images, pool_labels = ones[-args.corrections :], np.full(args.corrections, 7)
+        chosen = list(range(args.corrections))
     for index in chosen:
         store.add(FeedbackEntry(dataset="mnist", label=int(pool_labels[index]), at=utc_iso(),
                                 image=pool_images[index].tobytes()))  # fmt: skip

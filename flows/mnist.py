@@ -15,7 +15,9 @@ from prefect.states import Completed, State
 from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import RunResult, Unchanged
-from tasks import download, fingerprint, transform
+from tasks.download import download
+from tasks.fingerprint import fingerprint
+from tasks.transform import transform
 
 # The stages after the fingerprint (train, evaluate, export, promote) and the checkpoint are imported in the flow,
 # once it knows it trains: a run that stops as Unchanged never loads them (docs/performance.md, "Seconds to a
@@ -31,7 +33,7 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
     device = str(preflight(params))
     corrections = None
     if params.corrections:
-        from tasks import gather
+        from tasks.corrections import gather
 
         corrections = gather(params)
     if corrections is not None:  # the older corrections are this run's extra images
@@ -44,7 +46,10 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
         print(unchanged.message)
         return Completed(name="Unchanged", message=unchanged.message, data=unchanged)
     from mnist_core.training.checkpoint import checkpoint_lock, discard_checkpoint
-    from tasks import evaluate, export, promote, train
+    from tasks.evaluate import evaluate
+    from tasks.export import export
+    from tasks.promote import promote
+    from tasks.train import train
 
     with checkpoint_lock(params):
         trained = train(prepared, params, device)

@@ -24,9 +24,11 @@ from mnist_core.config import RunParams
 from mnist_core.preflight import preflight
 from mnist_core.records import Promotion
 from mnist_core.sweep import SweepParams
-from tasks import download, promote, transform
+from tasks.download import download
+from tasks.promote import promote
 from tasks.sweep import run_trials, trial_mode
 from tasks.sweep_results import best_trial, publish_sweep
+from tasks.transform import transform
 from tasks.trials import cancel_trials, start_on_pool
 
 

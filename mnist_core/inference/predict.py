@@ -216,7 +216,8 @@ def _in_run_folder(run_dir: Path, runtime: RuntimeName, what: str) -> ChosenMode
         raise DataError(f"{run_dir}: not a run folder ({CARD_FILE} missing or unreadable)")
     path = run_dir / RUNTIME_FILES[runtime]
     if not path.is_file():
-        raise DataError(f"{path}: {what} has no {runtime} model; pick another --runtime")
+        hint = " (train with --torch-export to write model.pt2)" if runtime == "torch-export" else ""
+        raise DataError(f"{path}: {what} has no {runtime} model{hint}; pick another --runtime")
     return ChosenModel(
         path, card.run_id, card.dataset.name, CLASS_NAMES[card.dataset.name], _temperature(card), card.not_a_digit
     )

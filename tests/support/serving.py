@@ -36,7 +36,7 @@ def train_small_mlp(tensors: dict[str, torch.Tensor], samples: int = 30_000, epo
 
 
 def export_model(model: MLP, folder: Path) -> Path:
-    """model.onnx (and model.pt2) in `folder`, the exporter's own way."""
+    """model.onnx in `folder`, the exporter's own way (model.pt2 is opt-in: RunParams.torch_export)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_portable(model, folder)
     return folder / ONNX_FILE

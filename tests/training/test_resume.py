@@ -149,7 +149,7 @@ def test_prefect_retry_of_train_task_resumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     flow_module = importlib.import_module("flows.mnist")
-    train_module = importlib.import_module("tasks.train")  # the module: `tasks.train` is the Task object
+    train_module = importlib.import_module("tasks.train")  # the flow imports the task from it when it trains
     real_train_model = train_module.train_model
     calls: list[int] = []
 
@@ -167,7 +167,7 @@ def test_prefect_retry_of_train_task_resumes(
         return real_train_model(*args[:4], on_epoch=on_epoch, **{k: v for k, v in kwargs.items() if k != "on_epoch"})
 
     monkeypatch.setattr(train_module, "train_model", crash_after_first_checkpoint)
-    monkeypatch.setattr(flow_module, "train", flow_module.train.with_options(retries=1, retry_delay_seconds=0))
+    monkeypatch.setattr(train_module, "train", train_module.train.with_options(retries=1, retry_delay_seconds=0))
     output = tmp_path / "runs"
     secret_mirror = "http://reader:s3cret-token@127.0.0.1:9/mnist/"  # never contacted: the data is cached
     params = _params(output_dir=output, data_dir=mnist_data_dir, mirror=[secret_mirror])
