@@ -15,6 +15,12 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(_SESSION_HOME / 
 # must not report to it instead. Tests of a stack name their state folder.
 os.environ["MNIST_STACK_DIR"] = str(_SESSION_HOME / "no-stack")
 
+# Prefect sets up its logging when `prefect.main` is first imported (by `from prefect import flow`, say), and its
+# console handler keeps the sys.stderr of that moment. Imported here, at collection, it keeps pytest's session-long
+# stream; first imported inside a test that captures with capsys (a command run in-process), it would keep that
+# test's stream, closed once the test ends, and every later flow run in the process would fail writing its first
+# log line (a RecursionError in Prefect's handler).
+import prefect.main  # noqa: E402, F401
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
