@@ -260,10 +260,11 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 3
 
 
-def _export(root: Path, metrics_rows: int = 2) -> Path:
+def _export(root: Path, metrics_rows: int = 2, torch_export: bool = False) -> Path:
     params = RunParams()
     card = make_card(new_run_id(params.training_digest()), epochs=metrics_rows)
-    return export_run(root, MLP([8]), card, make_history(metrics_rows), make_evaluation(), make_test_split()).run_dir
+    history, evaluation, test_split = make_history(metrics_rows), make_evaluation(), make_test_split()
+    return export_run(root, MLP([8]), card, history, evaluation, test_split, torch_export).run_dir
 
 
 def test_disk_full_while_exporting_leaves_earlier_runs_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -328,7 +329,7 @@ def test_four_exports_to_the_same_root_at_once(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(torch.export, "export", slow_export)
     root = tmp_path / "runs"
-    run_dirs = _in_parallel(4, lambda i: _export(root, metrics_rows=i + 1))
+    run_dirs = _in_parallel(4, lambda i: _export(root, metrics_rows=i + 1, torch_export=True))  # .pt2: opt-in
     assert most_at_once[0] == 1
     assert len({d.name for d in run_dirs}) == 4
     assert sorted(p.name for p in root.iterdir()) == sorted(d.name for d in run_dirs)
