@@ -137,7 +137,9 @@ def test_two_machines_share_services_and_nothing_else(
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
 
         # The sweep from the services machine: a trial on each worker, each run folder in its worker's checkout.
-        sweep = {"base": {"epochs": 1}, "grid": {"lr": [0.1, 0.2]}, "concurrency": 2, "promote_best": True}
+        # 300 outlier images, not 3,000: each fresh checkout makes its own, and what is tested here is the machines.
+        sweep = {"base": {"epochs": 1, "outlier_images": 300}, "grid": {"lr": [0.1, 0.2]}, "concurrency": 2,
+                 "promote_best": True}  # fmt: skip
         swept = subprocess.run([sys.executable, "-m", "launch.cli", "--settings", str(settings), "sweep",
                                 json.dumps(sweep)], cwd=tmp_path, env=clean_env(MNIST_MIRROR=str(mnist_mirror)),
                                capture_output=True, text=True, timeout=300)  # fmt: skip
