@@ -42,6 +42,7 @@ STORE_PREFIX = "models"
 ACCESS_KEY = "mnist"
 DATABASES = {"prefect": "prefect", "mnist": "mnist_registry"}  # user -> database
 DEFAULT_PORTS = {"postgres": 5432, "s3": 8333, "prefect": 4200}
+MAX_S3_PORT = 65535 - 10000 - 3  # weed's filer (S3 + 3) has its gRPC at + 10000
 
 
 def postgres_bindir() -> Path | None:
@@ -434,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-port", type=int, default=DEFAULT_PORTS["s3"], help="S3; weed also takes the next 3")
     parser.add_argument("--prefect-port", type=int, default=DEFAULT_PORTS["prefect"])
     args = parser.parse_args(argv)
+    if not 1 <= args.s3_port <= MAX_S3_PORT:
+        parser.error(f"--s3-port must be 1-{MAX_S3_PORT}: SeaweedFS also takes the next 3 ports, and each of the four "
+                     "its port + 10000 for gRPC")  # fmt: skip
     advertise = args.advertise or (socket.getfqdn() if args.host in ("0.0.0.0", "::") else args.host)
     ports = {"postgres": args.pg_port, "s3": args.s3_port, "prefect": args.prefect_port}
     services = Services(args.dir, args.host, advertise, ports)

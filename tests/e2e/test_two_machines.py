@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from launch.server import free_port, stop_group
-from launch.services import postgres_bindir, weed_binary
+from launch.services import MAX_S3_PORT, postgres_bindir, weed_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +91,14 @@ def in_machine(namespace: str, checkout: Path, *args: str) -> list[str]:
     return ["ip", "netns", "exec", namespace, str(checkout / ".venv" / "bin" / "python"), "-m", "launch.cli", *args]
 
 
+def s3_port() -> int:
+    """A free port that leaves SeaweedFS room above it (its next 3 ports, each + 10000 for gRPC, under 65536): a
+    free port above 55532 once made its master's gRPC port 67348 (CI)."""
+    while (port := free_port()) > MAX_S3_PORT:
+        pass
+    return port
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without any MNIST_/AWS_/PREFECT_ setting: a machine knows only its settings file."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "AWS_", "PREFECT_"))}
@@ -102,7 +110,7 @@ def test_two_machines_share_services_and_nothing_else(
 ) -> None:
     started = time.monotonic()
     services_dir = Path(f"/tmp/mnist-services-{os.getpid()}")  # the `postgres` user must be able to enter it
-    ports = [str(free_port()), str(free_port()), str(free_port())]
+    ports = [str(free_port()), str(s3_port()), str(free_port())]
     services = [sys.executable, "-m", "launch.cli", "services", "--dir", str(services_dir), "--host",
                 SERVICES_ADDRESS, "--pg-port", ports[0], "--s3-port", ports[1], "--prefect-port", ports[2]]  # fmt: skip
     workers: list[subprocess.Popen] = []
