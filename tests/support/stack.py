@@ -135,6 +135,10 @@ def stack_env_for(mnist_mirror: Path) -> dict[str, str]:
         # A queued run retries for the slot every second instead of every 30 s.
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1",
         MNIST_MIRROR=str(mnist_mirror),
+        # No scheduled runs: the deployments' schedules (the weekly retrain, the monitor every 15 minutes) would start
+        # runs on the test stack's worker in the middle of tests that count its runs and stop its worker. The
+        # schedules themselves are still declared and checked (test_deployment.py).
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
         # The stack's model server announces mnist.feedback.ready after 5 corrections (not 50): test_deployment.py.
         MNIST_FEEDBACK_RETRAIN_AFTER=str(CORRECTIONS_TRIGGER),
     )
