@@ -16,6 +16,7 @@ a SeaweedFS on loopback) and are never logged or written: messages name the stor
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -143,44 +144,37 @@ class ArtifactStore:
     def put(self, path: Path, sha256: str | None = None) -> str:
         """Upload `path` under its SHA-256 (skipped if the store already holds that object); its URI. Returns only
         once the whole object is in the store."""
+
+        def content() -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as error:
+                raise StorageError(f"{path}: cannot be read for upload ({error.strerror})") from error
+
+        return self._put(sha256 or file_sha256(path), path.stat().st_size, content, path.name)
+
+    def put_bytes(self, content: bytes) -> str:
+        """Upload `content` under its SHA-256 (skipped if the store already holds it: content-addressed, so the same
+        bytes are one object); its URI. For small objects (a feedback image) that never were a file."""
+        return self._put(hashlib.sha256(content).hexdigest(), len(content), lambda: content, None)
+
+    def _put(self, sha256: str, size: int, content: Callable[[], bytes], name: str | None) -> str:
+        """The object of that SHA-256 and size in the store: looked up first (read and sent only if missing)."""
         import obstore
 
-        sha256 = sha256 or file_sha256(path)
         key = blob_key(sha256)
         try:
-            existing = obstore.head(self._obstore, key)
-            if existing["size"] == path.stat().st_size:
+            if obstore.head(self._obstore, key)["size"] == size:
                 return self.uri(sha256)
         except FileNotFoundError:
             pass
         except Exception as error:  # obstore's errors: unreachable, refused, timed out
             raise self._failed(f"looking up {key}", error) from error
+        data = content()  # a StorageError of its own when a file cannot be read
         try:
-            obstore.put(self._obstore, key, path.read_bytes())
-        except OSError as error:
-            raise StorageError(f"{path}: cannot be read for upload ({error.strerror})") from error
+            obstore.put(self._obstore, key, data)
         except Exception as error:
-            raise self._failed(f"uploading {path.name} as {key}", error) from error
-        return self.uri(sha256)
-
-    def put_bytes(self, content: bytes) -> str:
-        """Upload `content` under its SHA-256 (skipped if the store already holds it: content-addressed, so the same
-        bytes are one object); its URI. For small objects (a feedback image) that never were a file."""
-        import obstore
-
-        sha256 = hashlib.sha256(content).hexdigest()
-        key = blob_key(sha256)
-        try:
-            obstore.head(self._obstore, key)
-            return self.uri(sha256)
-        except FileNotFoundError:
-            pass
-        except Exception as error:  # obstore's errors: unreachable, refused, timed out
-            raise self._failed(f"looking up {key}", error) from error
-        try:
-            obstore.put(self._obstore, key, content)
-        except Exception as error:
-            raise self._failed(f"uploading {key}", error) from error
+            raise self._failed(f"uploading {name} as {key}" if name else f"uploading {key}", error) from error
         return self.uri(sha256)
 
     def get_bytes(self, sha256: str) -> bytes:
