@@ -16,16 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mnist_core.data.extra import REFUSED_FOLDER  # the folder --extra-data reads as "not a digit"
+from mnist_core.registry.registry_command import registry_options
+
 LS_COLUMNS = ["id", "at", "dataset", "label", "predicted_class", "prediction_id", "run_id"]
-REFUSED_FOLDER = "not-a-digit"  # the export's folder for "not a digit" (also "not a clothing item")
 
 
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--output-dir", type=Path, default=Path("runs"), help="Output root (default: runs).")
-    common.add_argument(
-        "--url", help="Registry database URL (default: MNIST_REGISTRY_URL, else <output-dir>/registry.db)."
-    )
+    common = registry_options()
     top = argparse.ArgumentParser(
         prog="mnist feedback", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

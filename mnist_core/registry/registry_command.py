@@ -23,12 +23,19 @@ from typing import Any
 LS_COLUMNS = ["run_id", "recorded_at", "dataset", "test_accuracy", "decision", "champion_run_id"]
 
 
-def parser() -> argparse.ArgumentParser:
+def registry_options() -> argparse.ArgumentParser:
+    """The options naming a registry (an output root, or a database URL): for `parents=` of each subcommand here
+    and in `mnist feedback`."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output-dir", type=Path, default=Path("runs"), help="Output root (default: runs).")
     common.add_argument(
         "--url", help="Registry database URL (default: MNIST_REGISTRY_URL, else <output-dir>/registry.db)."
     )
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = registry_options()
     top = argparse.ArgumentParser(
         prog="mnist registry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
