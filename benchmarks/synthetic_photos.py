@@ -70,9 +70,13 @@ def make_kind_photo(digit: np.ndarray, kind: str, rng: np.random.Generator) -> I
     return image.filter(ImageFilter.GaussianBlur(blur))
 
 
-def kind_photo_jpeg(digit: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
-    """`make_kind_photo` saved as a phone would: JPEG, quality 50-65 when blurred and compressed, else 80-92."""
+def kind_photo_jpeg(
+    digit: np.ndarray, kind: str, rng: np.random.Generator, size: tuple[int, int] | None = None
+) -> bytes:
+    """`make_kind_photo` saved as a phone would: JPEG, quality 50-65 when blurred and compressed, else 80-92;
+    resized to `size` (bicubic) first when given."""
     quality = int(rng.integers(50, 66) if kind == "rotated-blur-jpeg" else rng.integers(80, 93))
     buffer = io.BytesIO()
-    make_kind_photo(digit, kind, rng).save(buffer, "JPEG", quality=quality)
+    photo = make_kind_photo(digit, kind, rng)
+    (photo.resize(size, Image.BICUBIC) if size else photo).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()

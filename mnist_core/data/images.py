@@ -38,8 +38,9 @@ MAX_IDX_BYTES = 512 * 1024 * 1024
 # Bumped whenever what an image becomes changes (2: transparency behind light ink, float and 16-bit grey ranges,
 # Fashion-MNIST's own form; 3: photos of ink on paper: local paper level, lines and stray marks taken out, strokes
 # brought to MNIST's width; 4: a digit filling a clean image: a stroke along its edge is not the table, a bar
-# across it not a ruling, ink over half of it not the paper): prepared caches of the user's images are keyed by it.
-IMAGE_FORM_VERSION = 4
+# across it not a ruling, ink over half of it not the paper; 5: a JPEG of 1,000 px or more decoded reduced to no less
+# than 500 px): prepared caches of the user's images are keyed by it.
+IMAGE_FORM_VERSION = 5
 MIN_SIDE = 8  # smaller than this cannot show a recognisable digit
 DIGIT_BOX = 20  # MNIST fits each digit's longer side into 20 px, then centres its mass in 28x28
 MIN_CONTRAST = 32  # grey levels between paper and ink below which we call the image blank
@@ -130,6 +131,10 @@ def _offset(profile: np.ndarray) -> int:
 # ink may be blue or red, and the digit may be small and anywhere. The paper's level is estimated locally, lines that
 # cross the whole page are taken out, and only the marks that make the digit are kept.
 WORK_SIDE = 1024  # longer side the photo is reduced to first: a 12-megapixel photo costs what a 1-megapixel one does
+# A JPEG is decoded at the smallest of libjpeg's 1/2, 1/4, 1/8 scales that keeps this longer side (issue 31): a
+# 1000 px photo at 500 px costs a third of its full decode and preparation; benchmarks/photos.py --size measures
+# what it does to the answers (docs/photos.md).
+DECODE_SIDE = 500
 PAPER_BLOCKS = 24  # the paper's level is estimated in about this many blocks along the longer side
 OFF_PAGE = 0.4  # blocks darker than this share of the brightest paper are not paper (light falls off less)
 PAPER_CLOSING = 2  # blocks: ink up to about 2 * 2 + 1 blocks wide (a thick marker) is not mistaken for shade
@@ -475,13 +480,12 @@ def _failed(name: str, problem: str) -> LoadedInput:
 
 
 def decode_reduced(image: Image.Image) -> int:
-    """Before `image` is decoded: ask a JPEG's decoder for the smallest of its 1/2, 1/4 and 1/8 scales that still
-    gives the preparation all it uses (a longer side of at least WORK_SIDE, which a photo is reduced to anyway; the
-    80 px stroke box is cut from that). libjpeg then skips most of the inverse DCT and colour conversion, and the
-    memory: a 12-megapixel phone photo decodes to 3 megapixels. From then on `image.size` is the size it decodes
-    to, which pixel limits apply to. Returns the scale (1: other formats and small JPEGs are decoded as they are)."""
+    """Before `image` is decoded: ask a JPEG's decoder for the smallest of its 1/2, 1/4 and 1/8 scales that keeps a
+    longer side of at least DECODE_SIDE. libjpeg then skips most of the inverse DCT and colour conversion, and the
+    memory: a 12-megapixel phone photo decodes to 504x378. From then on `image.size` is the size it decodes to,
+    which pixel limits apply to. Returns the scale (1: other formats and small JPEGs are decoded as they are)."""
     longer = max(image.size)
-    scale = next((s for s in (8, 4, 2) if longer // s >= WORK_SIDE), 1)
+    scale = next((s for s in (8, 4, 2) if longer // s >= DECODE_SIDE), 1)
     if scale == 1 or image.format != "JPEG":
         return 1
     # Pillow picks the largest scale s with size // s >= the size asked for: asked for size // scale, that is scale.

@@ -300,28 +300,34 @@ def _phone_jpeg(digit: np.ndarray, kind: str, seed: int) -> bytes:
 
 @pytest.mark.parametrize("kind", ["squared-blue", "pencil"])
 def test_a_phone_jpeg_decoded_reduced_is_prepared_as_from_a_full_decode(tmp_path: Path, digits, kind: str) -> None:
-    content = _phone_jpeg(digits[0], kind, 5)
-    with Image.open(io.BytesIO(content)) as image:
-        assert decode_reduced(image) == 2 and image.size == (2016, 1512)  # still over the 1024 px work side
-    (tmp_path / "phone.jpg").write_bytes(content)
-    [row] = load_inputs([tmp_path / "phone.jpg"])
-    assert row.error is None
-    full = Image.open(io.BytesIO(content))
-    # The decoder's 1/2 scale is a 2x2 box filter: as the full decode box-filtered to 2016x1512, to a level or so.
-    halved = to_mnist_form(full.resize((2016, 1512), Image.BOX)).astype(float)
-    assert np.abs(row.image - halved).mean() < 1
-    # Not bit for bit the full decode's: the box filter to the 1024 px work side from 2016 px is not the one from
-    # 4032 px, and a hair's difference in the centre of mass can round the 28x28 placement a pixel the other way.
-    # The same digit, though (a full decode box-filtered to 2016 px first differs from it as much): correlation at
-    # the best one-pixel shift 0.965 on this photo, over 0.99 on most; the same class on 60 photos of each kind.
-    assert best_shift_correlation(row.image, to_mnist_form(full)) > 0.95
+    with Image.open(io.BytesIO(_phone_jpeg(digits[0], kind, 5))) as image:
+        assert decode_reduced(image) == 8 and image.size == (504, 378)  # still over the 500 px decode side
+    off_by, correlations = [], []
+    for number in range(3):
+        content = _phone_jpeg(digits[number], kind, 5)
+        (tmp_path / "phone.jpg").write_bytes(content)
+        [row] = load_inputs([tmp_path / "phone.jpg"])
+        assert row.error is None
+        full = Image.open(io.BytesIO(content))
+        # The decoder's 1/8 scale averages 8x8 blocks: as the full decode box-filtered to 504x378.
+        reduced = to_mnist_form(full.resize((504, 378), Image.BOX)).astype(float)
+        off_by.append(np.abs(row.image - reduced).mean())
+        # Not the full decode's own (box-filtered to the 1024 px work side and prepared there: a hair's difference
+        # in the paper's level or the centre of mass moves a stroke's edge or the 28x28 placement), but the same
+        # digit: correlation at the best one-pixel shift 0.956-0.999 on these photos (and on 12 photos of 4 kinds,
+        # 0.924 at worst).
+        correlations.append(best_shift_correlation(row.image, to_mnist_form(full)))
+    # libjpeg's scaled decode is not exactly Pillow's box filter: under one grey level on average for most photos,
+    # about 6 levels on one of the squared-paper ones (the same digit, correlation 0.94).
+    assert sorted(off_by)[1] < 1, off_by
+    assert min(correlations) > 0.9, correlations
 
 
 def test_the_pixel_limit_applies_to_what_is_decoded(tmp_path: Path, digits, monkeypatch) -> None:
     (tmp_path / "phone.jpg").write_bytes(_phone_jpeg(digits[0], "red-ink", 6))
-    monkeypatch.setattr(images_module, "MAX_PIXELS", 3_000_000)  # under what the JPEG decodes to: 2016x1512
+    monkeypatch.setattr(images_module, "MAX_PIXELS", 150_000)  # under what the JPEG decodes to: 504x378
     [row] = load_inputs([tmp_path / "phone.jpg"])
-    assert row.error.endswith("4032x3024 px (decoded reduced to 2016x1512) is over the limit of 3000000 pixels")
+    assert row.error.endswith("4032x3024 px (decoded reduced to 504x378) is over the limit of 150000 pixels")
     (tmp_path / "wide.png").write_bytes(png_header(4032, 3024))  # a PNG is decoded whole: its full size counts
     monkeypatch.setattr(images_module, "MAX_PIXELS", 12_000_000)
     [row] = load_inputs([tmp_path / "wide.png"])

@@ -286,8 +286,8 @@ def test_other_bad_requests_and_a_slow_client(server: Server, runs: dict) -> Non
 def test_a_12_megapixel_phone_jpeg_is_read_under_the_4_megapixel_limit(
     server: Server, runs: dict, mnist_tensors
 ) -> None:
-    """4032x3024 is 12.2 M pixels in its header, but the preparation needs no more than a 1024 px side: the JPEG is
-    decoded at 1/2 (2016x1512, 3 M pixels), which the limit applies to. A PNG of that size is still refused."""
+    """4032x3024 is 12.2 M pixels in its header, but the JPEG is decoded at 1/8 (504x378, the smallest scale that
+    keeps a 500 px side), which the limit applies to. A PNG of that size is still refused."""
     digit, label = mnist_tensors["test_images"][0].numpy(), int(mnist_tensors["test_labels"][0])
     buffer = io.BytesIO()
     photo = make_kind_photo(digit, "red-ink", np.random.default_rng(3)).resize((4032, 3024), Image.BICUBIC)
