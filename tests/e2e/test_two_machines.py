@@ -2,9 +2,10 @@
 namespaces this test makes can reach; two checkouts at different paths, each with a virtual environment of its own
 and its worker in a network namespace of its own (a veth pair into the bridge); they share nothing on disk but
 what the services hold (the read-only MNIST mirror aside). One scenario: a worker with a wrong password or an
-unreachable store refuses to join in one line; both workers join; a two-trial sweep runs one trial on each
-(deployment runs of mnist/trial, each in its worker's own checkout); the promotion is what the machine that did
-not train the model predicts with.
+unreachable store refuses to join in one line; both workers join the pool; a run of mnist/train submitted from
+the services machine is taken by one of them and trained in that worker's own checkout; its promotion is what the
+machine that did not train it predicts with. (A sweep fanning its trials out over two workers is
+tests/e2e/test_deployment_sweep.py's: here one training run is enough to show what the machines share.)
 """
 
 import json
@@ -21,6 +22,9 @@ import pytest
 
 from launch.server import free_port, stop_group
 from launch.services import MAX_S3_PORT, postgres_bindir, weed_binary
+from launch.stack import DEFAULT_POOL
+from mnist_core.settings import read_file
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +103,18 @@ def s3_port() -> int:
     return port
 
 
+def online_workers(api_url: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return {worker.name for worker in client.read_workers_for_work_pool(DEFAULT_POOL) if worker.status == "ONLINE"}
+
+
+def worker_logs(tmp_path: Path, network: dict[str, str]) -> str:
+    return "".join((tmp_path / f"worker-{machine}.log").read_text(errors="replace")[-3000:] for machine in network)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without any MNIST_/AWS_/PREFECT_ setting: a machine knows only its settings file."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_", "AWS_", "PREFECT_"))}
@@ -144,26 +160,32 @@ def test_two_machines_share_services_and_nothing_else(
                 env=clean_env(MNIST_MIRROR=str(mnist_mirror), PREFECT_WORKER_QUERY_SECONDS="1"),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
 
-        # The sweep from the services machine: a trial on each worker, each run folder in its worker's checkout.
-        # 300 outlier images, not 3,000: each fresh checkout makes its own, and what is tested here is the machines.
-        sweep = {"base": {"epochs": 1, "outlier_images": 300}, "grid": {"lr": [0.1, 0.2]}, "concurrency": 2,
-                 "promote_best": True}  # fmt: skip
-        swept = subprocess.run([sys.executable, "-m", "launch.cli", "--settings", str(settings), "sweep",
-                                json.dumps(sweep)], cwd=tmp_path, env=clean_env(MNIST_MIRROR=str(mnist_mirror)),
-                               capture_output=True, text=True, timeout=300)  # fmt: skip
-        logs = "".join((tmp_path / f"worker-{m}.log").read_text(errors="replace")[-3000:] for m in network)
-        assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:] + logs
-        trained = {machine: sorted((checkout / "runs").glob("2*")) for machine, checkout in checkouts.items()}
-        assert all(len(runs) == 1 for runs in trained.values()), (trained, swept.stdout[-2000:], logs)
-        print(f"sweep over both machines done: {time.monotonic() - started:.1f} s")
+        # Both workers joined the pool (their heartbeats reached the shared Prefect server).
+        api = read_file(settings)["PREFECT_API_URL"]
+        joined = {"machine-a", "machine-b"}
+        wait_until(lambda: online_workers(api) >= joined, 60, lambda: "the workers did not come online:\n"
+                   + worker_logs(tmp_path, network), every_s=0.5)  # fmt: skip
 
-        # The sweep's promotion (made from the services machine) is what the machine that did not train it
-        # predicts with, fetched from the store (trials are recorded only when promoted, so the other trial
-        # cannot be promoted by hand here).
+        # A run of mnist/train from the services machine: one worker takes it and trains in its own checkout (the
+        # deployment's pull step). 300 outlier images, not 3,000: the checkout's data folder is fresh, and what is
+        # tested here is the machines.
+        params = {"epochs": 1, "outlier_images": 300}
+        ran = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run", "mnist/train",
+                              "--param", f"params={json.dumps(params)}", "--watch", "--watch-timeout", "300"],
+                             cwd=tmp_path, env=clean_env(PREFECT_API_URL=api), capture_output=True, text=True,
+                             timeout=330)  # fmt: skip
+        assert ran.returncode == 0 and "Completed" in ran.stdout, ran.stdout[-3000:] + worker_logs(tmp_path, network)
+        trained = {machine: sorted((checkout / "runs").glob("2*")) for machine, checkout in checkouts.items()}
+        assert sorted(len(runs) for runs in trained.values()) == [0, 1], trained
+        print(f"a run on one of the two machines done: {time.monotonic() - started:.1f} s")
+
+        # Its promotion (recorded in the shared registry) is what the other machine predicts with, fetched from
+        # the store.
         ask = [sys.executable, "-m", "launch.cli", "--settings", str(settings), "registry", "champion", "--json"]
         now = subprocess.run(ask, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
         run_a = json.loads(now.stdout)["run_id"]
-        there = next(m for m, runs in trained.items() if runs[0].name != run_a)
+        there = next(machine for machine, runs in trained.items() if not runs)
+        assert [run.name for runs in trained.values() for run in runs] == [run_a]
         digit = tmp_path / "digit.npy"
         import numpy as np
 
