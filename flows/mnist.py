@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from mnist_core.config import RunParams
-from mnist_core.preflight import preflight
+from mnist_core.preflight import preflight, training_device
 from mnist_core.records import RunResult, Unchanged
 from tasks.download import download
 from tasks.fingerprint import fingerprint
@@ -30,7 +30,7 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
     promote the model to champion if it beats the current one. When nothing changed since the champion (the
     same data, parameters and code), stop before training in the Completed state named 'Unchanged', unless
     `force_retrain`."""
-    device = str(preflight(params))
+    device = preflight(params)
     corrections = None
     if params.corrections:
         from tasks.corrections import gather
@@ -51,6 +51,7 @@ def mnist(params: RunParams = RunParams()) -> RunResult | State[Unchanged]:  # n
     from tasks.promote import promote
     from tasks.train import train
 
+    device = training_device(device)
     with checkpoint_lock(params):
         trained = train(prepared, params, device)
         evaluation = evaluate(trained, prepared, device)

@@ -21,7 +21,7 @@ from prefect.logging import get_logger
 
 from flows.mnist import mnist
 from mnist_core.config import RunParams
-from mnist_core.preflight import preflight
+from mnist_core.preflight import preflight, training_device
 from mnist_core.records import Promotion
 from mnist_core.sweep import SweepParams
 from tasks.download import download
@@ -49,7 +49,7 @@ def _run_here(run_params: RunParams, tags: list[str]) -> uuid.UUID:
 def sweep(sweep: SweepParams) -> dict:
     """Run the trials (on the pool, or here), rank them by validation accuracy, offer the best to the champion."""
     base = sweep.base.model_copy(update={"promote": True})
-    device = str(preflight(base))
+    device = training_device(preflight(base))
     mode = trial_mode()
     start, concurrency = (start_on_pool, sweep.concurrency) if mode == "pool" else (_run_here, 1)
     if sweep.planned_trials < sweep.trials:  # a grid has as many points as it has: said, not silently capped

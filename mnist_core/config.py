@@ -227,7 +227,9 @@ class RunParams(BaseModel):
         text = str(value)
         if not text.strip() or "\x00" in text:
             raise ValueError("must be a non-empty path without NUL characters")
-        return Path(text).expanduser()
+        # A string, which pydantic then makes the Path: a Path returned here fails its JSON mode (strict: strings
+        # only), and RunParams.model_validate_json of its own model_dump_json was refused.
+        return str(Path(text).expanduser())
 
     @field_validator("mirror")
     @classmethod

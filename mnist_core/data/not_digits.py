@@ -16,22 +16,26 @@ Letters and symbols that are a digit's shape in many hands (O o D Q I l i j | Z 
 ones) are in no set: a model that refused them would refuse real 0, 1, 2, 5, 6, 8, 9 and 7 too.
 """
 
+from __future__ import annotations
+
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import matplotlib
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from mnist_core.data.idx import IMAGE_SIDE
 from mnist_core.data.images import IMAGE_FORM_VERSION, to_mnist_form
 from mnist_core.errors import DataError
 from mnist_core.files import atomic_save_tensors
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a cache check needs none of it
+    import torch
 
 CANVAS = 112
 # Bump when a generator changes: cached outlier sets made by an older one are rebuilt.
@@ -285,6 +289,8 @@ def prepare_outliers(cache_root: Path, dataset: str, count: int) -> Path:
     path = outliers_path(cache_root, dataset, count)
     if _readable(path, count):
         return path
+    import torch
+
     images = torch.from_numpy(training_outliers(count, seed=0, dataset=dataset))
     atomic_save_tensors({"images": images}, path, {"generator_version": str(GENERATOR_VERSION)}, what="outliers")
     return path
@@ -292,13 +298,15 @@ def prepare_outliers(cache_root: Path, dataset: str, count: int) -> Path:
 
 def _readable(path: Path, count: int) -> bool:
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             return handle.get_slice("images").get_shape() == [count, IMAGE_SIDE, IMAGE_SIDE]
     except Exception:  # noqa: BLE001 - a missing or damaged cache file is made again
         return False
 
 
 def load_outliers(path: Path, device: torch.device | str = "cpu") -> torch.Tensor:
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path), device="cpu")["images"].to(device)
     except Exception as error:

@@ -1,13 +1,14 @@
 """The transform stage: validated IDX files (and the user's extra labelled images) -> one cached file of uint8
 tensors with seeded validation splits, and the normalization statistics of the images trained on."""
 
+from __future__ import annotations
+
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from mnist_core.data.extra import ExtraFolder, read_extra, split_indices
 from mnist_core.data.idx import IMAGE_SIDE, REFUSED_CLASS, read_split
@@ -15,6 +16,9 @@ from mnist_core.data.images import IMAGE_FORM_VERSION
 from mnist_core.errors import DataError
 from mnist_core.files import atomic_save_tensors
 from mnist_core.records import Downloaded, Prepared
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a cache check needs none of it (~1-2 s)
+    import torch
 
 # extra_test: the test part of the user's own images (empty without them), scored apart from the dataset's test set.
 SPLITS = ("train", "val", "test", "extra_test")
@@ -48,7 +52,7 @@ def _cached(path: Path) -> tuple[dict[str, int], float, float] | None:
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
             if set(handle.keys()) != TENSOR_NAMES or "mean" not in metadata:
                 return None
@@ -62,6 +66,8 @@ def _cached(path: Path) -> tuple[dict[str, int], float, float] | None:
 def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
     """Mean and standard deviation of the pixels (scaled to 0-1) of the images the model is trained on: the
     model's input normalization, for MNIST, Fashion-MNIST or a mix with the user's images alike."""
+    import torch
+
     pixels = images.to(torch.float64).div_(255.0)
     return pixels.mean().item(), pixels.std(correction=0).item()
 
@@ -69,6 +75,8 @@ def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
 def _extra_parts(extra: ExtraFolder | None, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The user's labelled images split into train, val and test; those of none of the classes (REFUSED_CLASS)
     apart, as "outliers" (all of them: they are trained against, never scored)."""
+    import torch
+
     empty = (torch.zeros(0, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8), torch.zeros(0, dtype=torch.uint8))
     if extra is None:
         return {"train": empty, "val": empty, "test": empty, "outliers": empty}
@@ -98,6 +106,7 @@ def prepare_dataset(
     cached = _cached(target)
     if cached is not None:
         return _prepared(downloaded.dataset, target, *cached, extra)
+    import torch
 
     files = downloaded.files
     train_images, train_labels = read_split(files["train_images"].path, files["train_labels"].path)
@@ -161,6 +170,8 @@ def load_prepared(path: Path, device: torch.device | str = "cpu") -> dict[str, t
 
     Read on the CPU, then moved: a device that fails (no driver, out of memory) raises its own error, not one
     that blames the file and advises deleting it."""
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as error:

@@ -69,3 +69,10 @@ def test_the_robust_and_fashion90_presets() -> None:
     assert (robust.augment, robust.epochs, robust.hidden_sizes) == (0.6, 15, [128, 64])  # the seed's architecture
     assert (fashion.hidden_sizes, fashion.epochs, fashion.lr, fashion.dropout) == ([512, 256], 30, 0.1, 0.2)
     assert RunParams(preset="robust", epochs=2).epochs == 2  # an explicit field still wins
+
+
+def test_run_params_survive_a_json_round_trip() -> None:
+    """What Prefect stores and a subprocess reads back: the JSON of the parameters validates to the same ones
+    (the path fields' validator once returned Paths, which pydantic's JSON mode refuses)."""
+    params = RunParams(data_dir="~/cache", output_dir=Path("/tmp/runs"), extra_data="extra", epochs=2)
+    assert RunParams.model_validate_json(params.model_dump_json()) == params

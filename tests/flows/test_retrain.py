@@ -1,6 +1,9 @@
 """Retraining only when something changed: the data, the parameters or the code (the run's fingerprint)."""
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +13,7 @@ from mnist_core import fingerprint as fingerprint_module
 from mnist_core.config import RunParams
 from mnist_core.records import RunResult, Unchanged
 from mnist_core.registry.store import read_champion, read_registry
+from tests.support import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +39,21 @@ def trained_once(first_run, tmp_path: Path) -> tuple[RunParams, RunResult]:
     params, first = first_run
     shutil.copytree(params.output_dir, tmp_path / "runs")
     return params.model_copy(update={"output_dir": tmp_path / "runs"}), first
+
+
+def test_a_run_that_stops_as_unchanged_never_imports_torch(trained_once, prefect_server: str) -> None:
+    """The Unchanged path (preflight, download, the cached transform, the fingerprint) needs no torch (~1-2 s of
+    every such run, issue 31): the flow run in a fresh process, against the session's server."""
+    params, _ = trained_once
+    code = (
+        "import json, sys; from flows.mnist import mnist; from mnist_core.config import RunParams; "
+        f"state = mnist(RunParams.model_validate(json.loads({params.model_dump_json()!r})), return_state=True); "
+        "assert state.name == 'Unchanged', state; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    ran = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
 
 
 def test_a_second_identical_run_stops_before_training(trained_once) -> None:
