@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from mnist_core.data.idx import IMAGE_SIDE
-from mnist_core.data.images import PILLOW_FORMATS, decode_reduced, load_image, over_limit
+from mnist_core.data.images import PILLOW_FORMATS, WORK_SIDE, decode_reduced, load_image, over_limit
 from mnist_core.inference.predict import printable
 
 MAX_FIELD_BYTES = 64 * 1024  # a plain (non-file) form field: never an image, so never large
@@ -99,9 +99,10 @@ def count_pixels(uploads: list[Upload], max_pixels: int) -> int:
         try:
             with Image.open(io.BytesIO(upload.content), formats=PILLOW_FORMATS) as image:
                 size = image.size
-                # What load_image will decode: a JPEG at the reduced scale the preparation needs (a 12-megapixel
-                # phone photo at 1/2, 3 megapixels), any other format at its full size.
-                decode_reduced(image)
+                # The most load_image may decode: a JPEG at the reduced scale the preparation takes whole (a
+                # 12-megapixel phone photo at 1/2, 3 megapixels: its small digits are read from that), any other
+                # format at its full size.
+                decode_reduced(image, WORK_SIDE)
                 width, height = image.size
         except Image.DecompressionBombError as error:
             raise BadInput(422, f"{upload.name}: refused as a decompression bomb ({error})") from None

@@ -286,8 +286,8 @@ def test_other_bad_requests_and_a_slow_client(server: Server, runs: dict) -> Non
 def test_a_12_megapixel_phone_jpeg_is_read_under_the_4_megapixel_limit(
     server: Server, runs: dict, mnist_tensors
 ) -> None:
-    """4032x3024 is 12.2 M pixels in its header, but the JPEG is decoded at 1/8 (504x378, the smallest scale that
-    keeps a 500 px side), which the limit applies to. A PNG of that size is still refused."""
+    """4032x3024 is 12.2 M pixels in its header, but the JPEG is decoded at 1/8 (504x378), or at 1/2 (2016x1512,
+    3 M pixels) for a small digit: the limit applies to the larger. A PNG of that size is still refused."""
     digit, label = mnist_tensors["test_images"][0].numpy(), int(mnist_tensors["test_labels"][0])
     buffer = io.BytesIO()
     photo = make_kind_photo(digit, "red-ink", np.random.default_rng(3)).resize((4032, 3024), Image.BICUBIC)
@@ -298,6 +298,11 @@ def test_a_12_megapixel_phone_jpeg_is_read_under_the_4_megapixel_limit(
     refused = server.client.post("/predict", files={"file": ("wide.png", png(4032, 3024), "image/png")})
     assert refused.status_code == 422
     assert refused.json()["error"].startswith("wide.png: 4032x3024 px is over this server's limit of 4000000 pixels")
+    # A JPEG a few pixels thin once made Pillow's reduced decode divide by zero: a 500 (found by a new user).
+    strip = io.BytesIO()
+    Image.new("L", (4000, 4), 255).save(strip, "JPEG")
+    thin = server.client.post("/predict", files={"file": ("strip.jpg", strip.getvalue(), "image/jpeg")})
+    assert thin.status_code == 422 and "4000x4 px is too small to hold a digit" in thin.json()["error"], thin.text
 
 
 def test_metrics_count_requests_latency_classes_and_the_model(server: Server, runs: dict, digits) -> None:
