@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from safetensors import safe_open
 
 from mnist_core.data.extra import ExtraFolder, read_extra, split_indices
@@ -56,11 +57,20 @@ def _cached(path: Path) -> tuple[dict[str, int], float, float] | None:
             metadata = handle.metadata() or {}
             if set(handle.keys()) != TENSOR_NAMES or "mean" not in metadata:
                 return None
+            # Bytes overwritten in place keep the file's size and header: a label out of the classes would only
+            # fail training, with an index error, run after run. The labels are 70 kB to read; the images are not
+            # checked (a damaged pixel misleads no index).
+            if any(_out_of_classes(handle.get_tensor(f"{split}_labels")) for split in SPLITS):
+                return None
             sizes = {split: handle.get_slice(f"{split}_labels").get_shape()[0] for split in SPLITS}
             sizes.update(json.loads(metadata["extra_sizes"]))
             return sizes, float(metadata["mean"]), float(metadata["std"])
     except Exception:  # noqa: BLE001 - an unreadable cache entry is rebuilt
         return None
+
+
+def _out_of_classes(labels: np.ndarray) -> bool:
+    return bool(labels.size) and int(labels.max()) > REFUSED_CLASS
 
 
 def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:

@@ -39,6 +39,22 @@ def test_prepared_file_is_built_once(synthetic_dataset, tmp_path: Path) -> None:
     assert prepared.std == pytest.approx(train.std(correction=0).item(), abs=1e-12)
 
 
+def test_a_cached_file_with_bytes_overwritten_in_its_labels_is_built_again(synthetic_dataset, tmp_path: Path) -> None:
+    """Found by a new user: 1,000 bytes of train_labels overwritten in place (the size and header kept) failed every
+    later run in training with "index 200 is out of bounds"; the cache check now reads the labels."""
+    name, mirror, _ = synthetic_dataset
+    downloaded = download_dataset(name, tmp_path, [str(mirror)])
+    path = prepare_dataset(downloaded, tmp_path, val_size=100, seed=0).path
+    good = {name: tensor.clone() for name, tensor in load_prepared(path).items()}  # not a view of the file
+    content = bytearray(path.read_bytes())
+    labels = content.index(good["train_labels"].numpy().tobytes())
+    content[labels : labels + 500] = b"\xc8" * 500
+    path.write_bytes(bytes(content))
+    assert load_prepared(path)["train_labels"].max() == 200
+    prepare_dataset(downloaded, tmp_path, val_size=100, seed=0)
+    assert torch.equal(load_prepared(path)["train_labels"], good["train_labels"])
+
+
 def test_real_mnist_split(mnist_tensors: dict[str, torch.Tensor]) -> None:
     assert mnist_tensors["train_images"].shape == (55000, 28, 28)
     assert mnist_tensors["val_images"].shape == (5000, 28, 28)
