@@ -52,7 +52,8 @@ def sweep(sweep: SweepParams) -> dict:
     device = training_device(preflight(base))
     mode = trial_mode()
     start, concurrency = (start_on_pool, sweep.concurrency) if mode == "pool" else (_run_here, 1)
-    if sweep.planned_trials < sweep.trials:  # a grid has as many points as it has: said, not silently capped
+    # A grid has as many points as it has: said, not silently capped, when more trials were asked for.
+    if "trials" in sweep.model_fields_set and sweep.planned_trials < sweep.trials:
         print(
             f"{sweep.trials} trials asked for, but the grid has {sweep.grid_size} points: "
             f"running {sweep.planned_trials}"

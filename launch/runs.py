@@ -17,16 +17,22 @@ from mnist_core.registry.monitoring import MonitorParams
 from mnist_core.sweep import SweepParams
 
 
+def checked_first(params: RunParams, prog: str) -> bool:
+    """The run's checks here too (its flow checks again, for deployments): a bad folder or device fails in a
+    second, before a Prefect server is started; False after the one-line error."""
+    try:
+        preflight(params)
+    except (PipelineError, OSError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def train(params: RunParams) -> int:
     """The `mnist` flow; 0, or 1 after a one-line error, 130/143 after Ctrl-C/SIGTERM."""
     from flows.mnist import mnist
 
-    try:
-        # Checked here too (the flow checks again, for deployments): a bad folder or device fails in a second,
-        # before a Prefect server is started.
-        preflight(params)
-    except (PipelineError, OSError) as error:
-        print(f"mnist: error: {error}", file=sys.stderr)
+    if not checked_first(params, "mnist"):
         return 1
     _, code = run_from_command_line("mnist", lambda: mnist(params), hint=RESUME_HINT, report=print_train_summary)
     return code
@@ -82,6 +88,8 @@ def run_sweep(params: SweepParams) -> int:
     """The `mnist-sweep` flow; its summary as JSON."""
     from flows.sweep import sweep
 
+    if not checked_first(params.base, "mnist-sweep"):  # found by a new user: a missing GPU after 10 s of server
+        return 1
     summary, code = run_from_command_line("mnist-sweep", lambda: sweep(params))
     if summary is None:
         return code

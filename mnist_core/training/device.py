@@ -13,7 +13,10 @@ def resolve_device(requested: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:  # "cuda:99999999999999999999": an index torch cannot parse
+        raise DeviceError(f"device={requested!r}: {error}; use --device cpu or --device auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(

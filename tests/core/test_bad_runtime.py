@@ -70,6 +70,28 @@ def test_cuda_without_gpu_is_refused(device: str, tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_a_device_index_torch_cannot_parse_is_one_line(tmp_path: Path, capsys) -> None:
+    """Found by a new user: `--device cuda:99999999999999999999` passed the flag check, then a 22-line traceback."""
+    params = RunParams(device="cuda:99999999999999999999", output_dir=tmp_path / "runs", data_dir=tmp_path / "data")
+    with pytest.raises(DeviceError, match=r"Could not parse device index .*; use --device cpu or --device auto"):
+        preflight(params)
+
+
+@needs_no_gpu
+def test_a_sweep_for_a_missing_gpu_fails_before_its_server_starts(tmp_path: Path, capsys) -> None:
+    """Found by a new user: `mnist sweep` with `"device": "cuda"` failed only after its Prefect server (10 s)."""
+    from launch.runs import run_sweep
+    from mnist_core.sweep import SweepParams
+
+    base = RunParams(device="cuda", output_dir=tmp_path / "runs", data_dir=tmp_path / "data")
+    started = time.monotonic()
+    assert run_sweep(SweepParams(base=base, grid={"lr": [0.1, 0.2]})) == 1
+    assert time.monotonic() - started < 5
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mnist-sweep: error: device='cuda' but no CUDA GPU is available") and "\n" not in error
+    assert not (tmp_path / "runs").exists()
+
+
 @needs_no_gpu
 def test_bf16_without_a_gpu_is_refused_before_any_work(tmp_path: Path) -> None:
     params = RunParams(device="auto", precision="bf16", output_dir=tmp_path / "runs", data_dir=tmp_path / "data")
