@@ -528,16 +528,19 @@ def load_image(path: Path, content: bytes | None = None, dataset: str = "mnist")
     img, scale = decoded
     try:
         image, digit_side = _prepared(img, dataset)
-        if scale > 1 and digit_side is not None and digit_side < SMALL_DIGIT:
-            # A small digit on a big photo: decoded again as the preparation would take it whole (<= WORK_SIDE).
-            finer = _decode(path, content, WORK_SIDE)
-            if isinstance(finer, str):
-                return _failed(name, finer)
-            if finer[1] < scale:
+    except DataError as error:  # a digit a few pixels tall at this scale may be found at a finer one
+        image, digit_side, problem = None, None, str(error)
+    if scale > 1 and (image is None or (digit_side is not None and digit_side < SMALL_DIGIT)):
+        # A small digit on a big photo: decoded again as the preparation would take it whole (<= WORK_SIDE).
+        finer = _decode(path, content, WORK_SIDE)
+        if isinstance(finer, str):
+            return _failed(name, finer)
+        if finer[1] < scale:
+            try:
                 image = _prepared(finer[0], dataset)[0]
-        return LoadedInput(name, image, None)
-    except DataError as error:
-        return _failed(name, str(error))
+            except DataError as error:
+                return _failed(name, str(error))
+    return LoadedInput(name, image, None) if image is not None else _failed(name, problem)
 
 
 def _decode(path: Path, content: bytes | None, side: int) -> tuple[Image.Image, int] | str:

@@ -341,6 +341,10 @@ def test_a_small_digit_on_a_phone_photo_is_read_from_a_finer_decode(tmp_path: Pa
         assert decode_reduced(finer, images_module.WORK_SIDE) == 2
         finer.load()
         assert np.array_equal(row.image, to_mnist_form(finer))
+    # 32 px tall: 4 px at 1/8, where the preparation finds no ink at all ("blank"); read from the finer decode.
+    (tmp_path / "tiny.jpg").write_bytes(_small_digit_photo(digits[2], 32))
+    [row] = load_inputs([tmp_path / "tiny.jpg"])
+    assert row.error is None, row.error
     big = _small_digit_photo(digits[0], 900)  # a digit that fills the photo: the 1/8 decode is enough
     (tmp_path / "big.jpg").write_bytes(big)
     [row] = load_inputs([tmp_path / "big.jpg"])
