@@ -127,12 +127,16 @@ class Stack:
         return server_healthy(self.api_url)
 
     def worker_online(self) -> bool:
+        return WORKER_NAME in self.online_workers()
+
+    def online_workers(self) -> set[str]:
+        """The names of the pool's workers whose heartbeats the server has now (none without a pool or server)."""
         try:
             with self.client() as client:
                 workers = client.read_workers_for_work_pool(self.pool)
         except Exception:  # noqa: BLE001 - not there yet (no pool, no server): not online
-            return False
-        return any(worker.name == WORKER_NAME and worker.status == "ONLINE" for worker in workers)
+            return set()
+        return {worker.name for worker in workers if worker.status == "ONLINE"}
 
     def wait_for(self, what: str, check: Callable[[], bool], running: Callable[[], bool], role: str) -> None:
         try:

@@ -39,6 +39,7 @@ from mnist_core.data import download as download_module  # noqa: E402
 from mnist_core.data.download import download_dataset  # noqa: E402
 from mnist_core.data.not_digits import outliers_path  # noqa: E402
 from mnist_core.data.prepare import load_prepared, prepare_dataset  # noqa: E402
+from mnist_core.files import atomic_write  # noqa: E402
 from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
 from tests.support import PROJECT_ROOT, synthetic  # noqa: E402
 from tests.support.postgres import Cluster  # noqa: E402, F401 - the fixture's type
@@ -226,8 +227,7 @@ def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
         # process takes them too, rather than make them again in its own on its first default run.
         made, mine = Path(record["outliers"]), outliers_path(mnist_data_dir, "mnist", RunParams().outlier_images)
         if made != mine and made.is_file() and not mine.exists():
-            shutil.copyfile(made, mine.with_name(mine.name + ".part"))
-            os.replace(mine.with_name(mine.name + ".part"), mine)  # whole, or not there
+            atomic_write(mine, lambda stream: stream.write(made.read_bytes()))  # whole, or not there
         yield (
             RunResult.model_validate_json(record["result"]),
             uuid.UUID(record["flow_run_id"]),

@@ -45,12 +45,6 @@ def _start_worker(stack: StackHandle, name: str, machines: dict[str, Any]) -> su
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _online(stack: StackHandle, names: set[str]) -> bool:
-    with stack.stack.client() as client:
-        workers = client.read_workers_for_work_pool(DEFAULT_POOL)
-    return names <= {worker.name for worker in workers if worker.status == "ONLINE"}
-
-
 def on_machine(command: list[str], machines: dict[str, Any], name: str) -> list[str]:
     """`command` as on a machine of its own: in a mount namespace where the path every machine uses for its files
     (`machines["mount"]`) is that machine's own folder, as the same path is another disk on another machine. What
@@ -147,7 +141,8 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
     workers = {name: _start_worker(stack, name, machines) for name in ("trial-worker-1", "trial-worker-2")}
     sweep_process = None
     try:
-        wait_until(lambda: _online(stack, set(workers)), 60, "the two trial workers did not come online", 0.5)
+        joined = set(workers)
+        wait_until(lambda: joined <= stack.stack.online_workers(), 60, "the two trial workers did not come online", 0.5)
         started = time.monotonic()
         sweep = {"base": base, "grid": {"lr": [0.1, 0.3]}, "trials": 2, "concurrency": 2}
         sweep_process = _run_sweep(stack, sweep, machines, "sweep-machine")
