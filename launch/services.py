@@ -293,7 +293,7 @@ class Services:
             wait_for("Prefect server", lambda: server_healthy(url), lambda: server.poll() is None,
                      self.logs / "prefect.log", 120)  # fmt: skip
             print(f"prefect: started (PID {server.pid}, {url}, database on PostgreSQL)")
-        # The pool and the deployments, as the stack applies them (kept when unchanged since the last `up`).
+        # The pool and the deployments, as the stack applies them (kept when this database has them from this code).
         stack = Stack(self.folder / "stack", self.advertise, port, DEFAULT_POOL)
         stack.home = home
         stack_state = {**stack.read_state(), "server_pid": state["prefect_pid"]}

@@ -209,17 +209,16 @@ class Stack:
         return state
 
     def _apply_deployments(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The pool and the deployments of prefect.yaml, unless this very server already has them from this very
-        code: `prefect deploy` imports every flow (~7 s of CPU on a 2-core machine) to re-apply what is unchanged."""
-        applied = deployment_digest(PROJECT_ROOT, state["server_pid"], self.api_url, self.pool)
+        """The pool and the deployments of prefect.yaml, unless the server's database already has them from this
+        very code (a digest kept there as a Prefect variable, so a server restarted on the same database, or on
+        another port, keeps them): `prefect deploy` imports every flow (~7 s of CPU on a 2-core machine) to
+        re-apply what is unchanged."""
+        applied = deployment_digest(PROJECT_ROOT, self.pool)
         prefect_file = PREFECT_FILE.relative_to(PROJECT_ROOT)
-        if state.get("deployed") == applied and self._has_declared_deployments():
-            print(f"pool {self.pool} and deployments from {prefect_file}: unchanged since the last `up`, kept")
+        if self._applied_digest() == applied and self._has_declared_deployments():
+            print(f"pool {self.pool} and deployments from {prefect_file}: unchanged on this server, kept")
             return state
-        # Forgotten before deploying: a deploy that fails half-way must not leave a digest that a later `up` with
-        # the same code would take for "applied".
-        state = {key: value for key, value in state.items() if key != "deployed"}
-        self.write_state(state)
+        self._record_digest("")  # forgotten first: a deploy that fails half-way is never taken for applied
         commands = [["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]]
         if not self._has_pool():
             commands.insert(0, ["work-pool", "create", self.pool, "--type", "process", "--overwrite"])
@@ -227,10 +226,23 @@ class Stack:
             result = self.cli(*args)
             if result.returncode != 0:
                 raise SystemExit(f"stack: `prefect {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}")
+        self._record_digest(applied)
         print(f"pool {self.pool} and deployments from {prefect_file}: applied")
-        state = {**state, "deployed": applied}
-        self.write_state(state)
         return state
+
+    def _applied_digest(self) -> str | None:
+        with self.client() as client:
+            variable = client.read_variable_by_name(DEPLOYED_VARIABLE)
+        return variable.value if variable is not None else None
+
+    def _record_digest(self, digest: str) -> None:
+        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+        with self.client() as client:
+            if client.read_variable_by_name(DEPLOYED_VARIABLE) is None:
+                client.create_variable(VariableCreate(name=DEPLOYED_VARIABLE, value=digest))
+            else:
+                client.update_variable(VariableUpdate(name=DEPLOYED_VARIABLE, value=digest))
 
     def _has_pool(self) -> bool:
         from prefect.exceptions import ObjectNotFound
@@ -338,11 +350,13 @@ class Stack:
 
 
 # What `prefect deploy` reads: prefect.yaml, the flows' signatures and defaults (and whatever they import), the
-# checkout's path (recorded as the deployments' working directory), the server it wrote to and the pool.
+# checkout's path (recorded as the deployments' working directory) and the pool. Where it wrote to is the database
+# the digest is kept in (DEPLOYED_VARIABLE): a new database has none.
+DEPLOYED_VARIABLE = "mnist_deployments_digest"
 DEPLOYED_CODE = ("deployments", "flows", "tasks", "mnist_core", "reporting", "launch")
 
 
-def deployment_digest(root: Path, server_pid: int, api: str, pool: str) -> str:
+def deployment_digest(root: Path, pool: str) -> str:
     """What the deployments on a server were applied from; another value means `prefect deploy` must run again."""
     from importlib.metadata import version
 
@@ -353,7 +367,6 @@ def deployment_digest(root: Path, server_pid: int, api: str, pool: str) -> str:
         "code": code_digest(root, DEPLOYED_CODE),
         "prefect.yaml": file_sha256(root / PREFECT_FILE.relative_to(PROJECT_ROOT)),
         "root": str(root),
-        "server": [server_pid, api],
         "pool": pool,
         "prefect": version("prefect"),
     }

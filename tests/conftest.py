@@ -37,7 +37,7 @@ from launch.server import (  # noqa: E402
 from mnist_core.config import RunParams  # noqa: E402
 from mnist_core.data import download as download_module  # noqa: E402
 from mnist_core.data.download import download_dataset  # noqa: E402
-from mnist_core.data.not_digits import outliers_path  # noqa: E402
+from mnist_core.data.not_digits import outliers_path, prepare_outliers  # noqa: E402
 from mnist_core.data.prepare import load_prepared, prepare_dataset  # noqa: E402
 from mnist_core.files import atomic_write  # noqa: E402
 from mnist_core.records import DatasetFile, Downloaded  # noqa: E402
@@ -202,7 +202,36 @@ def _stays(record: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="session")
-def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
+def default_outliers(mnist_data_dir: Path) -> Path:
+    """The default run's outlier images (~11 s of CPU to make) in this process's data cache: made once per session
+    by the first test process to ask, copied by the other. Runs on that cache find them there; a test of a run on a
+    fresh data folder takes them with `data_dir_with_outliers`."""
+    count = RunParams().outlier_images
+
+    def make(folder: Path) -> dict[str, Any]:
+        return {"path": str(prepare_outliers(folder, "mnist", count))}
+
+    with shared("default-outliers", make, _stays) as record:
+        mine = outliers_path(mnist_data_dir, "mnist", count)
+        if not mine.exists():
+            made = Path(record["path"])
+            atomic_write(mine, lambda stream: stream.write(made.read_bytes()))  # whole, or not there
+        yield mine
+
+
+@pytest.fixture
+def data_dir_with_outliers(tmp_path: Path, default_outliers: Path) -> Path:
+    """A fresh data folder (no MNIST yet: a run downloads it) holding the default outlier images, as a user's has
+    after their first run: tests of a whole run on a new folder do not each spend ~11 s of CPU making them."""
+    data_dir = tmp_path / "data"
+    copy = data_dir / default_outliers.relative_to(default_outliers.parents[1])
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(default_outliers, copy)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path, default_outliers: Path):
     """The real `mnist` flow run once per session (1 epoch), shared by the test processes (they share its server),
     into its own output root, which it leaves with a champion: (RunResult, flow run id, output root). Read only."""
     import uuid
@@ -218,16 +247,10 @@ def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
         state = mnist(params, return_state=True)
         assert state.is_completed(), state.message
         result = state.result()
-        outliers = outliers_path(mnist_data_dir, params.dataset, params.outlier_images)
         return {"result": result.model_dump_json(), "flow_run_id": str(state.state_details.flow_run_id),
-                "output_dir": str(params.output_dir), "outliers": str(outliers)}  # fmt: skip
+                "output_dir": str(params.output_dir)}  # fmt: skip
 
     with shared("trained-run", run, _stays) as record:
-        # The run made the default outlier images (~11 s of CPU) in its process's data cache: the other test
-        # process takes them too, rather than make them again in its own on its first default run.
-        made, mine = Path(record["outliers"]), outliers_path(mnist_data_dir, "mnist", RunParams().outlier_images)
-        if made != mine and made.is_file() and not mine.exists():
-            atomic_write(mine, lambda stream: stream.write(made.read_bytes()))  # whole, or not there
         yield (
             RunResult.model_validate_json(record["result"]),
             uuid.UUID(record["flow_run_id"]),

@@ -132,13 +132,15 @@ def test_invalid_parameters_fail_before_any_work(prefect_server, tmp_path: Path)
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
-def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path, prefect_home_with_database) -> None:
+def test_readme_command_runs_the_flow(
+    mnist_mirror: Path, tmp_path: Path, prefect_home_with_database, data_dir_with_outliers: Path
+) -> None:
     """`python flows/mnist.py` as a user runs it: the Prefect server it starts, flags, the closing summary."""
     home = prefect_home_with_database(tmp_path / "prefect")  # set up as by a first run: its server starts in ~5 s
     env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "1", "--batch-size", "128",
-               "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+               "--data-dir", str(data_dir_with_outliers), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report_line = next(line for line in result.stdout.splitlines() if line.startswith("Report: "))
@@ -158,7 +160,7 @@ def test_readme_command_runs_the_flow(mnist_mirror: Path, tmp_path: Path, prefec
 
 
 def test_on_a_terminal_training_and_download_show_a_progress_bar(
-    mnist_mirror: Path, tmp_path: Path, prefect_server: str
+    mnist_mirror: Path, tmp_path: Path, prefect_server: str, data_dir_with_outliers: Path
 ) -> None:
     """`python flows/mnist.py` in a pseudo-terminal, as a person runs it (reporting to the session's server: the
     server a run starts for itself is the README command's test above)."""
@@ -167,7 +169,7 @@ def test_on_a_terminal_training_and_download_show_a_progress_bar(
     env = {**os.environ, "MNIST_MIRROR": str(mnist_mirror), "PREFECT_API_URL": prefect_server, "COLUMNS": "160"}
     env.pop("MNIST_PROGRESS", None)
     command = [sys.executable, str(PROJECT_ROOT / "flows" / "mnist.py"), "--epochs", "2", "--data-dir",
-               str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+               str(data_dir_with_outliers), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
     controller, terminal = pty.openpty()
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
     os.close(terminal)

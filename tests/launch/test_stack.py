@@ -157,8 +157,9 @@ def test_a_throwaway_server_never_gets_the_callers_database(tmp_path: Path, monk
 
 
 def test_deployments_are_applied_again_when_what_they_are_built_from_changes(tmp_path: Path) -> None:
-    """`up` skips `prefect deploy` only while the digest is the same: any change of the code the flows import, of
-    prefect.yaml, of the server (a restarted one) or of the pool means applying again."""
+    """`up` skips `prefect deploy` only while the digest kept in the server's database is the same: any change of
+    the code the flows import, of prefect.yaml, of the checkout's path or of the pool means applying again (a new
+    database has no digest; tests/e2e/test_deployment.py restarts a server on its database and it is kept)."""
     import shutil
 
     root = tmp_path / "checkout"
@@ -167,12 +168,12 @@ def test_deployments_are_applied_again_when_what_they_are_built_from_changes(tmp
             stack_module.PROJECT_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     digest = stack_module.deployment_digest
-    url = "http://127.0.0.1:4200/api"
-    before = digest(root, 100, url, "mnist-pool")
-    assert digest(root, 100, url, "mnist-pool") == before
-    assert digest(root, 101, url, "mnist-pool") != before
-    assert digest(root, 100, url.replace("4200", "4201"), "mnist-pool") != before
-    assert digest(root, 100, url, "other-pool") != before
+    before = digest(root, "mnist-pool")
+    assert digest(root, "mnist-pool") == before
+    assert digest(root, "other-pool") != before
+    moved = root.rename(tmp_path / "moved")
+    assert digest(moved, "mnist-pool") != before
+    root = moved.rename(root)
     for changed in (
         root / "deployments" / "prefect.yaml",
         root / "mnist_core" / "config.py",
@@ -180,6 +181,6 @@ def test_deployments_are_applied_again_when_what_they_are_built_from_changes(tmp
     ):
         original = changed.read_bytes()
         changed.write_bytes(original + b"\n# edited\n")
-        assert digest(root, 100, url, "mnist-pool") != before, changed
+        assert digest(root, "mnist-pool") != before, changed
         changed.write_bytes(original)
-    assert digest(root, 100, url, "mnist-pool") == before
+    assert digest(root, "mnist-pool") == before
