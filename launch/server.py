@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -186,12 +187,28 @@ def stop_group(pid: int, alive: Callable[[], bool], timeout_s: float = STOP_TIME
     members = group_members(pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    # psutil waits on processes that are not our children too (the group's grandchildren).
-    _, left = psutil.wait_procs(members, timeout=timeout_s)
+    left = still_running(members, timeout_s)
     if left and alive():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        psutil.wait_procs(left, timeout=STOP_TIMEOUT_S)
+        still_running(left, STOP_TIMEOUT_S)
+
+
+def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of `processes` still running after up to `timeout_s` (not our children only: a group's grandchildren
+    too). A zombie has exited: whoever reaps it (PID 1 for one whose parent is gone, which here took 1-2 s after
+    the exit) is no reason to wait."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [process for process in processes if _running(process)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from launch.server import api_url, server_healthy, start_server, stop_group, wait_for
+from launch.server import api_url, server_healthy, start_server, still_running, stop_group, wait_for
 from mnist_core.files import atomic_write_text
 from mnist_core.settings import write_file
 
@@ -332,8 +332,8 @@ class Services:
         roles: list[tuple[str, tuple[str, ...], Callable[[int], None]]] = [
             ("prefect", ("prefect", "server"), self._stop_group),
             # weed 4.48's filer spends over 12 s in its graceful gRPC stop (measured; it took 12 s of every `services
-            # down`), so it gets 3 s, as in the tests; its stores (leveldb, append-only volumes) survive a SIGKILL.
-            ("weed", ("weed", "server"), partial(self._stop_group, timeout_s=3.0)),
+            # down`), so it gets 1 s, as in the tests; its stores (leveldb, append-only volumes) survive a SIGKILL.
+            ("weed", ("weed", "server"), partial(self._stop_group, timeout_s=1.0)),
             # SIGINT: PostgreSQL's fast shutdown (clients disconnected, no waiting for them).
             ("postgres", ("postgres", "-D"), partial(_signal_and_wait, signal.SIGINT)),
         ]
@@ -420,9 +420,8 @@ def _signal_and_wait(sig: signal.Signals, pid: int, timeout_s: float = 30.0) -> 
     try:
         process = psutil.Process(pid)
         process.send_signal(sig)
-        process.wait(timeout=timeout_s)
-    except psutil.TimeoutExpired:
-        process.kill()
+        if still_running([process], timeout_s):
+            process.kill()
     except psutil.Error:
         pass
 

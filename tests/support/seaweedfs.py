@@ -93,8 +93,8 @@ def running_seaweedfs(folder: Path, timeout_s: float = 60.0) -> Iterator[Seaweed
         wait_for("SeaweedFS S3 gateway", answers, lambda: process.poll() is None, folder / "weed.log", timeout_s)
         yield SeaweedFS(endpoint, process)
     finally:
-        # weed takes its time over SIGTERM: a short grace, then SIGKILL to its group.
-        stop_group(process.pid, lambda: process.poll() is None, timeout_s=3.0)
+        # weed takes its time over SIGTERM (over 12 s): a short grace, then SIGKILL to its group.
+        stop_group(process.pid, lambda: process.poll() is None, timeout_s=1.0)
         process.wait(timeout=10)
 
 
