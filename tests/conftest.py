@@ -51,10 +51,11 @@ MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Longest first, so the two test processes end together: the two end-to-end modules (~190 and ~150 s, one per
-    # process), then the other slow ones (servers, real flows), then the many short files that fill the gaps. xdist
-    # hands out files in this order (`--no-loadscope-reorder`; its default orders them by their number of tests,
-    # which sent the e2e modules to the middle and the end: one process finished 115 s before the other).
+    # Longest first, so the two test processes end together: the two end-to-end modules (the stack's ~150-190 s,
+    # the machines on `mnist services up` ~130-170 s; one per process), then the other slow ones (servers, real
+    # flows), then the many short files that fill the gaps. xdist hands out files in this order
+    # (`--no-loadscope-reorder`; its default orders them by their number of tests, which sent the e2e modules to
+    # the middle and the end: one process finished 115 s before the other).
     items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2)
     if torch.cuda.is_available():
         return
@@ -292,8 +293,8 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SeaweedFS"]
         yield server
 
 
-# The e2e modules' stacks (tests/e2e/test_deployment.py, tests/e2e/test_deployment_sweep.py; tests/support/stack.py):
-# module-scoped, so each module has a stack of its own and the two run side by side on the two test processes.
+# The e2e stack (tests/e2e/test_deployment.py; tests/support/stack.py): module-scoped, so a module has a stack of its
+# own and runs beside tests/e2e/test_two_machines.py (on `mnist services up`) on the other test process.
 @pytest.fixture(scope="module")
 def stack_env(mnist_mirror: Path) -> dict[str, str]:
     from tests.support.stack import stack_env_for

@@ -1,5 +1,5 @@
 """The sweep: its parameters refused before any trial starts, Optuna's search, the ranking, and a sweep run for
-real (in-process here: tests/e2e/test_deployment_sweep.py runs one over two workers of a real pool)."""
+real (in-process here: tests/e2e/test_two_machines.py runs one over two workers of a real pool)."""
 
 import json
 from pathlib import Path

@@ -203,9 +203,9 @@ def stack_for(
     mnist_data_dir: Path,
     mnist_mirror: Path,
 ) -> Iterator[StackHandle]:
-    """The one stack of a module (tests/e2e/test_deployment.py's or tests/e2e/test_deployment_sweep.py's): on
-    PostgreSQL where it can run here, else on SQLite (a PREFECT_HOME whose database is already set up, as after a
-    first `stack up`: the server is healthy ~13 s sooner)."""
+    """The one stack of a module (tests/e2e/test_deployment.py's): on PostgreSQL where it can run here, else on
+    SQLite (a PREFECT_HOME whose database is already set up, as after a first `stack up`: the server is healthy
+    ~13 s sooner)."""
     state_dir = tmp_path_factory.mktemp("stack")
     output_dir = tmp_path_factory.mktemp("runs")
     # 300 outlier images, not 3,000: the first run would make them (~8 s of CPU); what is tested here is the stack.
