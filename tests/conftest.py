@@ -86,8 +86,9 @@ def mnist_prepared(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def mnist_data_dir(mnist_prepared: tuple[Path, Path]) -> Path:
-    """A data cache with real MNIST downloaded and prepared (default split), shared by the whole session."""
+def mnist_data_dir(mnist_prepared: tuple[Path, Path], default_outliers: Path) -> Path:
+    """A data cache with real MNIST downloaded and prepared (default split) and the default run's outlier images,
+    shared by the whole session: a run on it makes nothing."""
     return mnist_prepared[0]
 
 
@@ -203,11 +204,11 @@ def _stays(record: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="session")
-def default_outliers(mnist_data_dir: Path) -> Path:
-    """The default run's outlier images (~11 s of CPU to make) in this process's data cache: made once per session
-    by the first test process to ask, copied by the other. Runs on that cache find them there; a test of a run on a
-    fresh data folder takes them with `data_dir_with_outliers`."""
-    count = RunParams().outlier_images
+def default_outliers(mnist_prepared: tuple[Path, Path]) -> Path:
+    """The default run's outlier images (~11 s of CPU to make) in this process's data cache (`mnist_data_dir`):
+    made once per session by the first test process to ask, copied by the other, so no run of either process makes
+    them again; a test of a run on a fresh data folder takes them with `data_dir_with_outliers`."""
+    count, mnist_data_dir = RunParams().outlier_images, mnist_prepared[0]
 
     def make(folder: Path) -> dict[str, Any]:
         return {"path": str(prepare_outliers(folder, "mnist", count))}
@@ -232,7 +233,7 @@ def data_dir_with_outliers(tmp_path: Path, default_outliers: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path, default_outliers: Path):
+def trained_run(prefect_server: str, mnist_data_dir: Path, mnist_mirror: Path):
     """The real `mnist` flow run once per session (1 epoch), shared by the test processes (they share its server),
     into its own output root, which it leaves with a champion: (RunResult, flow run id, output root). Read only."""
     import uuid
