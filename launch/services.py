@@ -225,6 +225,9 @@ class Services:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
             # No 10 s wait between the volume server's last heartbeat and its stop: there is no other master to tell.
             "-volume.preStopSeconds=0",
+            # One master, its own leader: restarted on its saved Raft state, it waited out the default 10 s election
+            # timeout before electing itself (an `up` after a `down` took 30 s, 20 s of it SeaweedFS).
+            "-master.electionTimeout=1s",
         ]  # fmt: skip
         if answers(self.advertise, port):
             raise SystemExit(f"services: something already listens on {self.advertise}:{port}; pick --s3-port")

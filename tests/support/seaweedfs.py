@@ -78,6 +78,7 @@ def running_seaweedfs(folder: Path, timeout_s: float = 60.0) -> Iterator[Seaweed
         # Nothing on fixed ports (two test processes each run one) and nothing sent off the machine.
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         "-volume.preStopSeconds=0",  # no 10 s wait before the volume server stops (nobody else to tell)
+        "-master.electionTimeout=1s",  # one master, its own leader at once (as launch/services.py starts it)
     ]  # fmt: skip
     (folder / "data").mkdir(exist_ok=True)
     with open(folder / "weed.log", "ab") as log:
