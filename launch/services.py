@@ -311,6 +311,7 @@ class Services:
         os.chmod(self.folder, 0o755)  # the `postgres` user enters it; secrets are 0600 files inside
         keys = self.secrets()
         state = {**self.state(), "host": self.host, "advertise": self.advertise, "ports": self.ports}
+        self._check_ports(state)
         state = self._pg(state, keys)
         state = self._weed(state, keys)
         self._bucket(keys)
@@ -329,6 +330,15 @@ class Services:
               f"  {self.settings_file}\n  then, on each: mnist worker --settings settings.env\n"
               f"  Stop: mnist services down --dir {self.folder}")  # fmt: skip
         return 0
+
+    def _check_ports(self, state: dict[str, Any]) -> None:
+        """Before anything starts: a port that something other than our own running service holds is refused,
+        so a failed `up` leaves nothing running."""
+        for role, words, flag in (("postgres", ("postgres", "-D"), "--pg-port"), ("weed", ("weed", "server"),
+                                  "--s3-port"), ("prefect", ("prefect", "server"), "--prefect-port")):  # fmt: skip
+            port = self.ports["s3" if role == "weed" else role]
+            if not is_ours(state.get(f"{role}_pid"), words) and answers(self.advertise, port):
+                raise SystemExit(f"services: something already listens on {self.advertise}:{port}; pick {flag}")
 
     def down(self) -> int:
         state = self.state()
@@ -362,15 +372,21 @@ class Services:
             return 1
         ports, advertise = state.get("ports", self.ports), state.get("advertise", self.advertise)
         keys = self.secrets()
+        # Ours running and answering: something else on a port (the services down) is not "answers".
         checks = {
-            "postgres": answers(advertise, ports["postgres"]) and _pg_login(advertise, ports["postgres"], keys),
-            "seaweedfs": _s3_answers(f"http://{advertise}:{ports['s3']}"),
-            "prefect": server_healthy(api_url(advertise, ports["prefect"]), timeout_s=3),
-        }
-        for role, ok in checks.items():
+            "postgres": (("postgres", "-D"), lambda: answers(advertise, ports["postgres"])
+                         and _pg_login(advertise, ports["postgres"], keys)),
+            "seaweedfs": (("weed", "server"), lambda: _s3_answers(f"http://{advertise}:{ports['s3']}")),
+            "prefect": (("prefect", "server"), lambda: server_healthy(api_url(advertise, ports["prefect"]), 3)),
+        }  # fmt: skip
+        healthy = True
+        for role, (words, answering) in checks.items():
             pid = state.get(f"{'weed' if role == 'seaweedfs' else role}_pid")
-            print(f"{role}: {'answers' if ok else 'NOT answering'} (PID {pid or '-'})")
-        return 0 if all(checks.values()) else 1
+            running = is_ours(pid, words)
+            ok = running and answering()
+            healthy = healthy and ok
+            print(f"{role}: {'answers' if ok else 'NOT answering' if running else 'not running'} (PID {pid or '-'})")
+        return 0 if healthy else 1
 
 
 def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:
@@ -454,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # wait_for: a service that died or never answered, with its log's tail
         print(f"services: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the services run in sessions of their own: a Ctrl-C here does not reach them
+        print(f"services: interrupted (Ctrl-C); what had started keeps running: `mnist services status --dir "
+              f"{args.dir}` shows it, `mnist services down --dir {args.dir}` stops it", file=sys.stderr)  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":

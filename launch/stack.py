@@ -471,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.stack_port)
     args = parser.parse_args(argv)
     stack = Stack(args.state_dir, args.host, args.port, DEFAULT_POOL)
-    return {"up": stack.up, "down": stack.down, "status": stack.status}[args.command]()
+    try:
+        return {"up": stack.up, "down": stack.down, "status": stack.status}[args.command]()
+    except KeyboardInterrupt:  # the server and worker run in sessions of their own: a Ctrl-C here does not reach them
+        print("stack: interrupted (Ctrl-C); what had started keeps running: `mnist stack status` shows it, `mnist "
+              "stack down` stops it", file=sys.stderr)  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":
