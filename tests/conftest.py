@@ -208,13 +208,13 @@ def default_outliers(mnist_prepared: tuple[Path, Path]) -> Path:
     """The default run's outlier images (~11 s of CPU to make) in this process's data cache (`mnist_data_dir`):
     made once per session by the first test process to ask, copied by the other, so no run of either process makes
     them again; a test of a run on a fresh data folder takes them with `data_dir_with_outliers`."""
-    count, mnist_data_dir = RunParams().outlier_images, mnist_prepared[0]
+    count, data_dir = RunParams().outlier_images, mnist_prepared[0]
 
     def make(folder: Path) -> dict[str, Any]:
         return {"path": str(prepare_outliers(folder, "mnist", count))}
 
     with shared("default-outliers", make, _stays) as record:
-        mine = outliers_path(mnist_data_dir, "mnist", count)
+        mine = outliers_path(data_dir, "mnist", count)
         if not mine.exists():
             made = Path(record["path"])
             atomic_write(mine, lambda stream: stream.write(made.read_bytes()))  # whole, or not there
