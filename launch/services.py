@@ -71,6 +71,16 @@ def answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
     return False
 
 
+# What identifies each service `up` started, by the role its PID is recorded under: words of its command line
+# (`is_ours`), and the port it listens on (`ports`' key, and the option that sets it).
+ROLE_WORDS = {"postgres": ("postgres", "-D"), "weed": ("weed", "server"), "prefect": ("prefect", "server")}
+ROLE_PORT = {
+    "postgres": ("postgres", "--pg-port"),
+    "weed": ("s3", "--s3-port"),
+    "prefect": ("prefect", "--prefect-port"),
+}
+
+
 def is_ours(pid: int | None, words: tuple[str, ...]) -> bool:
     """Alive and still the process `up` started (its command line has `words`): never signal a recycled PID."""
     if not pid:
@@ -155,8 +165,6 @@ class Services:
                 subprocess.run(initdb, check=True, capture_output=True, **as_user)
                 with open(data / "pg_hba.conf", "a", encoding="utf-8") as hba:
                     hba.write("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n")
-            if answers(self.advertise, port):
-                raise SystemExit(f"services: something already listens on {self.advertise}:{port}; pick --pg-port")
             self.logs.mkdir(parents=True, exist_ok=True)
             log_path = root / "server.log"
             with open(log_path, "ab") as log:
@@ -229,8 +237,6 @@ class Services:
             # timeout before electing itself (an `up` after a `down` took 30 s, 20 s of it SeaweedFS).
             "-master.electionTimeout=1s",
         ]  # fmt: skip
-        if answers(self.advertise, port):
-            raise SystemExit(f"services: something already listens on {self.advertise}:{port}; pick --s3-port")
         log_path = root / "weed.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -286,8 +292,6 @@ class Services:
         if is_ours(state.get("prefect_pid"), ("prefect", "server", str(port))):
             print(f"prefect: already running (PID {state['prefect_pid']}, {url})")
         else:
-            if server_healthy(url, timeout_s=2):
-                raise SystemExit(f"services: something else already serves {url}; pick --prefect-port")
             home.mkdir(parents=True, exist_ok=True)
             self.logs.mkdir(parents=True, exist_ok=True)
             server = start_server(self.host, port, env, self.logs / "prefect.log", cwd=self.folder)
@@ -334,25 +338,25 @@ class Services:
     def _check_ports(self, state: dict[str, Any]) -> None:
         """Before anything starts: a port that something other than our own running service holds is refused,
         so a failed `up` leaves nothing running."""
-        for role, words, flag in (("postgres", ("postgres", "-D"), "--pg-port"), ("weed", ("weed", "server"),
-                                  "--s3-port"), ("prefect", ("prefect", "server"), "--prefect-port")):  # fmt: skip
-            port = self.ports["s3" if role == "weed" else role]
+        for role, words in ROLE_WORDS.items():
+            key, flag = ROLE_PORT[role]
+            port = self.ports[key]
             if not is_ours(state.get(f"{role}_pid"), words) and answers(self.advertise, port):
                 raise SystemExit(f"services: something already listens on {self.advertise}:{port}; pick {flag}")
 
     def down(self) -> int:
         state = self.state()
-        roles: list[tuple[str, tuple[str, ...], Callable[[int], None]]] = [
-            ("prefect", ("prefect", "server"), self._stop_group),
+        stops: list[tuple[str, Callable[[int], None]]] = [
+            ("prefect", self._stop_group),
             # weed 4.48's filer spends over 12 s in its graceful gRPC stop (measured; it took 12 s of every `services
             # down`), so it gets 1 s, as in the tests; its stores (leveldb, append-only volumes) survive a SIGKILL.
-            ("weed", ("weed", "server"), partial(self._stop_group, timeout_s=1.0)),
+            ("weed", partial(self._stop_group, timeout_s=1.0)),
             # SIGINT: PostgreSQL's fast shutdown (clients disconnected, no waiting for them).
-            ("postgres", ("postgres", "-D"), partial(_signal_and_wait, signal.SIGINT)),
+            ("postgres", partial(_signal_and_wait, signal.SIGINT)),
         ]
-        for role, words, stop in roles:
+        for role, stop in stops:
             pid = state.pop(f"{role}_pid", None)
-            if is_ours(pid, words):
+            if is_ours(pid, ROLE_WORDS[role]):
                 assert pid is not None
                 stop(pid)
                 print(f"{role}: stopped (PID {pid})")
@@ -374,18 +378,18 @@ class Services:
         keys = self.secrets()
         # Ours running and answering: something else on a port (the services down) is not "answers".
         checks = {
-            "postgres": (("postgres", "-D"), lambda: answers(advertise, ports["postgres"])
+            "postgres": ("postgres", lambda: answers(advertise, ports["postgres"])
                          and _pg_login(advertise, ports["postgres"], keys)),
-            "seaweedfs": (("weed", "server"), lambda: _s3_answers(f"http://{advertise}:{ports['s3']}")),
-            "prefect": (("prefect", "server"), lambda: server_healthy(api_url(advertise, ports["prefect"]), 3)),
+            "seaweedfs": ("weed", lambda: _s3_answers(f"http://{advertise}:{ports['s3']}")),
+            "prefect": ("prefect", lambda: server_healthy(api_url(advertise, ports["prefect"]), 3)),
         }  # fmt: skip
         healthy = True
-        for role, (words, answering) in checks.items():
-            pid = state.get(f"{'weed' if role == 'seaweedfs' else role}_pid")
-            running = is_ours(pid, words)
+        for name, (role, answering) in checks.items():
+            pid = state.get(f"{role}_pid")
+            running = is_ours(pid, ROLE_WORDS[role])
             ok = running and answering()
             healthy = healthy and ok
-            print(f"{role}: {'answers' if ok else 'NOT answering' if running else 'not running'} (PID {pid or '-'})")
+            print(f"{name}: {'answers' if ok else 'NOT answering' if running else 'not running'} (PID {pid or '-'})")
         return 0 if healthy else 1
 
 

@@ -31,7 +31,7 @@ import pytest
 
 from launch.server import free_port, stop_group
 from launch.services import MAX_S3_PORT, postgres_bindir, weed_binary
-from launch.stack import DEFAULT_POOL
+from launch.stack import DEFAULT_POOL, Stack
 from mnist_core.registry.store import read_champion
 from mnist_core.settings import read_file
 from tests.support.stack import LONG_RUN, MNIST, PREFECT, RUN_TIMEOUT_S
@@ -137,18 +137,9 @@ class Services:
         return read_file(self.settings)
 
     @property
-    def api_url(self) -> str:
-        return self.values["PREFECT_API_URL"]
-
-    def client(self) -> Any:
-        from prefect.client.orchestration import SyncPrefectClient
-
-        return SyncPrefectClient(self.api_url)
-
-    def online_workers(self) -> set[str]:
-        with self.client() as client:
-            workers = client.read_workers_for_work_pool(DEFAULT_POOL)
-        return {worker.name for worker in workers if worker.status == "ONLINE"}
+    def stack(self) -> Stack:
+        """The services' Prefect server as `launch/services.py` itself addresses it: its client, its pool's workers."""
+        return Stack(self.folder / "stack", SERVICES_ADDRESS, int(self.ports[2]), DEFAULT_POOL)
 
     def env(self, **extra: str) -> dict[str, str]:
         """A process on a machine that knows the services only from their settings (what `--settings` reads)."""
@@ -209,9 +200,9 @@ def test_two_machines_share_services_and_nothing_else(
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
 
         # Both workers joined the pool (their heartbeats reached the shared Prefect server).
-        api = read_file(settings)["PREFECT_API_URL"]
+        api = services.stack.api_url
         joined = {"machine-a", "machine-b"}
-        wait_until(lambda: services.online_workers() >= joined, 60, lambda: "the workers did not come online:\n"
+        wait_until(lambda: services.stack.online_workers() >= joined, 60, lambda: "the workers did not come online:\n"
                    + worker_logs(tmp_path, network), every_s=0.5)  # fmt: skip
 
         # A run of mnist/train from the services machine: one worker takes it and trains in its own checkout (the
@@ -367,7 +358,7 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
     sweep_process = None
     try:
         joined = set(workers)
-        wait_until(lambda: joined <= services.online_workers(), 60,
+        wait_until(lambda: joined <= services.stack.online_workers(), 60,
                    lambda: f"the two trial workers did not come online:\n{_worker_logs(machines)}", 0.5)  # fmt: skip
         started = time.monotonic()
         # Forced: the registry may hold the champion of the test before (the same services), trained differently.
@@ -377,7 +368,7 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
         seconds = time.monotonic() - started
         assert sweep_process.returncode == 0, output[-3000:]
         assert "2 trials, 2 at a time (pool)" in output
-        with services.client() as client:
+        with services.stack.client() as client:
             [trials] = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-sweep-trials"])),
                 sort=ArtifactSort.CREATED_DESC,
@@ -412,7 +403,7 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
 
         def both_trials_running() -> bool:  # one on each worker
             assert sweep_process.poll() is None, "the sweep exited before its trials started"
-            with services.client() as client:
+            with services.stack.client() as client:
                 busy = [run for run in client.read_flow_runs(flow_run_filter=running) if "sweep-trial" in run.tags]
             return len(busy) == 2
 
@@ -433,7 +424,7 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
         rollback = subprocess.run([MNIST, "registry", "rollback"], env=machines["env"], capture_output=True, text=True,
                                   timeout=60)  # fmt: skip
         assert rollback.returncode == 0 and first.run_id in rollback.stdout, rollback.stdout + rollback.stderr
-        with services.client() as client:  # visible in Prefect, where automatic promotions are
+        with services.stack.client() as client:  # visible in Prefect, where automatic promotions are
             [announced] = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-promotion"])),
                 sort=ArtifactSort.CREATED_DESC,
@@ -450,7 +441,7 @@ def test_a_sweep_fans_trials_out_over_two_machines_and_survives_one_killed(
 
 def _final_state(services: Services, flow_run_id: str, timeout_s: float) -> str:
     def final() -> str | None:
-        with services.client() as client:
+        with services.stack.client() as client:
             state = client.read_flow_run(flow_run_id).state_type
         return state.value if state and state.value in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
@@ -464,17 +455,17 @@ def test_cancelling_a_sweep_deployment_run_cancels_its_trials(services: Services
 
     worker = _start_worker(machines, "sweep-worker", limit=None)  # the sweep and its trial, at once
     try:
-        wait_until(lambda: "sweep-worker" in services.online_workers(), 60,
+        wait_until(lambda: "sweep-worker" in services.stack.online_workers(), 60,
                    lambda: f"the worker did not come online:\n{_worker_logs(machines)}", 0.5)  # fmt: skip
         sweep = {"base": {**machines["base"], **LONG_RUN}, "grid": {"lr": [0.1]}, "concurrency": 1,
                  "promote_best": False}  # fmt: skip
-        with services.client() as client:
+        with services.stack.client() as client:
             deployment = client.read_deployment_by_name("mnist-sweep/default")
             sweep_run = client.create_flow_run_from_deployment(deployment.id, parameters={"sweep": sweep})
         tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep-{sweep_run.id}"]))
 
         def trials_once_one_trains() -> list:  # empty (so, waited on) until a trial is training
-            with services.client() as client:
+            with services.stack.client() as client:
                 trials = client.read_flow_runs(flow_run_filter=tagged)
             return trials if any(run.state_type and run.state_type.value == "RUNNING" for run in trials) else []
 
