@@ -75,8 +75,8 @@ class Stack:
             # Offline machines: with analytics on, the server keeps trying to reach the internet.
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
         )
-        # Fast pick-up of manual runs; polling a local server every 2 s costs nothing.
-        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
+        # Fast pick-up of manual runs; polling a local server every second costs nothing.
+        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
         return env
 
     # --- state -------------------------------------------------------------------------------------------------
@@ -286,7 +286,8 @@ class Stack:
             if limit:
                 args += ["--limit", limit]
             # MNIST_WORKER_NAME: the runs it starts inherit it, and a sweep's table says which worker ran each trial.
-            env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME}
+            # MNIST_PYTHON: the interpreter its flow runs start with (deployments/prefect.yaml's command).
+            env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME, "MNIST_PYTHON": sys.executable}
             worker = start_prefect(args, env, self.log_path("worker"), cwd=PROJECT_ROOT)
             worker_pid, worker_running = worker.pid, partial(is_running, worker)
             self.write_state({**state, "worker_pid": worker_pid, "worker_limit": limit, "worker_settings": seen})

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
-import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
@@ -53,7 +52,16 @@ HERSHEY = (
     cv2.FONT_HERSHEY_SCRIPT_COMPLEX,
     cv2.FONT_HERSHEY_PLAIN,
 )
-MPL_DATA = Path(matplotlib.get_data_path())
+
+
+def mpl_data() -> Path:
+    """matplotlib's data folder (fonts, sample photographs), imported only when outliers are drawn: a run that
+    reads them from the cache, as an Unchanged one does, never pays matplotlib's import (~0.1 s)."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path())
+
+
 TTF_FONTS = (
     "DejaVuSans.ttf",
     "DejaVuSans-Bold.ttf",
@@ -144,7 +152,7 @@ def shapes(rng: np.random.Generator) -> np.ndarray:
 
 def _terrain(rng: np.random.Generator) -> np.ndarray:
     name = str(rng.choice(list(TERRAIN)))
-    with np.load(MPL_DATA / "sample_data" / name) as archive:
+    with np.load(mpl_data() / "sample_data" / name) as archive:
         field = np.asarray(archive[archive.files[0]], dtype=np.float64)
     size = int(rng.integers(24, min(field.shape)))
     top, left = int(rng.integers(0, field.shape[0] - size + 1)), int(rng.integers(0, field.shape[1] - size + 1))
@@ -180,7 +188,7 @@ def _turned(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _ttf_text(rng: np.random.Generator, characters: str) -> np.ndarray:
-    font_file = MPL_DATA / "fonts" / "ttf" / str(rng.choice(list(TTF_FONTS)))
+    font_file = mpl_data() / "fonts" / "ttf" / str(rng.choice(list(TTF_FONTS)))
     font = ImageFont.truetype(str(font_file), int(rng.integers(50, 90)))
     text = str(rng.choice(list(characters)))
     canvas = Image.new("L", (CANVAS, CANVAS), 255)
@@ -234,7 +242,7 @@ def scribbles(rng: np.random.Generator) -> np.ndarray:
 def photo_crops(rng: np.random.Generator) -> np.ndarray:
     """A crop of one of matplotlib's sample photographs, in colour as a user would send it."""
     name = str(rng.choice(list(PHOTOS)))
-    photo = np.asarray(Image.open(MPL_DATA / "sample_data" / name).convert("RGB"))
+    photo = np.asarray(Image.open(mpl_data() / "sample_data" / name).convert("RGB"))
     size = int(rng.integers(32, min(photo.shape[:2])))
     top = int(rng.integers(0, photo.shape[0] - size + 1))
     left = int(rng.integers(0, photo.shape[1] - size + 1))

@@ -16,6 +16,8 @@ BUSY_SECONDS for another), on PostgreSQL with a transaction-scoped advisory lock
 re-scores the champion, so the champion it measured is still the champion when the decision is recorded.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
@@ -24,9 +26,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import tenacity
 from sqlalchemy import (
     Boolean,
@@ -66,6 +67,9 @@ from mnist_core.registry.rows import (
 )
 from mnist_core.settings import current as current_settings
 from mnist_core.stamps import utc_iso
+
+if TYPE_CHECKING:  # pandas (~0.25 s to import) only where a frame is made: an Unchanged run never needs it
+    import pandas as pd
 
 URL_VARIABLE = "MNIST_REGISTRY_URL"
 SCHEMA_VERSION = 1
@@ -234,7 +238,7 @@ class RegistryView:
     """The registry as one connection sees it: inside `RegistryStore.locked()`, the writer's transaction; outside it,
     a short read per call."""
 
-    def __init__(self, store: "RegistryStore", connection: Connection | None = None) -> None:
+    def __init__(self, store: RegistryStore, connection: Connection | None = None) -> None:
         self._store = store
         self._connection = connection
 
@@ -249,6 +253,8 @@ class RegistryView:
     @property
     def frame(self) -> pd.DataFrame:
         """Every recorded run, oldest first, typed as pandas.read_csv typed registry.csv."""
+        import pandas as pd
+
         with self._reading() as connection:
             frame = pd.read_sql(select(*[runs.c[name] for name in COLUMNS]).order_by(runs.c.seq), connection)
         return _typed(frame)
@@ -266,6 +272,8 @@ class RegistryView:
     def row_of(self, run_id: str) -> pd.Series | None:
         """The run's row, or None (a plain query: every promotion asks, and pandas would cost more than the
         database)."""
+        import pandas as pd
+
         with self._reading() as connection:
             statement = select(*[runs.c[name] for name in COLUMNS]).where(runs.c.run_id == run_id)
             found = connection.execute(statement).mappings().first()
@@ -298,6 +306,8 @@ class RegistryView:
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     for name in FLOAT_COLUMNS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
     for name in BOOL_COLUMNS:
@@ -313,6 +323,8 @@ class EmptyView(RegistryView):
 
     @property
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return _typed(pd.DataFrame({name: pd.Series(dtype=object) for name in COLUMNS}))
 
     def champion(self, dataset: str) -> ChampionPointer | None:
@@ -365,7 +377,7 @@ class RegistryStore:
         file = self.sqlite_file
         return file is None or file.is_file() or self._legacy_files()
 
-    def open(self) -> "RegistryStore":
+    def open(self) -> RegistryStore:
         """Create or migrate the schema and import the output root's files, once per process; refuses a database
         from a newer schema, and damaged files (before anything is created)."""
         key = (self.url_text, str(self.root), os.getpid())
@@ -605,6 +617,8 @@ def _set_champion(connection: Connection, pointer: ChampionPointer) -> None:
 def _pointer_from_row(
     row: pd.Series, promoted_at: str, promotion: Promotion, previous: ChampionPointer | None
 ) -> ChampionPointer:
+    import pandas as pd
+
     def text(name: str) -> str | None:
         value = row[name]
         return None if value is None or pd.isna(value) or value == "" else str(value)

@@ -2,12 +2,14 @@
 were): `registry.csv`, one row per run, and `champion-<dataset>.json`, each dataset's champion pointer. Read-only:
 parsed line by line, so a damaged file is refused with the line named, never imported merged or short."""
 
+from __future__ import annotations
+
 import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from pydantic import ValidationError
 
 from mnist_core.errors import DataError
@@ -20,6 +22,9 @@ from mnist_core.registry.rows import (
     FLOAT_COLUMNS,
     ChampionPointer,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHAMPION_GLOB = champion_file("*")
 
@@ -81,7 +86,7 @@ class Registry:
             self._frame = _frame_of(self.rows)
         return self._frame
 
-    def champion(self, dataset: str) -> "ChampionPointer | None":
+    def champion(self, dataset: str) -> ChampionPointer | None:
         return read_champion_file(self.root, dataset)
 
     def row_of(self, run_id: str) -> pd.Series | None:
@@ -124,6 +129,8 @@ def _parse_registry(path: Path, text: str | None) -> Registry:
 def _frame_of(rows: list[list[str]]) -> pd.DataFrame:
     """The frame of parsed rows, typed as pandas.read_csv typed the file: numbers as floats, `promoted` as bool,
     empty text as missing."""
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
     for column in COLUMNS:
         values = frame[column].replace("", None)

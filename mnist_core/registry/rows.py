@@ -1,14 +1,17 @@
 """What the registry records, whatever holds it: a run's row (its facts from the model card, the decision), the
 champion pointer, and the decision read back from either."""
 
-from pathlib import Path
-from typing import Any
+from __future__ import annotations
 
-import pandas as pd
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mnist_core.data.download import ROLES as DATA_ROLES
 from mnist_core.records import Exported, Promotion, PromotionKind, Record
 from mnist_core.stamps import utc_iso
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS_BEFORE_FINGERPRINTS = [
     "run_id",
@@ -89,8 +92,8 @@ def registry_row(run: Exported, promotion: Promotion, recorded_at: str) -> dict[
 
 
 def champion_pointer(
-    run: Exported, promotion: Promotion, promoted_at: str, previous: "ChampionPointer | None"
-) -> "ChampionPointer":
+    run: Exported, promotion: Promotion, promoted_at: str, previous: ChampionPointer | None
+) -> ChampionPointer:
     """The pointer that makes `run` its dataset's champion: its facts from the model card."""
     card = run.card
     return ChampionPointer(
@@ -111,8 +114,8 @@ def champion_pointer(
 
 
 def entries(
-    run: Exported, promotion: Promotion, previous: "ChampionPointer | None"
-) -> tuple[dict[str, Any], "ChampionPointer | None"]:
+    run: Exported, promotion: Promotion, previous: ChampionPointer | None
+) -> tuple[dict[str, Any], ChampionPointer | None]:
     """What `commit` records for a decision: the run's row and, if it was promoted, its champion pointer."""
     now = utc_iso()
     pointer = champion_pointer(run, promotion, now, previous) if promotion.promoted else None
@@ -120,6 +123,8 @@ def entries(
 
 
 def promotion_from_row(row: pd.Series) -> Promotion:
+    import pandas as pd
+
     def optional(value: Any) -> Any:
         return None if pd.isna(value) or value == "" else value
 

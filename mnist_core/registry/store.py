@@ -13,9 +13,10 @@ The shape of a promotion (tasks/promote.py):
             store.commit(*entries(run, promotion, champion))
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-import pandas as pd
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_core.layout import REGISTRY_FILE
 from mnist_core.records import Promotion
@@ -29,6 +30,9 @@ from mnist_core.registry.rows import (
     entries,
     registry_row,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "COLUMNS",

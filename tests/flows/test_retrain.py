@@ -43,14 +43,16 @@ def trained_once(first_run, tmp_path: Path) -> tuple[RunParams, RunResult]:
 
 def test_a_run_that_stops_as_unchanged_never_imports_torch(trained_once, prefect_server: str) -> None:
     """The Unchanged path (preflight, download, the cached transform, the fingerprint) needs no torch (~1-2 s of
-    every such run, issue 31): the flow run in a fresh process, against the session's server. The data folder is the
+    every such run, issue 31), nor pandas or matplotlib (~0.3 s): the flow run in a fresh process, against the
+    session's server (its registry read and the outliers' cache checked as in any run). The data folder is the
     one the session's run was made in (its outlier images are cached there; made here, they would import torch)."""
     params, first = trained_once
     params = params.model_copy(update={"data_dir": Path(first.exported.card.params["data_dir"])})
     code = (
         "import json, sys; from flows.mnist import mnist; from mnist_core.config import RunParams; "
         f"state = mnist(RunParams.model_validate(json.loads({params.model_dump_json()!r})), return_state=True); "
-        "assert state.name == 'Unchanged', state; assert 'torch' not in sys.modules, 'torch imported'"
+        "assert state.name == 'Unchanged', state; "
+        "heavy = {'torch', 'pandas', 'matplotlib'} & set(sys.modules); assert not heavy, f'imported: {heavy}'"
     )
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     ran = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
