@@ -390,6 +390,9 @@ def worker_settings() -> dict[str, str]:
     for field in WORKER_SETTINGS:
         value = settings.secret(field)
         digest[variable(field)] = hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+    # The interpreter its flow runs start with: a worker from before it was passed (or from another environment)
+    # is restarted, not left starting runs with whichever `python` its PATH finds.
+    digest["MNIST_PYTHON"] = hashlib.sha256(sys.executable.encode()).hexdigest()[:16]
     return digest
 
 
