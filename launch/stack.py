@@ -286,8 +286,7 @@ class Stack:
             if limit:
                 args += ["--limit", limit]
             # MNIST_WORKER_NAME: the runs it starts inherit it, and a sweep's table says which worker ran each trial.
-            # MNIST_PYTHON: the interpreter its flow runs start with (deployments/prefect.yaml's command).
-            env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME, "MNIST_PYTHON": sys.executable}
+            env = {**self.env(), "MNIST_WORKER_NAME": WORKER_NAME}
             worker = start_prefect(args, env, self.log_path("worker"), cwd=PROJECT_ROOT)
             worker_pid, worker_running = worker.pid, partial(is_running, worker)
             self.write_state({**state, "worker_pid": worker_pid, "worker_limit": limit, "worker_settings": seen})
@@ -390,9 +389,6 @@ def worker_settings() -> dict[str, str]:
     for field in WORKER_SETTINGS:
         value = settings.secret(field)
         digest[variable(field)] = hashlib.sha256(repr(value).encode()).hexdigest()[:16]
-    # The interpreter its flow runs start with: a worker from before it was passed (or from another environment)
-    # is restarted, not left starting runs with whichever `python` its PATH finds.
-    digest["MNIST_PYTHON"] = hashlib.sha256(sys.executable.encode()).hexdigest()[:16]
     return digest
 
 

@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     # Its flow runs inherit this: a sweep's table names the worker; Prefect and the S3 client read the rest.
     os.environ["MNIST_WORKER_NAME"] = name
     os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")  # manual runs picked up in ~1 s, not 10
-    os.environ["MNIST_PYTHON"] = sys.executable  # the flow runs' interpreter (deployments/prefect.yaml's command)
     command = [*prefect_command(), "worker", "start", "--pool", args.pool, "--type", "process", "--name", name]
     if limit:
         command += ["--limit", str(limit)]

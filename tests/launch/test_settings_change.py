@@ -43,15 +43,3 @@ def test_the_server_follows_its_database(tmp_path: Path, monkeypatch: pytest.Mon
     before = server_settings(tmp_path)
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://p:pw@db/prefect")
     assert changed_settings(before, server_settings(tmp_path)) == ["PREFECT_API_DATABASE_CONNECTION_URL"]
-
-
-def test_a_worker_recorded_without_its_interpreter_or_with_another_is_restarted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Its flow runs start with the interpreter it passes them (MNIST_PYTHON, deployments/prefect.yaml's command):
-    a worker started before it passed one, or from another environment, would start them with another Python."""
-    now = worker_settings()
-    older = {name: value for name, value in now.items() if name != "MNIST_PYTHON"}
-    assert changed_settings(older, now) == ["MNIST_PYTHON"]
-    monkeypatch.setattr("sys.executable", "/elsewhere/.venv/bin/python")
-    assert changed_settings(now, worker_settings()) == ["MNIST_PYTHON"]
