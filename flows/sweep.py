@@ -21,6 +21,7 @@ from prefect.logging import get_logger
 
 from flows.mnist import mnist
 from mnist_core.config import RunParams
+from mnist_core.errors import TrainingError
 from mnist_core.preflight import preflight, training_device
 from mnist_core.records import Promotion
 from mnist_core.sweep import SweepParams
@@ -47,7 +48,9 @@ def _run_here(run_params: RunParams, tags: list[str]) -> uuid.UUID:
 
 @flow(name="mnist-sweep", log_prints=True, on_cancellation=[_cancel_trials])
 def sweep(sweep: SweepParams) -> dict:
-    """Run the trials (on the pool, or here), rank them by validation accuracy, offer the best to the champion."""
+    """Run the trials (on the pool, or here), rank them by validation accuracy, offer the best to the champion. A
+    sweep none of whose trials completed ends Failed, naming each trial's state (its table and summary are
+    published all the same)."""
     base = sweep.base.model_copy(update={"promote": True})
     device = training_device(preflight(base))
     mode = trial_mode()
@@ -65,4 +68,8 @@ def sweep(sweep: SweepParams) -> dict:
     if best is not None:  # judged like any run: its test accuracy against the champion's, re-scored here
         prepared = transform(download(base.dataset, base.data_dir, base.mirror), base)
         promotion = promote(best, prepared, base, device)
-    return publish_sweep(rows, sweep, promotion, mode)
+    summary = publish_sweep(rows, sweep, promotion, mode)
+    if rows and summary["completed"] == 0:
+        states = ", ".join(f"trial {row['trial']} {row['state']}" for row in rows)
+        raise TrainingError(f"none of the {len(rows)} trials completed ({states}): the trials table says why")
+    return summary

@@ -109,6 +109,27 @@ def test_a_sweep_in_process_reports_a_diverging_trial_and_promotes_the_best(
     assert summary["promotion"].startswith("no champion yet")
 
 
+@pytest.mark.slow
+def test_a_sweep_none_of_whose_trials_completed_ends_failed_naming_them(
+    prefect_server, mnist_data_dir: Path, tmp_path: Path
+) -> None:
+    """Found by a new user's try: trials that all crashed (a worker without the project's Python) ended in a
+    Completed sweep. Here the one trial diverges (lr 10, no clipping, as above): the sweep is Failed, says which
+    trial ended how, and its table is published all the same; nothing is promoted."""
+    from flows.sweep import sweep
+    from mnist_core.registry.store import read_champion
+    from tests.support.artifacts import read_artifacts
+
+    base = RunParams(epochs=1, data_dir=mnist_data_dir, output_dir=tmp_path / "runs", clip_grad_norm=0.0,
+                     outlier_exposure=0.0)  # fmt: skip
+    state = sweep(SweepParams(base=base, grid={"lr": [10.0]}), return_state=True)
+    assert state.is_failed(), state
+    assert "TrainingError: none of the 1 trials completed (trial 1 FAILED): the trials table says why" in state.message
+    rows = json.loads(read_artifacts(state.state_details.flow_run_id)["mnist-sweep-trials"].data)
+    assert [row["state"] for row in rows] == ["FAILED"] and "diverged" in rows[0]["error"]
+    assert read_champion(base.output_dir, "mnist") is None
+
+
 @pytest.fixture(scope="module")
 def stand_in():  # noqa: ANN201 - a Prefect flow
     """A flow that is never run: its runs are created through the API in whatever state a test needs."""
