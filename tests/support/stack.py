@@ -159,6 +159,8 @@ def running_stack(
         up = handle.stack_command("up")
         handle.up_seconds = time.monotonic() - started
         assert up.returncode == 0, f"stack up failed:\n{up.stdout}\n{up.stderr}"
+        # The way to stop it names this stack's folder (`make stack-down` would stop the default one).
+        assert f"-m launch.stack --state-dir {state_dir.resolve()} down" in up.stdout, up.stdout
         database = "PostgreSQL" if "PREFECT_API_DATABASE_CONNECTION_URL" in env else "SQLite"
         print(f"\nstack up ({database}): {handle.up_seconds:.1f} s")
         yield handle
