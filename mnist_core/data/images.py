@@ -95,8 +95,11 @@ def _grayscale(image: Image.Image | np.ndarray, darkest: bool = False) -> np.nda
         gray = np.asarray(image, dtype=np.float32)
         return np.clip(gray / 257, 0, 255) if gray.max() > 255 else np.clip(gray, 0, None)
     if image.mode == "F":  # float grey (TIFF): in 0-1, as most software writes it, or in 0-255
-        gray = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        return np.clip(gray * 255 if gray.max() <= 1 else gray, 0, 255)
+        raw = np.asarray(image, dtype=np.float32)
+        finite = raw[np.isfinite(raw)]
+        # The range is the finite values' (an inf pixel once made a 0-1 picture read as 0-255: a blank page).
+        unit = finite.size == 0 or float(finite.max()) <= 1
+        return np.clip(np.nan_to_num(raw * 255 if unit else raw, nan=0.0, posinf=255.0, neginf=0.0), 0, 255)
     if image.mode in ("L", "RGB") and "transparency" not in image.info:  # opaque: nothing to composite
         if darkest and image.mode == "RGB":
             red, green, blue = image.split()  # Pillow's per-pixel minimum is many times numpy's over a colour axis

@@ -118,6 +118,10 @@ def test_float_and_16_bit_grey_holding_other_ranges() -> None:
     for image in [Image.fromarray(gray / 255, "F"), Image.fromarray(gray, "F"),
                   Image.fromarray(gray.astype(np.uint16)), Image.fromarray(gray.astype(np.int32))]:  # fmt: skip
         assert correlation(to_mnist_form(image), reference) > 0.99, image.mode
+    # A non-finite pixel (found by a new user's try: one +inf made a 0-1 picture read as 0-255, "not a digit").
+    unit = gray / 255
+    unit[0, 0], unit[0, 1], unit[1, 0] = np.inf, np.nan, -np.inf
+    assert correlation(to_mnist_form(Image.fromarray(unit, "F")), reference) > 0.99
 
 
 def fashion_item() -> np.ndarray:
