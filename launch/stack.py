@@ -160,12 +160,10 @@ class Stack:
             print("note: MNIST_MIRROR is not set, so runs fetch MNIST from the official mirrors (needs internet)")
         env_file = self.state_dir / "env"
         env_file.write_text(f"export PREFECT_API_URL={self.api_url}\n", encoding="utf-8")
-        # Found by a new user's try: `make stack-down` stops the default stack, not one started with --state-dir.
-        stop = f"{sys.executable} -m launch.stack down"
-        if self.state_dir != default_state_dir().resolve():
+        if self.state_dir == default_state_dir().resolve():
+            stop = f"make stack-down   (or: {sys.executable} -m launch.stack down)"
+        else:  # found by a new user's try: `make stack-down` stops the default stack, not this one
             stop = f"{sys.executable} -m launch.stack --state-dir {self.state_dir} down"
-        else:
-            stop = f"make stack-down   (or: {stop})"
         print(
             f"\nStack up in {time.monotonic() - started:.1f} s.\n"
             f"  UI:     {self.api_url.removesuffix('/api')}\n"
