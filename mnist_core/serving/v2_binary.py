@@ -47,7 +47,7 @@ def split_v2_body(body: bytes, header_length: str | None) -> V2Request:
             raise BadInput(400, f"the JSON header (its first {length} bytes): {error.message}") from None
         rest = body[length:]
     inputs = document.get("inputs") if isinstance(document, dict) else None
-    if not isinstance(document, dict) or not isinstance(inputs, list):
+    if not isinstance(document, dict) or not isinstance(inputs, list) or not inputs:  # [] once answered 500
         raise BadInput(400, 'expected {"inputs": [{"name", "shape": [N, 28, 28], "datatype": "UINT8", "data"}]}')
     binary: list[bytes | None] = []
     offset = 0

@@ -189,6 +189,14 @@ def _slow_client(server: Server) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def _hang_up_mid_body(server: Server, route: str) -> None:
+    """Headers promising 1,000 bytes, then 100 bytes, then the connection closed."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
+                     "application/json\r\nContent-Length: 1000\r\n\r\n".encode() + b" " * 100)  # fmt: skip
+
+
 def _chunked(size: int) -> Iterator[bytes]:
     for _ in range(size // 65536 + 1):
         yield b"x" * 65536
@@ -273,6 +281,7 @@ def test_other_bad_requests_and_a_slow_client(server: Server, runs: dict) -> Non
     assert server.client.post("/v2/models/mnist/infer", content=b"[[[", headers={"Content-Type": "application/json"}
                               ).status_code == 400  # fmt: skip
     assert server.client.post("/v2/models/mnist/infer", json={"inputs": "x"}).status_code == 400
+    assert server.client.post("/v2/models/mnist/infer", json={"inputs": []}).status_code == 400  # was a 500
     nowhere = server.client.get("/../../etc/passwd")
     assert nowhere.status_code == 404 and "error" in nowhere.json()
     assert server.client.delete("/predict").status_code == 405
@@ -303,6 +312,20 @@ def test_a_12_megapixel_phone_jpeg_is_read_under_the_4_megapixel_limit(
     Image.new("L", (4000, 4), 255).save(strip, "JPEG")
     thin = server.client.post("/predict", files={"file": ("strip.jpg", strip.getvalue(), "image/jpeg")})
     assert thin.status_code == 422 and "4000x4 px is too small to hold a digit" in thin.json()["error"], thin.text
+
+
+def test_a_client_hanging_up_mid_body_is_no_server_error(server: Server, runs: dict) -> None:
+    """Found by a fault battery: each hang-up left a traceback in the log and a 500 in the metrics, which an error
+    rate alert would count against the server."""
+    before = server.log.read_text(encoding="utf-8", errors="replace").count("Traceback")
+    for route in ("/predict", "/v2/models/mnist/infer"):
+        _hang_up_mid_body(server, route)
+    wait_until(lambda: 'route="/v2/models/{name}/infer",status="499"' in server.client.get("/metrics").text, 10)
+    metrics = server.client.get("/metrics").text
+    assert re.search(r'mnist_serve_requests_total\{route="/predict",status="499"\} \d', metrics)
+    assert not re.search(r'status="500"\} [1-9]', metrics), "a hang-up counted as a server error"
+    assert server.log.read_text(encoding="utf-8", errors="replace").count("Traceback") == before
+    assert server.client.get("/v2/health/ready").status_code == 200
 
 
 def test_metrics_count_requests_latency_classes_and_the_model(server: Server, runs: dict, digits) -> None:

@@ -149,6 +149,7 @@ BAD_BINARY = {
     "data and binary": (json.dumps(_tensor(data=[0] * 1568)).encode(), PIXELS, None, "both"),
     "wrong dtype": (json.dumps(_tensor(datatype="FP32")).encode(), PIXELS, None, "datatype"),
     "unknown output": (json.dumps({**_tensor(), "outputs": [{"name": "logits"}]}).encode(), PIXELS, None, "logits"),
+    "no inputs": (b'{"inputs": []}', b"", None, "expected"),  # found by a fault battery: it answered 500
 }
 
 
