@@ -33,6 +33,9 @@ def main(argv: Sequence[str]) -> int:
     except (PipelineError, OSError) as error:
         print(f"mnist predict: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # found by a fault battery: a Ctrl-C while the images were read printed a traceback
+        print("mnist predict: interrupted (Ctrl-C); no predictions written", file=sys.stderr)
+        return 130
     try:
         print_batch(batch, params.threshold)
         if params.output is not None:
@@ -44,6 +47,10 @@ def main(argv: Sequence[str]) -> int:
     except BrokenPipeError:
         # The reader went away (`| head`): what it did not read is in the CSV, if one was asked for.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:
+        written = f"; {params.output} was written whole" if params.output is not None else ""
+        print(f"mnist predict: interrupted (Ctrl-C) while printing{written}", file=sys.stderr)
+        return 130
     return SOME_FAILED if batch.failed else 0
 
 

@@ -3,11 +3,14 @@ have and never loses a batch to one bad input, and the model it uses is the one 
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -251,3 +254,37 @@ def test_photographed_digits_are_recognized_nearly_as_well_as_clean_ones(run, mn
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+def test_ctrl_c_while_the_images_are_read_is_one_line_and_130(run, digits, tmp_path: Path) -> None:
+    """Found by a fault battery: a Ctrl-C to the process group while a big folder was read printed a traceback.
+    The signal is sent once the command has one of the folder's files open (the reading has begun)."""
+    _, output_dir = run
+    folder = tmp_path / "many"
+    folder.mkdir()
+    content = digits[0][0].read_bytes()
+    for index in range(4000):
+        (folder / f"{index:04d}.png").write_bytes(content)
+    output = tmp_path / "out.csv"
+    command = [str(Path(sys.executable).parent / "mnist"), "predict", str(folder), "--output-dir", str(output_dir),
+               "--output", str(output)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if any(Path(item.path).parent == folder for item in psutil.Process(process.pid).open_files()):
+                    break
+            except psutil.Error:
+                pass
+            time.sleep(0.002)
+        assert process.poll() is None, f"it ended before reading was caught: {process.communicate()}"
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, (out, err)
+    assert err.strip() == "mnist predict: interrupted (Ctrl-C); no predictions written", err
+    assert not output.exists()
