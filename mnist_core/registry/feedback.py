@@ -249,8 +249,12 @@ class FeedbackStore:
         if not uri or not sha256:
             return None
         store_url = uri.rsplit(f"/{BLOBS}/", 1)[0]  # the store it went to, which may not be today's
-        store = self.image_store if store_url == self.image_store.url.rstrip("/") else ArtifactStore(store_url)
-        return store.get_bytes(sha256)
+        if store_url == self.image_store.url.rstrip("/"):
+            return self.image_store.get_bytes(sha256)
+        folder = None if "://" in store_url and not store_url.startswith("file://") else store_url
+        if folder is not None and not Path(folder.removeprefix("file://")).expanduser().is_dir():
+            return None  # a store folder that is not there: the image is gone (reading never creates one)
+        return ArtifactStore(store_url).get_bytes(sha256)
 
     def pending(self, dataset: str) -> list[int]:
         """Ids of `dataset`'s corrections that no run has trained on, oldest first."""

@@ -127,19 +127,33 @@ def export(store: Any, folder: Path, dataset: str) -> dict[str, int]:
     from PIL import Image
 
     from mnist_core.data.idx import CLASS_NAMES, IMAGE_SIDE
+    from mnist_core.errors import PipelineError, StorageError
     from mnist_core.evaluation.novelty import REFUSED_CLASS
 
     names = [name.replace("/", "_") for name in CLASS_NAMES[dataset]]  # "T-shirt/top": a folder name, not a path
     written: dict[str, int] = {}
     for row in store.feedback(dataset):
-        content = store.image(row)
+        # Found by a fault battery: one missing or damaged image, or a label no class has, stopped the whole export
+        # (a traceback for the label); each is now a line, and the others are exported.
+        try:
+            content = store.image(row)
+        except PipelineError as error:
+            print(f"mnist feedback: feedback {row['id']}: {error} (skipped)", file=sys.stderr)
+            continue
         if content is None:
             print(f"mnist feedback: feedback {row['id']} has no image (skipped)", file=sys.stderr)
             continue
+        if row["label"] != REFUSED_CLASS and not 0 <= row["label"] < len(names):
+            print(f"mnist feedback: feedback {row['id']}: label {row['label']} is no class of {dataset} (skipped)",
+                  file=sys.stderr)  # fmt: skip
+            continue
         name = REFUSED_FOLDER if row["label"] == REFUSED_CLASS else names[row["label"]]
         target = Path(folder) / name
-        target.mkdir(parents=True, exist_ok=True)
         image = np.frombuffer(content, np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE)
-        Image.fromarray(image, "L").save(target / f"feedback-{row['id']}.png")
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, "L").save(target / f"feedback-{row['id']}.png")
+        except OSError as error:
+            raise StorageError(f"{target}: cannot write the exported images ({error.strerror or error})") from error
         written[name] = written.get(name, 0) + 1
     return written

@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +186,43 @@ def test_mnist_feedback_ls_show_and_export_for_extra_data(
     images, labels = read_extra(scan_extra(tmp_path / "export", "mnist"))
     assert sorted(labels.tolist()) == sorted(row["label"] for row in recorded)
     assert images.shape[1:] == (28, 28)
+
+
+def test_export_skips_what_it_cannot_read_and_exports_the_rest(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a fault battery: one image gone, damaged or pointing elsewhere, or one label no class has, stopped the
+    whole export (a traceback for the label), and a row's image URI made folders where it pointed. A copy of the
+    output root, damaged: each bad row is a line and skipped, the others exported; a DIR that is a file, one line."""
+    root = tmp_path / "copy"
+    shutil.copytree(served.root, root)
+    with sqlite3.connect(root / "registry.db") as database:
+        ids = [row[0] for row in database.execute("SELECT id FROM feedback ORDER BY id")]
+        assert len(ids) >= 3, ids
+        columns = "at, dataset, label, prediction_id, predicted_class, run_id, model_sha256, image_sha256, image_uri"
+        database.execute(
+            f"INSERT INTO feedback (key, {columns}) SELECT 'copy-' || key, {columns} FROM feedback WHERE id = ?",
+            (ids[2],),
+        )  # fmt: skip: one good row besides the three damaged below
+        ids = [row[0] for row in database.execute("SELECT id FROM feedback ORDER BY id")]
+        nowhere = tmp_path / "nowhere" / "store"
+        database.execute("UPDATE feedback SET image_uri = ? WHERE id = ?", (f"{nowhere}/blobs/sha256/ab", ids[0]))
+        database.execute("UPDATE feedback SET label = 99 WHERE id = ?", (ids[1],))
+        database.execute("UPDATE feedback SET image_sha256 = ? WHERE id = ?", ("0" * 64, ids[2]))
+    common = ["--output-dir", str(root)]
+    capsys.readouterr()
+    assert feedback_command.main(["export", str(tmp_path / "export"), *common]) == 0
+    said = capsys.readouterr()
+    assert f"feedback {ids[0]} has no image (skipped)" in said.err and not nowhere.parent.exists()
+    assert f"feedback {ids[1]}: label 99 is no class of mnist (skipped)" in said.err
+    assert f"feedback {ids[2]}: " in said.err and "Traceback" not in said.err
+    exported = list((tmp_path / "export").rglob("*.png"))
+    assert len(exported) == len(ids) - 3 and f"{len(ids) - 3} images in" in said.out
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    assert feedback_command.main(["export", str(a_file), *common]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the same three skipped rows
+    assert last.startswith(f"mnist feedback: error: {a_file}/") and "cannot write" in last, last
 
 
 def test_too_many_feedback_requests_from_one_client_are_429(served: Served) -> None:
