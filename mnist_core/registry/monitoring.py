@@ -168,13 +168,20 @@ def observe(output_dir: Path, dataset: str, settings: MonitorSettings) -> Observ
     except (OSError, ValueError) as error:
         raise DataError(f"champion {champion.run_id}: its model card cannot be read ({error})") from error
     rows = MonitorStore(Path(output_dir)).window(dataset, champion.run_id, settings.window)
+    try:
+        classes = [int(row["class"]) for row in rows]
+        confidences = [float(row["confidence"]) for row in rows]
+        scores = [float(row["not_a_digit_score"]) for row in rows]
+    except (TypeError, ValueError) as error:  # found by a fault battery: a traceback, after two retries
+        raise DataError(f"the prediction log of champion {champion.run_id} holds a value that is not a number "
+                        f"({error}): the log is damaged") from error  # fmt: skip
     return Observed(
         dataset=dataset,
         run_id=champion.run_id,
         reference=card.monitoring,
-        classes=[int(row["class"]) for row in rows],
-        confidences=[float(row["confidence"]) for row in rows],
-        scores=[float(row["not_a_digit_score"]) for row in rows],
+        classes=classes,
+        confidences=confidences,
+        scores=scores,
         first_at=rows[0]["at"] if rows else None,
         last_at=rows[-1]["at"] if rows else None,
     )

@@ -71,3 +71,27 @@ def test_the_real_flow_writes_the_reference_into_the_model_card(trained_run) -> 
     assert reference is not None and reference.size == 5000 and sum(reference.class_counts) == 5000
     assert reference.not_a_digit_rate == pytest.approx(result.exported.card.not_a_digit.val_false_refusal)
     assert len(reference.confidence_quantiles) == 1000 and reference.mean_confidence > 0.9
+
+
+def test_a_damaged_prediction_log_fails_once_in_one_line(prefect_server: str, tmp_path) -> None:
+    """Found by a fault battery: a text where a confidence belongs ended in a ValueError traceback after two retries
+    10 s apart. Now a DataError naming the champion's log, and the read is not retried (run_count 1)."""
+    import sqlite3
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.monitor import monitor
+
+    rule = champion_with_reference(tmp_path, "run-damaged")
+    log_window(tmp_path, "run-damaged", served(logits_of(np.random.default_rng(12), 200), rule), hour=8)
+    with sqlite3.connect(tmp_path / "registry.db") as database:
+        database.execute("UPDATE predictions SET confidence = 'abc' WHERE rowid = (SELECT MAX(rowid) FROM predictions)")
+    state = monitor(MonitorParams(output_dir=tmp_path), MonitorSettings(window=200), return_state=True)
+    assert state.is_failed()
+    assert "DataError: the prediction log of champion run-damaged holds a value that is not a number" in state.message
+    with get_client(sync_client=True) as client:
+        flow_run_id = state.state_details.flow_run_id
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    (read,) = [run for run in task_runs if run.name.startswith("read-predictions")]
+    assert read.run_count == 1, read.run_count
