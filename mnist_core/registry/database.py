@@ -373,8 +373,12 @@ class RegistryStore:
         return (self.root / REGISTRY_FILE).is_file() or any(self.root.glob(CHAMPION_GLOB))
 
     def exists(self) -> bool:
-        """Whether there is anything to read: the database (any server URL counts) or files to import."""
+        """Whether there is anything to read: the database (any server URL counts) or files to import. Something
+        else where the SQLite file belongs (a folder) is an error, not an empty registry (found by a fault battery:
+        the readers said "no runs recorded" where the writers said the database could not be opened)."""
         file = self.sqlite_file
+        if file is not None and file.exists() and not file.is_file():
+            raise StorageError(f"registry database {file}: there is something that is not a file there")
         return file is None or file.is_file() or self._legacy_files()
 
     def open(self) -> RegistryStore:

@@ -262,6 +262,24 @@ def test_the_registry_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert frame["run_id"].tolist() == ["r1", "r2", "r3"] and frame["promoted"].tolist() == [True, True, False]
 
 
+def test_a_missing_output_folder_or_a_folder_for_a_database_is_an_error_not_an_empty_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a fault battery: both read as "(no runs recorded)" and "no champion yet", status 0."""
+    assert mnist(["registry", "ls", "--output-dir", str(tmp_path / "typo")]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"mnist registry: error: {tmp_path / 'typo'}: no such folder (--output-dir names the runs' folder)\n"
+    )
+    (tmp_path / "odd" / REGISTRY_DB_FILE).mkdir(parents=True)
+    for command in (["ls"], ["champion"], ["show", "r1"]):
+        assert mnist(["registry", *command, "--output-dir", str(tmp_path / "odd")]) == 1
+        assert "registry.db: there is something that is not a file there" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert mnist(["registry", "ls", "--output-dir", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out == "(no runs recorded)\n"
+
+
 def test_registry_help_answers_without_pandas_or_sqlalchemy() -> None:
     code = (
         "import sys\nfrom launch.cli import main\ntry:\n    main(['registry', '--help'])\n"
