@@ -62,6 +62,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "show":
         return _show(store, args.feedback_id, args.json)
     written = export(store, args.folder, args.dataset)
+    if not written:  # it suggested training on a folder it had not made
+        print(f"mnist feedback: no {args.dataset} corrections to export (nothing written)")
+        return 0
     print(f"mnist feedback: {sum(written.values())} images in {args.folder} ("
           + ", ".join(f"{name}: {n}" for name, n in sorted(written.items())) + f"); train on them with "
           f"`mnist train --extra-data {args.folder}`")  # fmt: skip

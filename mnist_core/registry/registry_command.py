@@ -51,10 +51,21 @@ def parser() -> argparse.ArgumentParser:
     champion.add_argument("--json", action="store_true")
     promote = commands.add_parser("promote", parents=[common], help="Make a recorded run champion, by hand.")
     promote.add_argument("run_id", metavar="RUN")
-    promote.add_argument("--reason", required=True, help="Why (recorded with your user name).")
+    promote.add_argument("--reason", required=True, type=_reason, help="Why (recorded with your user name).")
     rollback = commands.add_parser("rollback", parents=[common], help="Put back the previous champion.")
     rollback.add_argument("--dataset", default="mnist")
     return top
+
+
+def _reason(text: str) -> str:
+    """One line of text: an empty reason, or one with a line break or terminal control codes (which `show` printed
+    as they were), is refused (found by a fault battery)."""
+    reason = text.strip()
+    if not reason:
+        raise argparse.ArgumentTypeError("say why (the reason is recorded with the decision)")
+    if any(ord(character) < 32 or ord(character) == 127 for character in reason):
+        raise argparse.ArgumentTypeError("one line of text, without control characters")
+    return reason
 
 
 def main(argv: Sequence[str], announce: Callable[[Any, str], None] | None = None) -> int:

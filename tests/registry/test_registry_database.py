@@ -278,6 +278,11 @@ def test_a_missing_output_folder_or_a_folder_for_a_database_is_an_error_not_an_e
     (tmp_path / "empty").mkdir()
     assert mnist(["registry", "ls", "--output-dir", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out == "(no runs recorded)\n"
+    # A reason is one line of text (`show` printed a line break or a terminal's colour codes as they were).
+    for reason in ("", "  ", "two\nlines", "\x1b[31mred"):
+        with pytest.raises(SystemExit) as usage:
+            mnist(["registry", "promote", "r1", "--reason", reason, "--output-dir", str(tmp_path / "empty")])
+        assert usage.value.code == 2 and "argument --reason" in capsys.readouterr().err
 
 
 def test_registry_help_answers_without_pandas_or_sqlalchemy() -> None:
