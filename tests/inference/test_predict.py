@@ -268,8 +268,14 @@ def test_ctrl_c_while_the_images_are_read_is_one_line_and_130(run, digits, tmp_p
     output = tmp_path / "out.csv"
     command = [str(Path(sys.executable).parent / "mnist"), "predict", str(folder), "--output-dir", str(output_dir),
                "--output", str(output)]  # fmt: skip
+
+    # Ctrl-C's default action, as a shell gives a foreground command: xdist's workers ignore SIGINT, and a child
+    # would inherit that and never see it (as in tests/launch/test_interrupt.py).
+    def as_a_shell_starts_it() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
+                               start_new_session=True, preexec_fn=as_a_shell_starts_it)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline:
