@@ -1,25 +1,18 @@
-from typing import Any
-
-from prefect import State, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mnist_core.config import RunParams
-from mnist_core.errors import StorageError
 from mnist_core.records import Corrections
 from mnist_core.registry.corrections import gather_corrections
 from mnist_core.registry.feedback import FeedbackStore
-
-
-def _storage_fault(task: Any, task_run: Any, state: State) -> bool:
-    """The database or the store not answering may pass; anything else would fail the same way again."""
-    return isinstance(state.result(raise_on_failure=False), StorageError)
+from tasks.retries import storage_fault
 
 
 @task(
     name="gather-corrections",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_storage_fault,
+    retry_condition_fn=storage_fault,
     cache_policy=NO_CACHE,
     persist_result=False,
 )

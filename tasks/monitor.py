@@ -6,15 +6,15 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from prefect import State, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from mnist_core.errors import StorageError
 from mnist_core.evaluation.monitoring import MonitorSettings, plot_history
 from mnist_core.registry.monitoring import TESTS, DriftCheck, MonitorParams, MonitorStore, Observed, check, observe
 from reporting.publish import BestEffort
+from tasks.retries import storage_fault
 
 EVENT = "mnist.drift.detected"
 
@@ -24,13 +24,8 @@ def resource_id(run_id: str) -> str:
     return f"mnist.model.{run_id}"
 
 
-def _storage_fault(task: Any, task_run: Any, state: State) -> bool:
-    """The database or the store not answering may pass; a damaged log or card would fail the same way again."""
-    return isinstance(state.result(raise_on_failure=False), StorageError)
-
-
 # Retried: the registry database (or the artifact store holding the champion's card) may blink.
-@task(name="read-predictions", retries=2, retry_delay_seconds=5, retry_condition_fn=_storage_fault,
+@task(name="read-predictions", retries=2, retry_delay_seconds=5, retry_condition_fn=storage_fault,
       cache_policy=NO_CACHE, persist_result=False)  # fmt: skip
 def read_predictions(params: MonitorParams, settings: MonitorSettings) -> Observed:
     """The champion, its reference, and its latest `settings.window` predictions."""

@@ -77,6 +77,13 @@ def s3_endpoint() -> str:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or current_settings().aws_endpoint_url or "AWS S3"
 
 
+def local_folder(url: str) -> Path | None:
+    """The folder a store's URL names (a path, or file://PATH); None for any other scheme (s3://)."""
+    if "://" in url and not url.startswith("file://"):
+        return None
+    return Path(url.removeprefix("file://")).expanduser().resolve()
+
+
 @dataclass(frozen=True)
 class ArtifactStore:
     """A store of model files by SHA-256: `put` a file, `fetch` it back (checked) into a local cache."""
@@ -91,11 +98,11 @@ class ArtifactStore:
     def _open(self) -> Any:
         if self.url.startswith("s3://"):
             return _s3_store(self.url)
-        if "://" in self.url and not self.url.startswith("file://"):
+        folder = local_folder(self.url)
+        if folder is None:
             raise StorageError(f"{redact_url(self.url)}: an artifact store is s3://BUCKET[/PREFIX] or a folder")
         from obstore.store import LocalStore
 
-        folder = Path(self.url.removeprefix("file://")).expanduser().resolve()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:

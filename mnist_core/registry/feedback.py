@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from mnist_core.errors import StorageError
-from mnist_core.registry.artifacts import BLOBS, ArtifactStore, configured_store
+from mnist_core.registry.artifacts import BLOBS, ArtifactStore, configured_store, local_folder
 from mnist_core.registry.database import RegistryStore, _storage_error
 
 IMAGE_BYTES = 28 * 28
@@ -251,8 +251,8 @@ class FeedbackStore:
         store_url = uri.rsplit(f"/{BLOBS}/", 1)[0]  # the store it went to, which may not be today's
         if store_url == self.image_store.url.rstrip("/"):
             return self.image_store.get_bytes(sha256)
-        folder = None if "://" in store_url and not store_url.startswith("file://") else store_url
-        if folder is not None and not Path(folder.removeprefix("file://")).expanduser().is_dir():
+        folder = local_folder(store_url)
+        if folder is not None and not folder.is_dir():
             return None  # a store folder that is not there: the image is gone (reading never creates one)
         return ArtifactStore(store_url).get_bytes(sha256)
 
