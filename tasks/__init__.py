@@ -1,5 +1,6 @@
 """Thin Prefect tasks around `mnist_core`, one module per stage (`tasks.train.train`, ...); beside them, the
-sweep's trial starter (trials.py) and a stop raised again at an epoch's end (stops.py).
+sweep's trial starter (trials.py), a stop raised again at an epoch's end (stops.py) and when a failed task is
+worth retrying (retries.py).
 
 The package itself imports nothing: a flow imports each stage's module when it needs it, so a run that stops as
 Unchanged after the fingerprint never imports the training, evaluation and export stacks (docs/performance.md,
