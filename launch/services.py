@@ -347,10 +347,10 @@ class Services:
     def down(self) -> int:
         state = self.state()
         stops: list[tuple[str, Callable[[int], None]]] = [
-            ("prefect", self._stop_group),
+            ("prefect", partial(self._stop_group, role="prefect")),
             # weed 4.48's filer spends over 12 s in its graceful gRPC stop (measured; it took 12 s of every `services
             # down`), so it gets 1 s, as in the tests; its stores (leveldb, append-only volumes) survive a SIGKILL.
-            ("weed", partial(self._stop_group, timeout_s=1.0)),
+            ("weed", partial(self._stop_group, role="weed", timeout_s=1.0)),
             # SIGINT: PostgreSQL's fast shutdown (clients disconnected, no waiting for them).
             ("postgres", partial(_signal_and_wait, signal.SIGINT)),
         ]
@@ -366,8 +366,10 @@ class Services:
         return 0
 
     @staticmethod
-    def _stop_group(pid: int, timeout_s: float = 10.0) -> None:
-        stop_group(pid, lambda: psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie", timeout_s)
+    def _stop_group(pid: int, role: str, timeout_s: float = 10.0) -> None:
+        # Killed only while still the process `up` started, the check made before signalling it (a zombie has no
+        # command line), as `mnist stack` does.
+        stop_group(pid, partial(is_ours, pid, ROLE_WORDS[role]), timeout_s)
 
     def status(self) -> int:
         state = self.state()

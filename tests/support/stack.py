@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,14 +221,23 @@ def stack_for(
         yield handle
 
 
-def _wait_for_final_state(stack: StackHandle, flow_run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
-    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def wait_for_final(
+    state_type: Callable[[], str | None], flow_run_id: str, timeout_s: float, details: Callable[[], str] = str
+) -> str:
+    """The flow run's final state type, polling `state_type` (read through whichever API the test drives)."""
     return wait_until(
-        lambda: (state := stack.flow_run(flow_run_id)["state_type"]) in final and state,
+        lambda: (state := state_type()) in FINAL_STATES and state,
         timeout_s,
-        lambda: f"{flow_run_id} not final after {timeout_s} s:\n{stack.worker_log()}",
+        lambda: f"{flow_run_id} not final after {timeout_s} s:\n{details()}",
         every_s=0.25,
     )
+
+
+def _wait_for_final_state(stack: StackHandle, flow_run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+    return wait_for_final(lambda: stack.flow_run(flow_run_id)["state_type"], flow_run_id, timeout_s, stack.worker_log)
 
 
 # Long enough (an epoch takes ~1 s here) that the run is surely still training when it is cancelled or the server
