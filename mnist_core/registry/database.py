@@ -53,7 +53,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 
 from mnist_core.data.download import ROLES as DATA_ROLES
 from mnist_core.errors import DataError, StorageError
-from mnist_core.layout import REGISTRY_DB_FILE, REGISTRY_FILE, WEIGHTS_FILE
+from mnist_core.layout import CARD_FILE, ONNX_FILE, REGISTRY_DB_FILE, REGISTRY_FILE, WEIGHTS_FILE
 from mnist_core.records import Exported, Promotion
 from mnist_core.registry.legacy import CHAMPION_GLOB, legacy_champions, read_registry_file
 from mnist_core.registry.rows import (
@@ -193,7 +193,8 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor = connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
         # WAL: readers (read_champion, every second from a server) never wait for a writer, nor block one.
-        _enter_wal(cursor)
+        if url.query.get("mode") != "ro":
+            _enter_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -221,6 +222,14 @@ def _enter_wal(cursor: Any) -> None:
         stop=tenacity.stop_after_delay(BUSY_SECONDS),
         reraise=True,
     )(cursor.execute, "PRAGMA journal_mode = WAL")
+
+
+def _read_only_snapshot(file: Path) -> bool:
+    """Whether `file` can only be read as it is: in a folder this process cannot write (a read-only mount, a copy
+    on read-only media) with no writer's shared-memory file beside it. SQLite opens a WAL database there only as
+    immutable (it cannot create the `-shm` file); with a writer's `-shm` present it reads it as usual. Found by a
+    fault battery: `mnist registry ls` and `mnist predict` said "unable to open database file"."""
+    return not os.access(file.parent, os.W_OK) and not file.with_name(f"{file.name}-shm").exists()
 
 
 def _storage_error(url: URL, error: SQLAlchemyError) -> StorageError:
@@ -434,6 +443,9 @@ class RegistryStore:
         """The registry to read (each call a short transaction); nothing is created for an empty output root."""
         if not self.exists():
             return EmptyView()
+        file = self.sqlite_file
+        if file is not None and _read_only_snapshot(file):
+            return RegistryView(RegistryStore(self.root, f"sqlite:///file:{file}?mode=ro&immutable=1&uri=true"))
         self.open()
         return RegistryView(self)
 
@@ -539,6 +551,7 @@ class RegistryStore:
             champion_run_id=current.run_id if current else None,
         )
         pointer = _pointer_from_row(row, now, promotion, current)
+        _require_model(pointer)
         self._decide(connection, dataset, run_id, "manual", True, promotion.champion_run_id, text, who, pointer)
         _set_champion(connection, pointer)
         return pointer
@@ -566,6 +579,7 @@ class RegistryStore:
         )
         # The restored champion's own predecessor: a second rollback goes one further back.
         pointer = previous.model_copy(update={"promoted_at": now, "decision": "rollback", "promotion": promotion})
+        _require_model(pointer)
         self._decide(connection, dataset, previous.run_id, "rollback", True, current.run_id, text, who, pointer)
         _set_champion(connection, pointer)
         return pointer
@@ -587,6 +601,20 @@ class RegistryStore:
             raise DataError(f"the previous champion {run_id} is not in the registry: nothing to roll back to")
         promotion = promotion_from_row(row)
         return _pointer_from_row(row, str(row["recorded_at"]), promotion, None)
+
+
+def _require_model(pointer: ChampionPointer) -> None:
+    """Refuse a champion by hand that no machine could load: its files only in a run folder that is gone. Found by a
+    new user's try: `promote` of a run whose folder was deleted made it champion, and every server then answered
+    503. A run uploaded to an artifact store is fetched from there (its SHA-256s checked when it is)."""
+    if pointer.artifact_store and pointer.card_sha256:
+        return
+    missing = [name for name in (CARD_FILE, ONNX_FILE) if not (Path(pointer.run_dir) / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{pointer.run_id}: its run folder {pointer.run_dir} has no {' or '.join(missing)} (deleted, moved, or on "
+            "another machine) and no artifact store holds its files: no server could load it; nothing changed"
+        )
 
 
 def _run_values(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy import insert, text
 from launch.cli import main as mnist
 from launch.server import free_port
 from mnist_core.errors import StorageError
-from mnist_core.layout import REGISTRY_DB_FILE
+from mnist_core.layout import CARD_FILE, ONNX_FILE, REGISTRY_DB_FILE
 from mnist_core.registry import database
 from mnist_core.registry.store import RegistryStore, check_registry, read_champion, read_registry
 from tests.support import PROJECT_ROOT
@@ -235,6 +235,18 @@ def test_the_registry_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["decision"] for row in rows] == ["first", "better", "kept"]
 
+    # A run whose folder is gone (and no store holds it) is not made champion: no server could load it.
+    assert mnist(["registry", "promote", "r3", "--reason", "better on the field images", *where]) == 1
+    assert capsys.readouterr().err == (
+        f"mnist registry: error: r3: its run folder {root / 'r3'} has no model_card.json or model.onnx (deleted, "
+        "moved, or on another machine) and no artifact store holds its files: no server could load it; nothing "
+        "changed\n"
+    )
+    assert read_champion(root, "mnist").run_id == "r2"  # type: ignore[union-attr]
+    for run_id in ("r2", "r3"):  # made-up runs are recorded without their folders
+        (root / run_id).mkdir()
+        (root / run_id / CARD_FILE).write_text("{}")
+        (root / run_id / ONNX_FILE).write_bytes(b"")
     assert mnist(["registry", "promote", "r3", "--reason", "better on the field images", *where]) == 0
     assert "mnist champion: r3 (manual" in capsys.readouterr().out
     champion = read_champion(root, "mnist")
@@ -295,3 +307,27 @@ def test_registry_help_answers_without_pandas_or_sqlalchemy() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "mnist registry ls" in done.stdout and "LOADED []" in done.stdout, done.stderr
     assert time.monotonic() - started < 5
+
+
+def test_a_registry_on_a_read_only_mount_is_read(tmp_path: Path) -> None:
+    """Found by a fault battery: a registry closed cleanly (SQLite removes its -wal and -shm files) and then mounted
+    read-only (a dashboard's copy, read-only media) could not be opened: "unable to open database file"."""
+    root = tmp_path / "runs"
+    for run_id, accuracy in (("r1", 0.90), ("r2", 0.93)):
+        record_run(root, make_exported(root, run_id, accuracy), 0.0, False, _slow_score)
+    database.engine_for(database.registry_url(root.resolve())).dispose()  # the last connection gone: -wal, -shm too
+    assert sorted(path.name for path in root.iterdir()) == [REGISTRY_DB_FILE]
+    read_only = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    command = [sys.executable, "-m", "launch.cli", "registry", "ls", "--output-dir", str(root)]
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only, str(root), *command],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("`unshare` (util-linux) is not installed")
+    if "mount" in done.stderr and done.returncode != 0 and "registry" not in done.stderr:
+        pytest.skip(f"no read-only mount here: {done.stderr[-200:]}")
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == ["r1", "r2"]
+    assert sorted(path.name for path in root.iterdir()) == [REGISTRY_DB_FILE]
