@@ -12,10 +12,12 @@ than a hop to the thread pool); larger batches go to the thread pool so one big 
 import asyncio
 import base64
 import calendar
+import gzip
 import hmac
 import io
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -274,9 +276,15 @@ def png_base64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# Content-Encoding -> zlib's window bits: gzip's header, or (HTTP's "deflate") zlib's; 32 + takes either.
+BODY_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
+
+
 def body_limits(settings: ServeSettings) -> Callable[[Request], Any]:
     """A dependency giving the request with its body limited: over `max_body_bytes` (declared by Content-Length or
-    counted while a chunked body arrives) 413, a client that sends nothing for `body_timeout_s` 408."""
+    counted while a chunked body arrives) 413, a client that sends nothing for `body_timeout_s` 408. A body sent
+    compressed (Content-Encoding gzip or deflate: NVIDIA's tritonclient with `request_compression_algorithm`) is
+    decompressed as it arrives, the limit applying to what it decompresses to: a small bomb is refused early."""
     limit, timeout = settings.max_body_bytes, settings.body_timeout_s
     too_large = f"request body over the limit of {limit} bytes (--max-body-bytes)"
 
@@ -286,10 +294,15 @@ def body_limits(settings: ServeSettings) -> Callable[[Request], Any]:
             raise BadInput(400, "Content-Length is not a number")
         if length is not None and int(length) > limit:
             raise BadInput(413, too_large)
-        received = 0
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", *BODY_ENCODINGS):
+            raise BadInput(415, f"Content-Encoding {encoding[:40]}: this server reads gzip or deflate bodies, or "
+                                "uncompressed ones")  # fmt: skip
+        inflate = zlib.decompressobj(BODY_ENCODINGS[encoding]) if encoding in BODY_ENCODINGS else None
+        received = decoded = 0
 
         async def receive() -> Message:
-            nonlocal received
+            nonlocal received, decoded
             try:
                 async with asyncio.timeout(timeout):
                     message = await request.receive()
@@ -298,12 +311,54 @@ def body_limits(settings: ServeSettings) -> Callable[[Request], Any]:
             received += len(message.get("body", b""))
             if received > limit:
                 raise BadInput(413, too_large)
+            if inflate is not None and message["type"] == "http.request":
+                try:
+                    body = inflate.decompress(message.get("body", b""), limit - decoded + 1)
+                    if not message.get("more_body", False) and not inflate.unconsumed_tail:
+                        body += inflate.flush()
+                except zlib.error as error:
+                    raise BadInput(
+                        400, f"Content-Encoding {encoding}: the body is not {encoding} data ({error})"
+                    ) from None
+                decoded += len(body)
+                if decoded > limit or inflate.unconsumed_tail:
+                    raise BadInput(413, f"{too_large}, decompressed")
+                if not message.get("more_body", False) and not inflate.eof:
+                    raise BadInput(400, f"Content-Encoding {encoding}: the compressed body ends early")
+                message = {**message, "body": body}
             return message
 
         # The same request read through the limited receive: request.body() and request.form() stream from it.
         return Request(request.scope, receive)
 
     return limited
+
+
+def compressed(response: Response, accepted: str) -> Response:
+    """The v2 answer gzip- or deflate-compressed when the client asks for it (tritonclient's
+    `response_compression_algorithm` sends Accept-Encoding: gzip or deflate, and reads Content-Encoding back)."""
+    wanted = next((name for name in ("gzip", "deflate") if name in _codings(accepted)), None)
+    if wanted is None or len(response.body) < 1024:  # a small answer compressed is no smaller
+        return response
+    body = gzip.compress(response.body) if wanted == "gzip" else zlib.compress(response.body)
+    headers = {key: value for key, value in response.headers.items() if key.lower() != "content-length"}
+    return Response(body, headers={**headers, "Content-Encoding": wanted, "Vary": "Accept-Encoding"})
+
+
+def _codings(accept_encoding: str) -> set[str]:
+    """The codings an Accept-Encoding header allows: those named without a weight of 0 (RFC 9110, 12.5.3)."""
+    allowed = set()
+    for part in accept_encoding.split(","):
+        name, _, parameters = part.partition(";")
+        weight = parameters.strip().lower()
+        if weight.startswith("q="):
+            try:
+                if float(weight[2:]) <= 0:
+                    continue
+            except ValueError:
+                continue  # a weight that is no number: not an offer to rely on
+        allowed.add(name.strip().lower())
+    return allowed
 
 
 def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *, token: str | None = None) -> FastAPI:
@@ -511,7 +566,8 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
             return v2_response(header, arrays, outputs)
 
         inline = len(body) < 64 * 1024
-        return work() if inline else await run_in_threadpool(work)
+        response = work() if inline else await run_in_threadpool(work)
+        return compressed(response, request.headers.get("accept-encoding", ""))
 
     add_feedback_route(app, settings, log, metrics.feedback, guarded, LimitedRequest, announcer.poke)
 

@@ -2,9 +2,11 @@
 token in a header), against the app on a real uvicorn server on loopback, answering what the JSON path answers;
 and each malformed binary body refused with one clear 400 (raw HTTP by httpx)."""
 
+import gzip
 import json
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,8 +109,39 @@ def test_tritonclient_binary_in_and_out_answers_as_the_json_path(url: str, image
                                headers=dict(AUTH))  # fmt: skip
         assert [output["name"] for output in as_json.get_response()["outputs"]] == ["class"]
         assert np.array_equal(as_json.as_numpy("class"), json_answer["class"])
+        # Compressed both ways, as tritonclient offers (it was "400 malformed JSON"): the same answers.
+        for algorithm in ("gzip", "deflate"):
+            packed = client.infer(
+                "mnist", [tensor], outputs=outputs, headers=dict(AUTH),
+                request_compression_algorithm=algorithm, response_compression_algorithm=algorithm,
+            )  # fmt: skip
+            assert np.array_equal(packed.as_numpy("class"), json_answer["class"]), algorithm
+            np.testing.assert_array_equal(packed.as_numpy("probabilities"), json_answer["probabilities"])
     finally:
         client.close()
+
+
+def test_compressed_bodies_are_read_within_the_limits(url: str, images, json_answer) -> None:
+    tensor = {"name": "images", "shape": list(images.shape), "datatype": "UINT8", "data": images.ravel().tolist()}
+    text = json.dumps({"inputs": [tensor]}).encode()  # 64 images: an answer worth compressing (over 1 KB)
+    route = f"{url}/v2/models/mnist/infer"
+    sent = httpx.post(route, content=gzip.compress(text), timeout=10,
+                      headers={"Content-Encoding": "gzip", "Accept-Encoding": "gzip;q=0, deflate", **AUTH})  # fmt: skip
+    assert sent.status_code == 200, sent.text
+    assert sent.headers["content-encoding"] == "deflate"  # gzip refused by its weight 0; httpx decompresses
+    classes = [output["data"] for output in sent.json()["outputs"] if output["name"] == "class"]
+    assert classes == [json_answer["class"].tolist()]
+    bomb = gzip.compress(b" " * 2_000_000)  # 2 MB of spaces in ~2 KB: over the 1 MB limit once decompressed
+    cases = {
+        "br": (text, 415, "Content-Encoding br"),
+        "gzip": (text, 400, "is not gzip data"),  # said gzip, sent plain
+        "deflate": (zlib.compress(text)[:-9], 400, "ends early"),
+        "x-gzip": (bomb, 413, "decompressed"),
+    }
+    for encoding, (body, status, fragment) in cases.items():
+        answer = httpx.post(route, content=body, headers={"Content-Encoding": encoding, **AUTH}, timeout=10)
+        error = answer.json()["error"]
+        assert answer.status_code == status and fragment in error and "\n" not in error, (encoding, error)
 
 
 def test_raw_binary_request_with_one_binary_output(url: str, images, json_answer) -> None:
