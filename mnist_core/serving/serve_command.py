@@ -2,10 +2,15 @@
 promotion. Pages and routes: / (draw or drop a digit), POST /predict, the Open Inference Protocol v2 under /v2,
 /metrics. Set MNIST_SERVE_TOKEN to require `Authorization: Bearer TOKEN` on every route but health."""
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from mnist_core.flags import parse_params
 from mnist_core.serving.settings import ServeSettings
@@ -21,10 +26,51 @@ def token_from_env() -> str | None:
     return (current().secret("serve_token") or "").strip() or None
 
 
+GRACE_SECONDS = 10  # how long a first Ctrl-C (or SIGTERM) waits for the requests in flight
+
+
+class _NotCancelledRequests(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" traceback for a request cancelled because the server was
+    stopped at once (a second Ctrl-C): ~40 lines each that say only that it was stopped (found by a fault battery)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        # The app's lifespan, cancelled too, is reported by Starlette as a traceback in the message itself.
+        return not record.getMessage().rstrip().endswith("CancelledError")
+
+
+def _quiet_when_stopped_at_once() -> None:
+    logging.getLogger("uvicorn.error").addFilter(_NotCancelledRequests())
+
+
 def app_from_env():  # noqa: ANN201 - uvicorn's factory for --workers: each worker process builds its own app
     from mnist_core.serving.app import create_app
 
+    _quiet_when_stopped_at_once()
     return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]), token=token_from_env())
+
+
+def _serve(app: Any, options: dict[str, Any]) -> int:
+    """uvicorn's single-process server, saying what a Ctrl-C does while requests are in flight: the first waits
+    for them (up to GRACE_SECONDS, silently until now), a second drops them."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            busy = len(self.server_state.tasks)
+            if busy and not self.should_exit:
+                print(f"mnist serve: stopping: waiting up to {GRACE_SECONDS} s for {busy} request(s) in flight "
+                      "(Ctrl-C again to stop now)", file=sys.stderr, flush=True)  # fmt: skip
+            elif busy and sig == signal.SIGINT and not self.force_exit:
+                print(f"mnist serve: stopping now: {busy} request(s) in flight dropped", file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+    _quiet_when_stopped_at_once()
+    server = Server(uvicorn.Config(app, **options))
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: uvicorn raises it again once it has stopped
+        server.run()
+    return 0 if server.started else 3  # uvicorn's own status when it could not start (the port taken)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -40,13 +86,13 @@ def main(argv: Sequence[str]) -> int:
     # fails at start instead of quietly falling back to the pure-Python h11 parser and asyncio's loop.
     common = {"host": settings.host, "port": settings.port, "http": "httptools", "loop": "uvloop",
               "timeout_keep_alive": 5, "log_level": "warning", "access_log": False,
-              "timeout_graceful_shutdown": 10}  # fmt: skip
+              "timeout_graceful_shutdown": GRACE_SECONDS}  # fmt: skip
     print(f"mnist serve: http://{settings.host}:{settings.port}/ ({settings.dataset}, model {settings.model}, "
           f"{settings.workers} worker(s))", file=sys.stderr, flush=True)  # fmt: skip
     if settings.workers == 1:
         from mnist_core.serving.app import create_app
 
-        uvicorn.run(create_app(settings, token=token), **common)
+        return _serve(create_app(settings, token=token), common)
     else:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         uvicorn.run("mnist_core.serving.serve_command:app_from_env", factory=True, workers=settings.workers, **common)

@@ -3,11 +3,14 @@ the token, readiness without a champion, following promotions under concurrent r
 damaged new champion kept out."""
 
 import base64
+import contextlib
 import io
 import json
 import re
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -44,8 +47,8 @@ MAX_BODY = 1_000_000
 
 
 class Server:
-    def __init__(self, url: str, root: Path, log: Path, first_ready: httpx.Response) -> None:
-        self.url, self.root, self.log, self.first_ready = url, root, log, first_ready
+    def __init__(self, process: subprocess.Popen, url: str, root: Path, log: Path, first_ready: httpx.Response) -> None:
+        self.process, self.url, self.root, self.log, self.first_ready = process, url, root, log, first_ready
         self.client = httpx.Client(base_url=url, headers=AUTH, timeout=10)
 
     def served_run(self) -> str | None:
@@ -62,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
              "--body-timeout-s", "1"]  # fmt: skip
     process, url = start_server(root, log, *flags, token=TOKEN)
     try:
-        yield Server(url, root, log, httpx.get(f"{url}/v2/health/ready", timeout=5))
+        yield Server(process, url, root, log, httpx.get(f"{url}/v2/health/ready", timeout=5))
     finally:
         stop_server(process)
 
@@ -438,15 +441,47 @@ def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch
 
 
 def test_a_public_address_without_a_token_is_warned_about(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import uvicorn
-
     from mnist_core.serving import serve_command
 
-    started = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
+    started: list[dict] = []
+    monkeypatch.setattr(serve_command, "_serve", lambda app, options: started.append(options) or 0)
     monkeypatch.delenv("MNIST_SERVE_TOKEN", raising=False)
     assert serve_command.main(["--host", "0.0.0.0", "--port", "0", "--output-dir", "/nonexistent"]) == 0
     assert "without a token" in capsys.readouterr().err and started[0]["host"] == "0.0.0.0"
     monkeypatch.setenv("MNIST_SERVE_TOKEN", "secret")
     assert serve_command.main(["--host", "0.0.0.0", "--port", "0"]) == 0
     assert "without a token" not in capsys.readouterr().err
+
+
+def test_ctrl_c_says_it_waits_for_requests_in_flight_and_a_second_drops_them_quietly(server: Server) -> None:
+    """Found by a fault battery: the first Ctrl-C waited for a slow client silently (up to 10 s), a second printed
+    ~80 lines of tracebacks. Last in this module: it stops the module's server."""
+    process = server.process
+    before = server.log.read_text(encoding="utf-8", errors="replace").count("Traceback")
+    host, port = server.url.removeprefix("http://").split(":")
+    stop = threading.Event()
+
+    def trickle() -> None:  # a body arriving a byte at a time, each within --body-timeout-s: in flight throughout
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
+                         "application/json\r\nContent-Length: 1000\r\n\r\n".encode())  # fmt: skip
+            while not stop.wait(0.2):
+                with contextlib.suppress(OSError):
+                    sock.sendall(b" ")
+
+    client = threading.Thread(target=trickle, daemon=True)
+    client.start()
+    try:
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        wait_until(lambda: "Ctrl-C again" in server.log.read_text(encoding="utf-8", errors="replace"), 10)
+        assert process.poll() is None  # still waiting for the request
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        stop.set()
+        client.join(timeout=5)
+    log = server.log.read_text(encoding="utf-8", errors="replace")
+    assert "mnist serve: stopping: waiting up to 10 s for 1 request(s) in flight (Ctrl-C again to stop now)" in log
+    assert "mnist serve: stopping now: 1 request(s) in flight dropped" in log
+    assert log.count("Traceback") == before and "CancelledError" not in log, log[-3000:]
