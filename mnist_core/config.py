@@ -75,6 +75,7 @@ NOT_IN_TRAINING_DIGEST = frozenset(
         "promote",
         "correction_tolerance",
         "torch_export",
+        "fused",  # another implementation of the same step: the same weights to float32 rounding
     }
 )
 # A run learning from corrections repeats them this often: 40 corrections then weigh 800 of 55,000 images.
@@ -159,6 +160,12 @@ class RunParams(BaseModel):
         "auto", description="fp32, bf16 autocast (CUDA only), or auto (fp32: as fast as bf16 on a GPU for this MLP)."
     )
     cuda_graph: bool = Field(True, description="On CUDA, capture the training step as a CUDA graph.")
+    fused: bool = Field(
+        False,
+        description="On CUDA, the training step as a few fused Triton kernels (mnist_core/training/fused.py) where "
+        "they cover the recipe (SGD, fp32, no dropout, augmentation or clipping); else the step as before. Off until "
+        "measured faster on a GPU.",
+    )
     seed: int = Field(0, ge=0, lt=2**32, description="Seed for the split, initialisation and shuffling.")
     val_size: int = Field(5000, ge=100, le=30000, description="Images split off the training set for validation.")
     run_name: str | None = Field(

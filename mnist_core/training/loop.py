@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # than 2 on the project's 2-core machine.
 CPU_TRAIN_THREADS = 1
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-Gradients = Literal["written_out", "autograd"]
+Gradients = Literal["written_out", "autograd", "fused"]  # fused: the written-out step in Triton kernels (fused.py)
 
 
 class TrainResult(TrainingSummary):
@@ -70,7 +70,11 @@ def build_step(
     positive `params.outlier_exposure`, each batch carries `params.outlier_batch` of them (outlier exposure)."""
     if kind == "plain" and capture is not None:
         raise TrainingError("only a fixed-shape step can be captured; pass step_kind='fixed_shape' with capture")
-    step_class = PlainStep if kind == "plain" else FixedShapeStep
+    step_class: type[PlainStep] | type[FixedShapeStep] = PlainStep if kind == "plain" else FixedShapeStep
+    if gradients == "fused":
+        from mnist_core.training.fused import FusedStep  # imports triton: only when it runs
+
+        step_class = FusedStep
     step = step_class(
         training.model,
         training.optimizer,
@@ -79,7 +83,7 @@ def build_step(
         batch_size,
         training.params.label_smoothing,
         bf16,
-        written_out=gradients == "written_out",
+        written_out=gradients != "autograd",
         augment=Augment(training.params.augment) if training.params.augment > 0 else None,
         max_grad_norm=training.params.clip_grad_norm,
         outliers=outliers,
@@ -91,6 +95,26 @@ def build_step(
     if capture is not None:
         step.replay = capture(step)
     return step
+
+
+def fused_or_written_out(
+    kind: StepKind, training: "_Training", images: torch.Tensor, outliers: torch.Tensor | None, logger: Logger
+) -> Gradients:
+    """`--fused`: the fused Triton step where it covers the run (a fixed-shape step on CUDA, SGD, fp32, no dropout,
+    augmentation or clipping), else the written-out step, the reason logged."""
+    if kind == "plain":
+        logger.info("fused step not used: its kernels run on CUDA only; the plain step runs")
+        return "written_out"
+    from mnist_core.training.fused import unsupported_reason
+
+    params = training.params
+    exposed = outliers if params.outlier_exposure > 0 and outliers is not None and len(outliers) else None
+    reason = unsupported_reason(training.model, training.optimizer, images, augment=params.augment > 0 or None,
+                                max_grad_norm=params.clip_grad_norm, outliers=exposed)  # fmt: skip
+    if reason is not None:
+        logger.info("fused step not used: %s; the written-out step runs", reason)
+        return "written_out"
+    return "fused"
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -238,6 +262,8 @@ def train_model(
             outliers = data.get("outlier_images")
             if params.outlier_exposure > 0 and (outliers is None or len(outliers) == 0):
                 logger.info("no outlier images to train against: outlier exposure is off for this run")
+            if params.fused and gradients == "written_out":
+                gradients = fused_or_written_out(kind, training, images, outliers, logger)
             step = build_step(kind, training, images, labels, batch_size, bf16, gradients, capture, outliers)
             setup_seconds = time.perf_counter() - setup_started
             _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, on_step, logger)
