@@ -99,4 +99,4 @@ def score_answers(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> floa
     rule = read_card(run_dir).not_a_digit
     with torch.no_grad():
         logits = model(torch.from_numpy(np.ascontiguousarray(images))).double().numpy()
-    return float((answers(logits, rule) == labels).mean())
+    return float((answers(logits, rule, images) == labels).mean())

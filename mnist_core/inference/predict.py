@@ -254,7 +254,7 @@ def predict_loaded(
     images = np.stack([loaded[index].image for index in good])
     logits = np.concatenate([predictor.logits(images[start : start + BATCH]) for start in range(0, len(images), BATCH)])
     probabilities = softmax(logits, model.temperature)
-    scores, refused = refuse(logits, model.not_a_digit)
+    scores, refused = refuse(logits, model.not_a_digit, images)
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
     names = model.class_names
     for index, probs, top, score, no in zip(good, probabilities, ranked, scores, refused, strict=True):

@@ -402,7 +402,7 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
         logits = served.predictor.logits(images)
         probabilities = softmax(logits, served.temperature)
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
-        scores, refused = refuse(logits, served.not_a_digit)
+        scores, refused = refuse(logits, served.not_a_digit, images)
         classes = np.where(refused, REFUSED_CLASS, ranked[:, 0])
         names = [*served.class_names, refused_name(served.dataset)]
         for best in classes:

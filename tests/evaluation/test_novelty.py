@@ -20,6 +20,12 @@ def test_the_score_is_the_negative_free_energy_and_the_threshold_refuses_the_ask
     scores, refused = refuse(logits, rule)
     assert refused.tolist() == [False, False, True]  # -logsumexp: -10.0, -2.1, -1.1
     assert not refuse(logits, None)[1].any()  # no rule (an older card): never refused
+    # A blank image (a tensor that skipped the preparation, which refuses blank pictures itself) is no digit, with
+    # a rule or without; a faint stroke (31 grey levels: not yet ink) neither; a stroke of 32 levels is looked at.
+    images = np.zeros((3, 28, 28), np.uint8)
+    images[1, 10:20, 14], images[2, 10:20, 14] = 31, 32
+    assert refuse(logits, None, images)[1].tolist() == [True, True, False]
+    assert refuse(logits, rule, images)[1].tolist() == [True, True, True]
 
 
 def test_a_model_trained_with_outlier_exposure_refuses_non_digits_and_answers_digits(
@@ -36,6 +42,8 @@ def test_a_model_trained_with_outlier_exposure_refuses_non_digits_and_answers_di
     threshold, _ = fit_threshold(val_logits, params.refusal_rate)
     rule = NotADigitRule(threshold=threshold, target_false_refusal=params.refusal_rate, val_false_refusal=0.0)
     assert refuse(test_logits, rule)[1].mean() < 0.02  # real digits: ~1 % refused
+    test_images = mnist_tensors["test_images"].numpy()
+    assert (refuse(test_logits, rule, test_images)[1] == refuse(test_logits, rule)[1]).all()  # none is blank
     # Held-out symbols and shapes (no such drawing is trained on): most refused, where an untrained rule would
     # refuse ~1 %. After one epoch; the benchmark measures the full recipe.
     assert refuse(symbols, rule)[1].mean() > 0.3

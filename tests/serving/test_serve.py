@@ -158,6 +158,9 @@ def test_v2_metadata_and_infer(server: Server, runs: dict, mnist_tensors) -> Non
     assert [output["name"] for output in metadata["outputs"]] == ["probabilities", "class", "not_a_digit_score"]
     assert np.mean(np.array(outputs["class"]["data"]) == labels) > 0.85
     assert server.client.get("/v2/models/mnist/ready").status_code == 200
+    # Zeros, a client's usual first request: "not a digit" (class 10), not a digit read into a blank.
+    blank = server.client.post("/v2/models/mnist/infer", json=v2_request(np.zeros((2, 28, 28), np.uint8)))
+    assert [output["data"] for output in blank.json()["outputs"] if output["name"] == "class"] == [[10, 10]]
 
 
 def test_the_page_is_served_from_the_package(server: Server) -> None:
