@@ -22,7 +22,7 @@ def outlier_scores(logits: np.ndarray) -> np.ndarray:
 
 # An image in MNIST's form whose brightest pixel is below this holds no stroke: the photo preparation refuses such
 # an image as blank (images.MIN_CONTRAST, the same 32 grey levels); a tensor sent as it is (the v2 route, .npy, IDX)
-# skips that preparation. Found by a docs check: 28x28 zeros, a client's usual first test, were answered "5" (54 %).
+# skips that preparation. Found on a new user's try: 28x28 zeros, a client's usual first test, were answered "5" (54 %).
 BLANK_BELOW = 32
 
 
