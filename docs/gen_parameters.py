@@ -34,7 +34,10 @@ NOTES = """
 
 - **Mirrors.** `--mirror` takes a folder path or a `file://` or `http(s)://` URL. The official mirrors are always
   tried first; `MNIST_MIRROR` (`FASHION_MNIST_MIRROR` for Fashion-MNIST) adds comma-separated mirrors without a flag.
-  Credentials in mirror URLs are masked in logs, errors, reports and model cards.
+  A mirror behind a login: `https://user:password@host/path/` (sent as HTTP Basic authentication; masked in logs,
+  errors, reports and model cards) or, better, the host's entry in `~/.netrc` (`$NETRC`), as curl and pip read it.
+  A password in `--mirror` is also kept with the flow run's parameters in Prefect's database (`mnist train` warns);
+  in `MNIST_MIRROR` or `~/.netrc` it is not.
 - **Presets.** A preset fills only the fields you did not set; explicit flags still win. `fast98` equals the
   defaults: the fewest epochs whose mean *validation* accuracy over seeds 0–2 reaches 98.0 %
   (`benchmarks/sweep_fast98.py`; test accuracy was looked at only afterwards). `seed` is the tutorial's settings,

@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ def train(argv: Sequence[str]) -> int:
     from mnist_core.flags import parse_params
 
     params = parse_params(RunParams, argv, description=TRAIN_HELP, prog="mnist train")
+    if any(urllib.parse.urlsplit(mirror).password for mirror in params.mirror):
+        print("mnist train: warning: the password in --mirror is kept with this run's parameters in Prefect's "
+              "database (and its UI); put it in MNIST_MIRROR or ~/.netrc instead", file=sys.stderr)  # fmt: skip
     return _runs("mnist").train(params)
 
 

@@ -1,11 +1,13 @@
 """Fetching a dataset's four IDX files from mirrors into a verified cache."""
 
+import base64
 import contextlib
 import functools
 import gzip
 import hashlib
 import json
 import logging
+import netrc
 import os
 import time
 import urllib.error
@@ -185,10 +187,40 @@ def _fetch(source: str | Path, on_bytes: OnBytes, name: str, target: BinaryIO) -
         with open(source, "rb") as stream:
             _copy_limited(stream, target, lambda copied: on_bytes(name, copied, total))
         return
-    with urllib.request.urlopen(source, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (schemes checked)
+    with urllib.request.urlopen(_request(source), timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (schemes checked)
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         _copy_limited(response, target, lambda copied: on_bytes(name, copied, total))
+
+
+def _request(url: str) -> urllib.request.Request:
+    """`url` as urllib can send it: a user:password in it (which urlopen takes for part of the host name, so such
+    a mirror never answered) sent as HTTP Basic authentication instead; without one, the host's entry in
+    ~/.netrc (or $NETRC), as curl and pip read it. Never sent on to where a redirect points."""
+    parts = urllib.parse.urlsplit(url)
+    login: tuple[str, str] | None = None
+    if parts.username is not None or parts.password is not None:
+        login = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        url = urllib.parse.urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+    elif parts.hostname:
+        login = _netrc_login(parts.hostname)
+    request = urllib.request.Request(url)
+    if login is not None:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode("ascii")
+        request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
+
+
+def _netrc_login(host: str) -> tuple[str, str] | None:
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except FileNotFoundError:
+        return None
+    except (netrc.NetrcParseError, OSError) as error:
+        raise DownloadError(f"cannot read the netrc file for {host}'s login ({error})") from error
+    return (entry[0], entry[2] or "") if entry else None
 
 
 def _unreachable(error: Exception) -> bool:

@@ -1,5 +1,6 @@
 """Bad data and bad mirrors: each gets an error naming the file (or mirror) at fault, and the cache stays clean."""
 
+import base64
 import contextlib
 import gzip
 import hashlib
@@ -34,6 +35,16 @@ class _NotFoundHandler(_QuietHandler):
         self.send_error(404, "Not Found")
 
 
+class _LoginHandler(_QuietHandler):
+    """Files only for alice with the password "p@ss:word" (HTTP Basic), as a private mirror behind a login."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"alice:p@ss:word").decode():
+            self.send_error(401, "Unauthorized")
+            return
+        super().do_GET()
+
+
 class _SlowHandler(_QuietHandler):
     def do_GET(self) -> None:  # noqa: N802
         time.sleep(SLOW_RESPONSE_S)
@@ -47,10 +58,10 @@ def http_mirror() -> Iterator[Callable[..., str]]:
     servers: list[http.server.ThreadingHTTPServer] = []
 
     def start(kind: str, folder: Path | None = None) -> str:
-        if kind == "files":
+        if kind in ("files", "login"):
 
             def handler(*args, **kwargs):
-                return _QuietHandler(*args, directory=str(folder), **kwargs)
+                return (_LoginHandler if kind == "login" else _QuietHandler)(*args, directory=str(folder), **kwargs)
         else:
             handler = {"404": _NotFoundHandler, "slow": _SlowHandler}[kind]
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -270,6 +281,28 @@ def test_fallback_through_failing_mirrors(
         assert entry.sha256 == sha256s[role]
         assert hashlib.sha256(read_bytes(entry.path)).hexdigest() == sha256s[role]
     assert_no_partial_files(cache)
+
+
+def test_a_mirror_behind_a_login_takes_it_from_the_url_or_netrc(
+    synthetic_dataset, http_mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a docs check: urllib read "alice:pw@127.0.0.1" as the host name, so a URL with a login (whose
+    password the docs promised to mask) never reached its server. Sent as HTTP Basic now, or read from ~/.netrc."""
+    name, mirror, _ = synthetic_dataset
+    url = http_mirror("login", mirror)
+    with pytest.raises(DownloadError, match="HTTP Error 401"):
+        download_dataset(name, tmp_path / "none", [url])
+    with_login = url.replace("http://", "http://alice:p%40ss%3Aword@")
+    with pytest.raises(DownloadError) as wrong:
+        download_dataset(name, tmp_path / "wrong", [with_login.replace("word@", "wort@")])
+    assert "HTTP Error 401" in str(wrong.value) and "wort" not in str(wrong.value)  # the password masked
+    files = download_dataset(name, tmp_path / "url", [with_login]).files
+    assert {entry.source for entry in files.values()} == {url.replace("http://", "http://***@")}
+    netrc = tmp_path / "netrc-file"
+    netrc.write_text("machine 127.0.0.1 login alice password p@ss:word\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert {entry.source for entry in download_dataset(name, tmp_path / "by-netrc", [url]).files.values()} == {url}
 
 
 def test_mirror_from_environment_is_tried_last(
