@@ -79,6 +79,12 @@ def monitor(argv: Sequence[str]) -> int:
     from mnist_core.registry.monitoring import MonitorParams
 
     params = parse_params(MonitorParams, argv, MONITOR_HELP, prog="mnist monitor")
+    from mnist_core.registry.database import RegistryStore
+
+    problem = RegistryStore(params.output_dir).missing_folder()  # a read, which would make the folder it names
+    if problem:
+        print(f"mnist monitor: error: {problem}", file=sys.stderr)
+        return 1
     return _runs("mnist-monitor").monitor(params)
 
 

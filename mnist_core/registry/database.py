@@ -378,6 +378,15 @@ class RegistryStore:
         except SQLAlchemyError as error:
             raise _storage_error(self.url, error) from error
 
+    def missing_folder(self) -> str | None:
+        """For a command that only reads: the one-line problem when the SQLite file's folder does not exist (a
+        mistyped --output-dir, which a read would otherwise make, database and all, and report as empty; found by
+        a fault battery and a docs check), else None."""
+        file = self.sqlite_file
+        if file is None or file.parent.is_dir():
+            return None
+        return f"{file.parent}: no such folder (--output-dir names the runs' folder; a sqlite --url, the database's)"
+
     def _legacy_files(self) -> bool:
         return (self.root / REGISTRY_FILE).is_file() or any(self.root.glob(CHAMPION_GLOB))
 

@@ -57,6 +57,10 @@ def _run(args: argparse.Namespace) -> int:
     from mnist_core.registry.feedback import FeedbackStore
 
     store = FeedbackStore(args.output_dir, args.url)
+    problem = store.registry.missing_folder()
+    if problem:
+        print(f"mnist feedback: error: {problem}", file=sys.stderr)
+        return 1
     if args.command == "ls":
         return _ls(store, args.dataset, args.json)
     if args.command == "show":

@@ -87,10 +87,9 @@ def _run(args: argparse.Namespace, announce: Callable[[Any, str], None] | None =
     from mnist_core.registry.database import RegistryStore
 
     store = RegistryStore(args.output_dir, args.url)
-    if store.sqlite_file is not None and not store.sqlite_file.parent.is_dir():
-        # A mistyped --output-dir read as an empty registry ("no runs recorded"); found by a fault battery.
-        print(f"mnist registry: error: {store.sqlite_file.parent}: no such folder (--output-dir names the runs' "
-              "folder)", file=sys.stderr)  # fmt: skip
+    problem = store.missing_folder()
+    if problem:
+        print(f"mnist registry: error: {problem}", file=sys.stderr)
         return 1
     if args.command == "ls":
         frame = store.read().frame

@@ -277,12 +277,16 @@ def test_the_registry_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_a_missing_output_folder_or_a_folder_for_a_database_is_an_error_not_an_empty_registry(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Found by a fault battery: both read as "(no runs recorded)" and "no champion yet", status 0."""
-    assert mnist(["registry", "ls", "--output-dir", str(tmp_path / "typo")]) == 1
-    assert (
-        capsys.readouterr().err
-        == f"mnist registry: error: {tmp_path / 'typo'}: no such folder (--output-dir names the runs' folder)\n"
-    )
+    """Found by a fault battery: both read as "(no runs recorded)" and "no champion yet", status 0; and by a docs
+    check: `mnist feedback` and `mnist monitor` answered the same, leaving the folder made, a database in it."""
+    typo = tmp_path / "typo"
+    for command in (["registry", "ls"], ["feedback", "ls"], ["feedback", "export", str(tmp_path / "out")], ["monitor"]):
+        assert mnist([*command, "--output-dir", str(typo)]) == 1
+        assert capsys.readouterr().err == (
+            f"mnist {command[0]}: error: {typo}: no such folder (--output-dir names the runs' folder; a sqlite "
+            "--url, the database's)\n"
+        )
+    assert not typo.exists() and not (tmp_path / "out").exists()
     (tmp_path / "odd" / REGISTRY_DB_FILE).mkdir(parents=True)
     for command in (["ls"], ["champion"], ["show", "r1"]):
         assert mnist(["registry", *command, "--output-dir", str(tmp_path / "odd")]) == 1
