@@ -74,8 +74,14 @@ def _serve(app: Any, options: dict[str, Any]) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    settings = parse_params(ServeSettings, list(argv), __doc__, prog="mnist serve")
-    token = token_from_env()
+    from mnist_core.settings import SettingsError
+
+    try:  # a bad MNIST_* setting (the environment or a settings file): one line, as every command says it
+        settings = parse_params(ServeSettings, list(argv), __doc__, prog="mnist serve")
+        token = token_from_env()
+    except SettingsError as error:
+        print(f"mnist serve: error: {error}", file=sys.stderr)
+        return 1
     if settings.host not in LOOPBACK and token is None:
         print(f"mnist serve: warning: listening on {settings.host} without a token: anyone who can reach this port "
               f"can use the model; set {TOKEN_ENV}", file=sys.stderr)  # fmt: skip

@@ -454,6 +454,13 @@ def test_a_public_address_without_a_token_is_warned_about(monkeypatch: pytest.Mo
     monkeypatch.setenv("MNIST_SERVE_TOKEN", "secret")
     assert serve_command.main(["--host", "0.0.0.0", "--port", "0"]) == 0
     assert "without a token" not in capsys.readouterr().err
+    # A bad setting is one line, as for every other command (found by a docs check: ~25 lines of traceback).
+    monkeypatch.setenv("MNIST_SERVE_PORT", "abc")
+    assert serve_command.main(["--port", "0"]) == 1
+    assert capsys.readouterr().err == (
+        "mnist serve: error: setting MNIST_SERVE_PORT='abc' (from the environment): Input should be a valid integer, "
+        "unable to parse string as an integer\n"
+    )
 
 
 def test_ctrl_c_says_it_waits_for_requests_in_flight_and_a_second_drops_them_quietly(server: Server) -> None:
