@@ -39,7 +39,9 @@ def build_parser(
         annotation = _unwrap_optional(info.annotation)
         origin = typing.get_origin(annotation)
         default = info.get_default(call_default_factory=True)
-        help_text = f"{info.description} (default: {default})"
+        # A description that names its own default (a setting's) is not followed by a second one.
+        said = "(default:" in (info.description or "")
+        help_text = info.description if said else f"{info.description} (default: {default})"
         kwargs: dict[str, Any] = {"dest": name, "help": help_text}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
