@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -160,7 +161,7 @@ Where trials run: when the Prefect API has the `mnist/trial` deployment (PREFECT
 any server with deployments/prefect.yaml applied), each trial is a run of it on the `mnist-pool` work pool,
 `concurrency` at a time, on whichever workers are free (one per machine or GPU: `prefect worker start --pool
 mnist-pool --limit 1`). Otherwise (e.g. Prefect's temporary server) trials run in this process, one after another.
-Pass the sweep as JSON: `mnist sweep '{"grid": {"lr": [0.1, 0.3]}}'`."""
+Pass the sweep as JSON, `mnist sweep '{"grid": {"lr": [0.1, 0.3]}}'`, or a file holding it: `mnist sweep sweep.json`."""
 
 
 def parse_sweep_arguments(argv: Sequence[str], prog: str = "mnist-sweep") -> SweepParams | int:
@@ -179,10 +180,18 @@ def parse_sweep_arguments(argv: Sequence[str], prog: str = "mnist-sweep") -> Swe
             file=sys.stderr,
         )
         return 2
+    text, source = args[0], "the sweep"
+    if not text.lstrip().startswith("{"):  # a file's name (found by a docs check: SWEEP_JSON read as JSON only)
+        try:
+            text, source = Path(text).read_text(encoding="utf-8"), text
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"{prog}: error: {args[0]!r} is neither the sweep as JSON nor a file holding it ({error})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     try:
-        return SweepParams.model_validate(json.loads(args[0]))
+        return SweepParams.model_validate(json.loads(text))
     except json.JSONDecodeError as error:
-        print(f"{prog}: error: the sweep is not valid JSON ({error})", file=sys.stderr)
+        print(f"{prog}: error: {source} is not valid JSON ({error})", file=sys.stderr)
     except ValidationError as error:
         print(f"{prog}: error:\n{describe_validation_error(error, as_flags=False)}", file=sys.stderr)
     return 2

@@ -10,7 +10,7 @@ import pytest
 # sys.stderr when Prefect is first imported, and a captured one is closed after its test.
 from launch.cli import sweep as sweep_command
 from mnist_core.config import RunParams
-from mnist_core.sweep import SweepParams, ask, make_study, ranked
+from mnist_core.sweep import SweepParams, ask, make_study, parse_sweep_arguments, ranked
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,19 @@ def test_the_command_line_refuses_a_bad_sweep_in_one_line_per_problem(argv: list
     assert sweep_command(argv, prog="mnist-sweep") == 2
     err = capsys.readouterr().err
     assert message in err.strip().splitlines()[-1] and "pydantic.dev" not in err and "Traceback" not in err
+
+
+def test_the_sweep_can_be_a_file(tmp_path: Path, capsys) -> None:
+    """Found by a docs check: `mnist sweep sweep.json` read the file's name as JSON."""
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text('{"grid": {"lr": [0.1, 0.3]}, "base": {"epochs": 1}}')
+    parsed = parse_sweep_arguments([str(sweep)])
+    assert isinstance(parsed, SweepParams) and parsed.planned_trials == 2
+    assert parse_sweep_arguments([str(tmp_path / "missing.json")]) == 2
+    assert "is neither the sweep as JSON nor a file holding it" in capsys.readouterr().err
+    sweep.write_text("grid: lr")
+    assert parse_sweep_arguments([str(sweep)]) == 2
+    assert f"{sweep} is not valid JSON" in capsys.readouterr().err
 
 
 def test_a_grid_is_a_grid_and_ranges_are_sampled_reproducibly() -> None:
