@@ -14,7 +14,9 @@ from mnist_core.records import Downloaded, Prepared
 def transform(downloaded: Downloaded, params: RunParams) -> Prepared:
     """The validated, split uint8 tensors, with the extra images if any (built once, then reused)."""
     extra = scan_extra(params.extra_data, params.dataset) if params.extra_data else None
-    prepared = prepare_dataset(downloaded, params.data_dir, params.val_size, params.seed, extra, params.extra_repeat)
+    # Corrections are all trained on: the run learning from them has already held its newest back (tasks/corrections).
+    prepared = prepare_dataset(downloaded, params.data_dir, params.val_size, params.seed, extra, params.extra_repeat,
+                               extra_all_train=params.corrections)  # fmt: skip
     if extra:
         sizes = prepared.sizes
         get_run_logger().info(

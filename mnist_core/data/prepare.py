@@ -37,11 +37,14 @@ def prepared_path(
     seed: int,
     extra_sha256: str | None = None,
     extra_repeat: int = 1,
+    extra_all_train: bool = False,
 ) -> Path:
     # The user's images are prepared by code (images.py): a new preparation must not reuse an older one's cache.
     extra_key = f"{extra_sha256}:form{IMAGE_FORM_VERSION}" if extra_sha256 else ""
     if extra_sha256 and extra_repeat > 1:
         extra_key += f":x{extra_repeat}"
+    if extra_sha256 and extra_all_train:
+        extra_key += ":all-train"
     content_key = hashlib.sha256("".join([*sorted(sha256s.values()), extra_key]).encode()).hexdigest()[:16]
     name = f"{dataset}-{content_key}-val{val_size}-seed{seed}.safetensors"
     return Path(cache_root).expanduser().resolve() / "prepared" / name
@@ -82,8 +85,11 @@ def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
     return pixels.mean().item(), pixels.std(correction=0).item()
 
 
-def _extra_parts(extra: ExtraFolder | None, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The user's labelled images split into train, val and test; those of none of the classes (REFUSED_CLASS)
+def _extra_parts(
+    extra: ExtraFolder | None, seed: int, all_train: bool = False
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The user's labelled images split into train, val and test (`all_train`: all of them train, as corrections
+    are: a run learning from them holds its newest back itself); those of none of the classes (REFUSED_CLASS)
     apart, as "outliers" (all of them: they are trained against, never scored)."""
     import torch
 
@@ -94,7 +100,11 @@ def _extra_parts(extra: ExtraFolder | None, seed: int) -> dict[str, tuple[torch.
     outside = labels == REFUSED_CLASS
     outliers = (torch.from_numpy(images[outside]), torch.from_numpy(labels[outside]))
     images, labels = images[~outside], labels[~outside]
-    parts = split_indices(len(images), seed)
+    if all_train:
+        nothing = np.zeros(0, dtype=np.int64)
+        parts = {"train": np.arange(len(images)), "val": nothing, "test": nothing}
+    else:
+        parts = split_indices(len(images), seed)
     split = {part: (torch.from_numpy(images[index]), torch.from_numpy(labels[index])) for part, index in parts.items()}
     return {**split, "outliers": outliers}
 
@@ -106,12 +116,14 @@ def prepare_dataset(
     seed: int,
     extra: ExtraFolder | None = None,
     extra_repeat: int = 1,
+    extra_all_train: bool = False,
 ) -> Prepared:
     """Parse and validate the four IDX files, split off `val_size` training images, add the parts of the extra
-    images (`scan_extra`; their training part `extra_repeat` times), and cache the lot as uint8 tensors."""
+    images (`scan_extra`; their training part `extra_repeat` times; `extra_all_train`: all of them training), and
+    cache the lot as uint8 tensors."""
     extra_sha256 = extra.sha256 if extra else None
     target = prepared_path(
-        cache_root, downloaded.dataset, downloaded.sha256, val_size, seed, extra_sha256, extra_repeat
+        cache_root, downloaded.dataset, downloaded.sha256, val_size, seed, extra_sha256, extra_repeat, extra_all_train
     )
     cached = _cached(target)
     if cached is not None:
@@ -127,7 +139,7 @@ def prepare_dataset(
     order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:val_size], order[val_size:]
     images, labels = torch.from_numpy(train_images.copy()), torch.from_numpy(train_labels.copy())
-    extra_parts = _extra_parts(extra, seed)
+    extra_parts = _extra_parts(extra, seed, extra_all_train)
     tensors = {
         "train_images": torch.cat([images[train_index], extra_parts["train"][0].repeat(extra_repeat, 1, 1)]),
         "train_labels": torch.cat([labels[train_index], extra_parts["train"][1].repeat(extra_repeat)]),

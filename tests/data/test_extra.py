@@ -134,6 +134,13 @@ def test_prepared_data_trains_on_the_extra_images_and_tests_on_their_part(
     stamp = mixed.path.stat().st_mtime_ns
     assert prepare_dataset(downloaded, tmp_path / "cache", val_size=100, seed=0, extra=folder) == mixed
     assert mixed.path.stat().st_mtime_ns == stamp
+    # Corrections are all trained on (found by a docs check: 70 % were, the rest split off as validation and test),
+    # in a cache file of their own.
+    corrections = prepare_dataset(downloaded, tmp_path / "cache", val_size=100, seed=0, extra=folder,
+                                  extra_all_train=True)  # fmt: skip
+    assert corrections.path not in (mixed.path, plain.path)
+    assert corrections.sizes == {"train": 1100 + 40, "val": 100, "test": 300, "extra_train": 40, "extra_val": 0,
+                                 "extra_test": 0, "extra_outliers": 0}  # fmt: skip
 
 
 def test_images_of_none_of_the_classes_are_kept_apart_as_outliers(synthetic_dataset, digits, tmp_path: Path) -> None:
