@@ -16,13 +16,25 @@ def _absolute(path: Path) -> Path:
     return path.expanduser().resolve()
 
 
+def _served_file(model: str) -> str:
+    # Found by a docs check: a .safetensors file was served through torch (600 MB more, torch imported) and, outside
+    # its run folder, without its card's calibration. The server runs ONNX Runtime only.
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() != ".onnx":
+        raise ValueError(f"{model} is not an .onnx file: mnist serve runs model.onnx on ONNX Runtime (pass the run "
+                         "folder, its run id or its model.onnx)")  # fmt: skip
+    return model
+
+
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     host: str = Field("127.0.0.1", description="Address to listen on; anything but loopback wants MNIST_SERVE_TOKEN.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     dataset: DatasetName = Field("mnist", description="Whose champion to serve; also the v2 model name.")
-    model: str = Field("champion", min_length=1, description="'champion' (followed), a run folder, run id or .onnx.")
+    model: Annotated[str, AfterValidator(_served_file)] = Field(
+        "champion", min_length=1, description="'champion' (followed), a run folder, run id or .onnx."
+    )
     output_dir: Annotated[Path, AfterValidator(_absolute)] = Field(
         Path("runs"), validate_default=True, description="The training output root: champions and run folders."
     )

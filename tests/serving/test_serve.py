@@ -443,7 +443,9 @@ def test_the_stack_starts_and_stops_the_model_server(tmp_path: Path, monkeypatch
     assert "serve: stopped" in capsys.readouterr().out
 
 
-def test_a_public_address_without_a_token_is_warned_about(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_a_public_address_without_a_token_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
     from mnist_core.serving import serve_command
 
     started: list[dict] = []
@@ -454,6 +456,12 @@ def test_a_public_address_without_a_token_is_warned_about(monkeypatch: pytest.Mo
     monkeypatch.setenv("MNIST_SERVE_TOKEN", "secret")
     assert serve_command.main(["--host", "0.0.0.0", "--port", "0"]) == 0
     assert "without a token" not in capsys.readouterr().err
+    # A model file that is not ONNX (found by a docs check: a .safetensors was served through torch, uncalibrated).
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not read")
+    with pytest.raises(SystemExit) as usage:
+        serve_command.main(["--model", str(weights)])
+    assert usage.value.code == 2 and "is not an .onnx file: mnist serve runs model.onnx" in capsys.readouterr().err
     # A bad setting is one line, as for every other command (found by a docs check: ~25 lines of traceback).
     monkeypatch.setenv("MNIST_SERVE_PORT", "abc")
     assert serve_command.main(["--port", "0"]) == 1
