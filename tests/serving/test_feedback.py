@@ -218,6 +218,7 @@ def test_export_skips_what_it_cannot_read_and_exports_the_rest(
     assert f"feedback {ids[2]}: " in said.err and "Traceback" not in said.err
     exported = list((tmp_path / "export").rglob("*.png"))
     assert len(exported) == len(ids) - 3 and f"{len(ids) - 3} images in" in said.out
+    (tmp_path / "no-runs").mkdir()
     assert feedback_command.main(["export", str(tmp_path / "none"), "--output-dir", str(tmp_path / "no-runs")]) == 0
     assert capsys.readouterr().out == "mnist feedback: no mnist corrections to export (nothing written)\n"
     assert not (tmp_path / "none").exists()
