@@ -7,6 +7,7 @@ or `.pt2` files, so predicting with an `.onnx` model runs on ONNX Runtime alone.
 
 import hashlib
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -173,7 +174,15 @@ def _torch_runner(module: "torch.nn.Module") -> Runner:
 def _exported_program(content: bytes) -> Runner:
     import torch
 
-    return _torch_runner(torch.export.load(io.BytesIO(content)).module())
+    # A file that is no archive makes torch log its own traceback (a dozen lines) before it fails: ours is one line.
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)
+    try:
+        program = torch.export.load(io.BytesIO(content))
+    finally:
+        export_log.setLevel(level)
+    return _torch_runner(program.module())
 
 
 def _weights(content: bytes) -> Runner:

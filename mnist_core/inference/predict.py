@@ -24,8 +24,6 @@ from mnist_core.export.runtimes import RUNTIME_FILES, Predictor, RuntimeName, lo
 from mnist_core.files import atomic_write_text
 from mnist_core.layout import CARD_FILE, REGISTRY_DB_FILE, REGISTRY_FILE
 from mnist_core.records import ModelCard, NotADigitRule, read_card
-from mnist_core.registry.artifacts import recorded_run_folder
-from mnist_core.registry.store import read_champion
 
 BATCH = 8192  # images per runtime call: large enough to amortize the call, small enough for any machine's memory
 # What --output must not be named like: an input (image, array, IDX) or a model file.
@@ -170,6 +168,11 @@ def choose_model(spec: str, output_dir: Path, dataset: str, runtime: RuntimeName
     """The model file `spec` names: 'champion', a run folder, a run id, or a model file; DataError if none."""
     output_dir = Path(output_dir).expanduser()
     if spec == "champion":
+        # The registry (SQLAlchemy) and the store (obstore) only here: `mnist predict --help` and its usage errors
+        # paid ~0.4 s for them (found by a docs check: 0.6-0.8 s where the docs say about 0.2 s).
+        from mnist_core.registry.artifacts import recorded_run_folder
+        from mnist_core.registry.store import read_champion
+
         champion = read_champion(output_dir, dataset)
         if champion is None:
             raise DataError(
