@@ -36,7 +36,7 @@ writes one (mode 0600) for the machines that use the shared services. The `mnist
 into its environment, so Prefect, the S3 client and the flow runs a worker starts all see them.
 
 `mnist settings` prints every effective value and where it came from (`default`, `environment`, `file`); secrets
-are never printed (a URL keeps everything but its password).
+are never printed (a URL is shown without its user and password: `postgresql+psycopg://***@host:5432/db`).
 
 ```
 $ mnist --settings services/settings.env settings

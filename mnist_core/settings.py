@@ -258,7 +258,7 @@ def export_file(path: Path) -> None:
 
 
 def shown(settings: Settings, field: str) -> str:
-    """A value as printed: secrets redacted (a URL keeps all but its password), unset as `-`."""
+    """A value as printed: secrets redacted (a URL without its user and password), unset as `-`."""
     value: Any = getattr(settings, field)
     if value is None:
         return "-"
