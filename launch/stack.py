@@ -464,7 +464,8 @@ def running_api_url(state_dir: Path | None = None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = current_settings()  # MNIST_STACK_HOST / _PORT / _DIR: the environment, else the settings file
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="mnist stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     parser.add_argument(

@@ -367,10 +367,8 @@ def _digit_mask(strong: np.ndarray, weight: np.ndarray) -> np.ndarray:
         gap = max(x0 - right, left - x1, 0)
         tall = (y1 - y0) >= 0.6 * (bottom - top)
         if masses[label] >= OTHER_DIGIT * masses[main] and tall and gap > 0.15 * (bottom - top):
-            raise DataError(
-                "two or more digits side by side: crop the picture to one digit (or use --show-prepared to see "
-                "what was read)"
-            )
+            # No hint at --show-prepared: nothing was prepared to show, and HTTP clients have no such flag.
+            raise DataError("two or more digits side by side: crop the picture to one digit")
         if max(y0 - bottom, top - y1, gap) <= 0.3 * size:  # a part of the digit: a 5's bar, a broken stroke
             keep[label + 1] = True
     return _enlarged(_grown(keep[labels]), cell)[:height, :width]

@@ -62,7 +62,8 @@ class PredictParams(BaseModel):
     show_prepared: Path | None = Field(
         None,
         description="Write the 28x28 image the model saw for each input to this folder (PNG, named after the "
-        "input and the predicted class), to see why a prediction went wrong. Made if missing; never an input's folder.",
+        "input and the predicted class), to see why a prediction went wrong. Made if missing (in a folder that "
+        "exists); never an input's folder.",
     )
 
     @model_validator(mode="after")
