@@ -77,6 +77,22 @@ def _gathered_rows(
 
 
 @triton.jit
+def _input_tile(
+    x_ptr, images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, rows, cols, batch, M, K,
+    GATHERED: tl.constexpr, HAS_OUTLIERS: tl.constexpr,
+):  # fmt: skip
+    """A rows x cols tile of a layer's input (M x K): the first layer's gathered and normalized batch, or the stored
+    activations of the layer below. Zero outside M x K."""
+    if GATHERED:
+        tile = _gathered_rows(images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, rows, cols, batch, M,
+                              K, HAS_OUTLIERS)  # fmt: skip
+    else:
+        tile = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=(rows < M)[:, None] & (cols < K)[None, :],
+                       other=0.0)  # fmt: skip
+    return tile
+
+
+@triton.jit
 def _linear_kernel(
     a_ptr, w_ptr, bias_ptr, gate_ptr, out_ptr,
     images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, batch,
@@ -93,12 +109,8 @@ def _linear_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        if GATHERED:
-            a = _gathered_rows(images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, rows, ks, batch, M,
-                               K, HAS_OUTLIERS)  # fmt: skip
-        else:
-            a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=(rows < M)[:, None] & (ks < K)[None, :],
-                        other=0.0)  # fmt: skip
+        a = _input_tile(a_ptr, images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, rows, ks, batch, M,
+                        K, GATHERED, HAS_OUTLIERS)  # fmt: skip
         w = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
                     mask=(ks < K)[:, None] & (cols < N)[None, :], other=0.0)  # fmt: skip
         acc = tl.dot(a, w, acc, input_precision="ieee")
@@ -213,12 +225,8 @@ def _weight_grad_sgd_kernel(
         rows = m0 + tl.arange(0, BLOCK_M)
         g = tl.load(grad_ptr + rows[:, None] * N + outs[None, :], mask=(rows < M)[:, None] & (outs < N)[None, :],
                     other=0.0)  # fmt: skip
-        if GATHERED:
-            x = _gathered_rows(images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, rows, ins, batch, M,
-                               K, HAS_OUTLIERS)  # fmt: skip
-        else:
-            x = tl.load(x_ptr + rows[:, None] * K + ins[None, :], mask=(rows < M)[:, None] & (ins < K)[None, :],
-                        other=0.0)  # fmt: skip
+        x = _input_tile(x_ptr, images_ptr, outliers_ptr, index_ptr, drawn_ptr, mean_ptr, std_ptr, rows, ins, batch, M,
+                        K, GATHERED, HAS_OUTLIERS)  # fmt: skip
         acc = tl.dot(tl.trans(g), x, acc, input_precision="ieee")
         bias_acc += tl.sum(g, axis=0)
     lr = tl.load(lr_ptr)
