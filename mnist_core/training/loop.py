@@ -97,11 +97,19 @@ def build_step(
     return step
 
 
-def fused_or_written_out(
-    kind: StepKind, training: "_Training", images: torch.Tensor, outliers: torch.Tensor | None, logger: Logger
+def fused_or_not(
+    kind: StepKind,
+    training: "_Training",
+    images: torch.Tensor,
+    outliers: torch.Tensor | None,
+    gradients: Gradients,
+    logger: Logger,
 ) -> Gradients:
     """`--fused`: the fused Triton step where it covers the run (a fixed-shape step on CUDA, SGD, fp32, no dropout,
-    augmentation or clipping), else the written-out step, the reason logged."""
+    augmentation or clipping), else `gradients` as chosen, the reason logged."""
+    if gradients != "written_out":
+        logger.info("fused step not used: bf16 autocast is not fused; autograd runs")
+        return gradients
     if kind == "plain":
         logger.info("fused step not used: its kernels run on CUDA only; the plain step runs")
         return "written_out"
@@ -262,8 +270,8 @@ def train_model(
             outliers = data.get("outlier_images")
             if params.outlier_exposure > 0 and (outliers is None or len(outliers) == 0):
                 logger.info("no outlier images to train against: outlier exposure is off for this run")
-            if params.fused and gradients == "written_out":
-                gradients = fused_or_written_out(kind, training, images, outliers, logger)
+            if params.fused:
+                gradients = fused_or_not(kind, training, images, outliers, gradients, logger)
             step = build_step(kind, training, images, labels, batch_size, bf16, gradients, capture, outliers)
             setup_seconds = time.perf_counter() - setup_started
             _run_epochs(step, training, progress, data, bf16, checkpoint_path, on_epoch, on_step, logger)
