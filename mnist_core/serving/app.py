@@ -323,6 +323,8 @@ def body_limits(settings: ServeSettings) -> Callable[[Request], Any]:
                 decoded += len(body)
                 if decoded > limit or inflate.unconsumed_tail:
                     raise BadInput(413, f"{too_large}, decompressed")
+                if inflate.unused_data:  # a second gzip member or trailing bytes: not read silently as nothing
+                    raise BadInput(400, f"Content-Encoding {encoding}: data after the end of the compressed body")
                 if not message.get("more_body", False) and not inflate.eof:
                     raise BadInput(400, f"Content-Encoding {encoding}: the compressed body ends early")
                 message = {**message, "body": body}

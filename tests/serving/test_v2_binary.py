@@ -137,6 +137,7 @@ def test_compressed_bodies_are_read_within_the_limits(url: str, images, json_ans
         "gzip": (text, 400, "is not gzip data"),  # said gzip, sent plain
         "deflate": (zlib.compress(text)[:-9], 400, "ends early"),
         "x-gzip": (bomb, 413, "decompressed"),
+        "GZIP": (gzip.compress(text) + gzip.compress(b" "), 400, "data after the end"),  # two members
     }
     for encoding, (body, status, fragment) in cases.items():
         answer = httpx.post(route, content=body, headers={"Content-Encoding": encoding, **AUTH}, timeout=10)
