@@ -23,6 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,7 +145,10 @@ def registry_url(output_root: Path) -> str:
     url = (current_settings().secret("registry_url") or "").strip()
     if url:
         return url
-    return f"sqlite:///{Path(output_root).expanduser().resolve() / REGISTRY_DB_FILE}"
+    # Rendered by SQLAlchemy, which escapes the path: a folder named with '?' or '%' made the database elsewhere.
+    return URL.create(
+        "sqlite", database=str(Path(output_root).expanduser().resolve() / REGISTRY_DB_FILE)
+    ).render_as_string()
 
 
 def _shown(url: URL) -> str:
@@ -454,7 +458,10 @@ class RegistryStore:
             return EmptyView()
         file = self.sqlite_file
         if file is not None and _read_only_snapshot(file):
-            return RegistryView(RegistryStore(self.root, f"sqlite:///file:{file}?mode=ro&immutable=1&uri=true"))
+            database = f"file:{urllib.parse.quote(str(file))}"  # SQLite's URI form: a '?' or '%' in the path escaped
+            query = {"mode": "ro", "immutable": "1", "uri": "true"}
+            uri = URL.create("sqlite", database=database, query=query).render_as_string()
+            return RegistryView(RegistryStore(self.root, uri))
         self.open()
         return RegistryView(self)
 

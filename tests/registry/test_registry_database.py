@@ -316,7 +316,7 @@ def test_registry_help_answers_without_pandas_or_sqlalchemy() -> None:
 def test_a_registry_on_a_read_only_mount_is_read(tmp_path: Path) -> None:
     """Found by a fault battery: a registry closed cleanly (SQLite removes its -wal and -shm files) and then mounted
     read-only (a dashboard's copy, read-only media) could not be opened: "unable to open database file"."""
-    root = tmp_path / "runs"
+    root = tmp_path / "runs #1 %20 ?"  # characters a URL must escape (they made the database elsewhere)
     for run_id, accuracy in (("r1", 0.90), ("r2", 0.93)):
         record_run(root, make_exported(root, run_id, accuracy), 0.0, False, _slow_score)
     database.engine_for(database.registry_url(root.resolve())).dispose()  # the last connection gone: -wal, -shm too
