@@ -565,11 +565,12 @@ def create_app(settings: ServeSettings, follower: ModelFollower | None = None, *
                 "class": ("INT64", answers.classes),
                 "not_a_digit_score": ("FP32", answers.scores),
             }
-            return v2_response(header, arrays, outputs)
+            # Compressed here: for a large batch, on the thread pool with the rest, not on the event loop.
+            return compressed(v2_response(header, arrays, outputs), accepted)
 
+        accepted = request.headers.get("accept-encoding", "")
         inline = len(body) < 64 * 1024
-        response = work() if inline else await run_in_threadpool(work)
-        return compressed(response, request.headers.get("accept-encoding", ""))
+        return work() if inline else await run_in_threadpool(work)
 
     add_feedback_route(app, settings, log, metrics.feedback, guarded, LimitedRequest, announcer.poke)
 
