@@ -70,7 +70,8 @@ def describe_validation_error(error: ValidationError, as_flags: bool = True) -> 
             field = flag_name(location[0]) if location else "parameters"
             where = field + ("[" + "][".join(location[1:]) + "]" if len(location) > 1 else "")
         given = f" (got {problem['input']!r})" if problem["type"] != "missing" and "input" in problem else ""
-        lines.append(f"invalid {where}: {problem['msg']}{given}")
+        message = problem["msg"].removeprefix("Value error, ")  # pydantic's wording for our own validators' errors
+        lines.append(f"invalid {where}: {message}{given}")
     return "\n".join(lines)
 
 

@@ -199,7 +199,7 @@ def test_path_fields_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
             RunParams(output_dir=bad)
     with pytest.raises(SystemExit):
         parse_params(RunParams, ["--data-dir="], "test")
-    assert "invalid --data-dir: Value error, must be a non-empty path" in capsys.readouterr().err
+    assert "invalid --data-dir: must be a non-empty path" in capsys.readouterr().err
     with pytest.raises(ValidationError, match="mirror '  ' must be a non-empty folder path or URL"):
         RunParams(mirror=["  "])
     assert RunParams(output_dir=Path("~/runs")).output_dir == Path.home() / "runs"
