@@ -479,8 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"up": stack.up, "down": stack.down, "status": stack.status}[args.command]()
     except KeyboardInterrupt:  # the server and worker run in sessions of their own: a Ctrl-C here does not reach them
-        print("stack: interrupted (Ctrl-C); what had started keeps running: `mnist stack status` shows it, `mnist "
-              "stack down` stops it", file=sys.stderr)  # fmt: skip
+        # Naming this stack's folder when it is not the default (found by a new user's try: the bare commands looked
+        # at the default stack, "stopped", while this one's server ran on).
+        own = "" if args.state_dir == default_state_dir() else f" --state-dir {args.state_dir}"
+        print(f"stack: interrupted (Ctrl-C); what had started keeps running: `mnist stack{own} status` shows it, "
+              f"`mnist stack{own} down` stops it", file=sys.stderr)  # fmt: skip
         return 130
 
 
