@@ -67,7 +67,7 @@ def test_status_does_not_take_something_else_for_the_services(
     ("module", "argv", "words"),
     [
         (services_module, ["up", "--dir", "{tmp}"], "`mnist services down --dir {tmp}` stops it"),
-        (stack_module, ["up", "--state-dir", "{tmp}"], "`mnist stack down` stops it"),
+        (stack_module, ["up", "--state-dir", "{tmp}"], "`mnist stack --state-dir {tmp} down` stops it"),
     ],
 )
 def test_ctrl_c_during_up_is_one_line_saying_what_keeps_running(
